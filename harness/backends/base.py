@@ -1,0 +1,61 @@
+"""The Backend interface: batched chat generation with token accounting, and text scoring."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+    stop: tuple[str, ...] = ()  # as OpenAI: generation ends before the first stop string
+
+
+@dataclass(frozen=True)
+class Request:
+    messages: list[dict]
+    # Requests that share a key extend one conversation: a backend may keep its encoded prefix.
+    cache_key: str | None = None
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop" (end of turn or stop string) | "length"
+    cached_tokens: int = 0  # prompt tokens reused from the cache instead of encoded
+
+
+@dataclass
+class Usage:
+    """What a backend spent, for cost ledgers."""
+
+    requests: int = 0
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    generate_calls: int = 0
+    seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in vars(self).items() if k != "extra"} | self.extra
+
+
+class Backend(ABC):
+    usage: Usage
+
+    @abstractmethod
+    def generate(self, requests: list[Request], sampling: Sampling, seed: int = 0) -> list[Completion]:
+        """One completion per request, in order. Same seed and inputs give the same outputs."""
+
+    @abstractmethod
+    def logprobs(self, texts: list[str]) -> list[list[float]]:
+        """Per-token log-probabilities of each text (the first token has none)."""
+
+    def release(self, cache_key_prefix: str) -> None:
+        """Forget cached prefixes whose key starts with this prefix (a finished dialogue)."""

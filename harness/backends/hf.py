@@ -1,0 +1,195 @@
+"""transformers in-process: batched chat generation with per-conversation key/value caches.
+
+Agent prompts of 600-1,000 tokens are re-read at every turn of a dialogue; on CPU that prompt
+processing dominates. So each request may name a cache slot (`Request.cache_key`): after a request
+the slot keeps the token ids and the keys/values the model computed for them, and the next request
+on that slot encodes only the tokens past the longest common prefix with what it keeps. Slots of a
+batch are left-padded to a common length and the new tokens follow, with the attention mask hiding
+the padding and explicit position ids, so every row computes exactly what a fresh encoding would.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from harness import models
+from harness.backends.base import Backend, Completion, Request, Sampling, Usage
+
+
+@dataclass
+class _Slot:
+    ids: list[int]
+    kv: list[tuple[torch.Tensor, torch.Tensor]]  # per layer, each (1, kv_heads, len(ids), head_dim)
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class HFBackend(Backend):
+    def __init__(self, model: str = "smollm2-135m", device: str = "cpu", dtype: str = "float32",
+                 batch_size: int = 32, kv_cache: bool = True):
+        self.model, self.tokenizer, self.model_info = models.load(model, device, dtype)
+        self.device = device
+        self.batch_size = batch_size
+        self.kv_cache = kv_cache
+        eos = self.model.generation_config.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.eos_token_id}
+        self.eos_ids.discard(None)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.eos_ids)
+        self._slots: dict[str, _Slot] = {}
+        self.usage = Usage()
+
+    # -- interface ---------------------------------------------------------------------------
+    def encode(self, messages: list[dict]) -> list[int]:
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    def generate(self, requests: list[Request], sampling: Sampling, seed: int = 0) -> list[Completion]:
+        start = time.perf_counter()
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        out: list[Completion] = []
+        with torch.inference_mode():
+            for i in range(0, len(requests), self.batch_size):
+                out += self._generate_batch(requests[i:i + self.batch_size], sampling, generator)
+        self.usage.generate_calls += 1
+        self.usage.seconds += time.perf_counter() - start
+        return out
+
+    def logprobs(self, texts: list[str]) -> list[list[float]]:
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(texts), self.batch_size):
+                enc = self.tokenizer(texts[i:i + self.batch_size], add_special_tokens=False,
+                                     padding=True, padding_side="right", return_tensors="pt").to(self.device)
+                logits = self.model(**enc).logits[:, :-1].float()
+                target = enc.input_ids[:, 1:]
+                lp = torch.log_softmax(logits, -1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
+                for row, n in zip(lp, enc.attention_mask.sum(1).tolist()):
+                    out.append(row[: n - 1].tolist())
+        return out
+
+    def release(self, cache_key_prefix: str) -> None:
+        for key in [k for k in self._slots if k.startswith(cache_key_prefix)]:
+            del self._slots[key]
+
+    # -- generation --------------------------------------------------------------------------
+    def _generate_batch(self, requests: list[Request], sampling: Sampling, generator) -> list[Completion]:
+        prompts = [self.encode(r.messages) for r in requests]
+        slots = [self._slots.get(r.cache_key) if self.kv_cache and r.cache_key else None for r in requests]
+        # At least one prompt token is always encoded: its logits start the completion.
+        reuse = [min(common_prefix(s.ids, ids), len(ids) - 1) if s else 0 for s, ids in zip(slots, prompts)]
+        batch, past_len = len(requests), max(reuse)
+        new_len = max(len(ids) - p for ids, p in zip(prompts, reuse))
+
+        input_ids = torch.full((batch, new_len), self.pad_id, dtype=torch.long)
+        mask = torch.zeros(batch, past_len + new_len, dtype=torch.long)
+        positions = torch.zeros(batch, new_len, dtype=torch.long)
+        for b, (ids, p) in enumerate(zip(prompts, reuse)):
+            n = len(ids) - p
+            input_ids[b, new_len - n:] = torch.tensor(ids[p:])
+            mask[b, past_len - p: past_len] = 1
+            mask[b, past_len + new_len - n:] = 1
+            positions[b, new_len - n:] = torch.arange(p, len(ids))
+        cache = self._padded_cache(slots, reuse, past_len)
+
+        rows = list(range(batch))  # batch row -> request index, shrinks as requests finish
+        generated: list[list[int]] = [[] for _ in requests]
+        texts = [""] * batch
+        finish: list[str | None] = [None] * batch
+        next_pos = positions[:, -1] + 1
+        step_ids = input_ids.to(self.device)
+        while True:
+            result = self.model(input_ids=step_ids, attention_mask=mask.to(self.device),
+                                position_ids=positions.to(self.device), past_key_values=cache, use_cache=True)
+            cache = result.past_key_values
+            tokens = self._pick(result.logits[:, -1].float(), sampling, generator).tolist()
+            keep = []
+            for j, (r, t) in enumerate(zip(rows, tokens)):
+                if t in self.eos_ids:
+                    finish[r] = "stop"
+                else:
+                    generated[r].append(t)
+                    if sampling.stop:
+                        texts[r] = self.tokenizer.decode(generated[r], skip_special_tokens=True)
+                        if any(s in texts[r] for s in sampling.stop):
+                            finish[r] = "stop"
+                    if finish[r] is None and len(generated[r]) >= sampling.max_new_tokens:
+                        finish[r] = "length"
+                if finish[r] is None:
+                    keep.append(j)
+                elif requests[r].cache_key and self.kv_cache:
+                    self._store(requests[r].cache_key, prompts[r], generated[r], cache, mask, j,
+                                fed_all=t in self.eos_ids)
+            if not keep:
+                break
+            if len(keep) < len(rows):
+                index = torch.tensor(keep)
+                cache.batch_select_indices(index.to(self.device))
+                mask, next_pos = mask[index], next_pos[index]
+                tokens = [tokens[j] for j in keep]
+                rows = [rows[j] for j in keep]
+            step_ids = torch.tensor(tokens, device=self.device).unsqueeze(1)
+            mask = torch.cat([mask, torch.ones(len(rows), 1, dtype=torch.long)], dim=1)
+            positions = next_pos.unsqueeze(1)
+            next_pos = next_pos + 1
+
+        completions = []
+        for r, ids in enumerate(prompts):
+            text = self.tokenizer.decode(generated[r], skip_special_tokens=True)
+            for s in sampling.stop:
+                text = text.split(s, 1)[0]
+            completions.append(Completion(text, len(ids), len(generated[r]), finish[r], reuse[r]))
+            self.usage.requests += 1
+            self.usage.prompt_tokens += len(ids)
+            self.usage.cached_tokens += reuse[r]
+            self.usage.completion_tokens += len(generated[r])
+        return completions
+
+    def _padded_cache(self, slots, reuse, past_len):
+        from transformers import DynamicCache
+
+        if past_len == 0:
+            return DynamicCache(config=self.model.config)
+        template = next(s.kv for s, p in zip(slots, reuse) if p)
+        layers = []
+        for layer, (k0, v0) in enumerate(template):
+            k = k0.new_zeros(len(slots), k0.shape[1], past_len, k0.shape[3])
+            v = v0.new_zeros(len(slots), v0.shape[1], past_len, v0.shape[3])
+            for b, (slot, p) in enumerate(zip(slots, reuse)):
+                if p:
+                    k[b, :, past_len - p:] = slot.kv[layer][0][0, :, :p]
+                    v[b, :, past_len - p:] = slot.kv[layer][1][0, :, :p]
+            layers.append((k, v))
+        return DynamicCache(layers)
+
+    def _store(self, key, prompt, generated, cache, mask, row, fed_all):
+        """Keep the row's keys/values, padding removed, for the slot's next request. The token
+        just sampled was never fed to the model, so it is not in the cache (unless it was the end
+        of turn, which is not kept in `generated` either)."""
+        ids = prompt + (generated if fed_all else generated[:-1])
+        columns = mask[row].nonzero().squeeze(1).to(self.device)
+        assert len(columns) == len(ids), (len(columns), len(ids))
+        self._slots[key] = _Slot(ids, [
+            (layer.keys[row:row + 1].index_select(2, columns), layer.values[row:row + 1].index_select(2, columns))
+            for layer in cache.layers
+        ])
+
+    @staticmethod
+    def _pick(logits: torch.Tensor, sampling: Sampling, generator) -> torch.Tensor:
+        if sampling.temperature <= 0:
+            return logits.argmax(-1)
+        probs = torch.softmax(logits / sampling.temperature, -1)
+        if sampling.top_p < 1.0:
+            sorted_probs, order = probs.sort(-1, descending=True)
+            outside = sorted_probs.cumsum(-1) - sorted_probs > sampling.top_p
+            sorted_probs[outside] = 0.0
+            probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+        return torch.multinomial(probs, 1, generator=generator).squeeze(1)

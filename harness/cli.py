@@ -1,0 +1,128 @@
+"""The `harness` command line: eval, ls, validate. Every command takes `--config FILE` and
+`key=value` overrides; bad input answers one line and exit status 2."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from tabulate import tabulate
+
+from harness import config as cfgmod
+from harness.config import EvalConfig
+from harness.errors import HarnessError
+
+
+def _offline(online: bool) -> None:
+    # The hub is used only when asked for: offline machines fail fast instead of waiting on DNS.
+    if not online:
+        for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+            os.environ.setdefault(var, "1")
+
+
+def cmd_eval(args) -> int:
+    from harness.evaluate import evaluate, results_table
+
+    cfg = cfgmod.build(EvalConfig, args.config, args.overrides, task=args.task, model=args.model,
+                       split=args.split, limit=args.limit, seed=args.seed, out=args.out,
+                       data_dir=args.data_dir, online=args.online or None)
+    _offline(cfg.online)
+    result = evaluate(cfg)
+    print(results_table(result))
+    print(f"run record: {result.run_dir}")
+    return 0
+
+
+def cmd_ls(args) -> int:
+    if args.what == "tasks":
+        from tasks import TASKS
+
+        rows = []
+        for name in TASKS:
+            t = TASKS.get(name)
+            rows.append([name, t.dataset or "data directory only", t.sizes, t.setting, t.metric, t.licence])
+        print(tabulate(rows, ["task", "source", "train / validation / test", "setting", "metric", "licence"],
+                       tablefmt="github"))
+    elif args.what == "models":
+        from harness.models import MODELS
+
+        print(tabulate([[n, MODELS.get(n).description] for n in MODELS], ["model", "description"],
+                       tablefmt="github"))
+        print("Any local Hugging Face model directory is accepted as --model too.")
+    elif args.what == "presets":
+        rows = [[name, path.read_text().splitlines()[0].lstrip("# "), " ".join(
+            line.strip() for line in path.read_text().splitlines() if line and not line.startswith("#"))]
+            for name, path in cfgmod.presets().items()]
+        print(tabulate(rows, ["preset", "what", "settings"], tablefmt="github"))
+    elif args.what == "metrics":
+        from tasks.metrics import METRICS
+
+        print("\n".join(METRICS.names()))
+    return 0
+
+
+def cmd_validate(args) -> int:
+    cfg = cfgmod.build(EvalConfig, args.config, args.overrides)
+    from tasks import get_task
+    from tasks.metrics import METRICS
+
+    task = get_task(cfg.task, context_mode=cfg.context_mode)
+    METRICS.get(cfg.metric or task.metric)
+    from harness import models
+    from harness.backends import BACKENDS
+
+    BACKENDS.get(cfg.backend)
+    models.check(cfg.model)
+    print(tabulate(sorted(cfgmod.as_dict(cfg).items()), ["key", "value"], tablefmt="github"))
+    print("config is valid")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="harness", description=__doc__.splitlines()[0])
+    p.add_argument("--log-level", default=os.environ.get("HARNESS_LOG_LEVEL", "WARNING"))
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp):
+        sp.add_argument("--config", help="YAML config file or preset name (harness ls presets)")
+        sp.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+
+    e = sub.add_parser("eval", help="run the two-agent system on a task split and score it")
+    e.add_argument("--task")
+    e.add_argument("--model", help="catalogue name (harness ls models) or local model directory")
+    e.add_argument("--split")
+    e.add_argument("--limit", type=int)
+    e.add_argument("--seed", type=int)
+    e.add_argument("--out", help="run directory")
+    e.add_argument("--data-dir", dest="data_dir")
+    e.add_argument("--online", action="store_true", help="allow the Hugging Face hub")
+    common(e)
+    e.set_defaults(fn=cmd_eval)
+
+    ls = sub.add_parser("ls", help="list tasks, models, presets or metrics")
+    ls.add_argument("what", choices=["tasks", "models", "presets", "metrics"])
+    ls.set_defaults(fn=cmd_ls)
+
+    v = sub.add_parser("validate", help="check a config without running it")
+    common(v)
+    v.set_defaults(fn=cmd_validate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.fn(args)
+    except HarnessError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""`harness eval`: the two-agent system on a task split, scored, with a complete run record."""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tabulate import tabulate
+from tqdm.auto import tqdm
+
+from harness import config as cfgmod
+from harness import models, runs
+from harness.backends import BACKENDS
+from harness.config import EvalConfig
+from harness.errors import HarnessError
+from harness.mas.dialogue import Dialogue, DialogueConfig, run_dialogues, start
+from tasks import get_task
+from tasks.metrics import METRICS, score
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalResult:
+    run_dir: Path
+    run_spec: dict
+    stats: dict
+    cost: dict
+    per_instance: list[dict]
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def mean_stderr(values: list[float]) -> tuple[float, float]:
+    n = len(values)
+    mean = sum(values) / n if n else float("nan")
+    if n < 2:
+        return mean, float("nan")
+    var = sum((v - mean) ** 2 for v in values) / (n - 1)
+    return mean, math.sqrt(var / n)
+
+
+def instance_record(d: Dialogue, metric: str, tokenizer) -> dict:
+    q = d.question
+    return {
+        "id": q.id, "question": q.question, "gold": list(q.golds), "prediction": d.final_answer,
+        "score": score(metric, d.final_answer, q.golds, options=q.options, tokenizer=tokenizer),
+        "answered": bool(d.final_answer), "turns": len(d.utterances), "stop": d.stop,
+        "tokens": sum(u.completion_tokens for u in d.utterances), "tokens_per_agent": d.tokens_by_agent(),
+        "transcript": [{"speaker": u.speaker, "text": u.text, "answer": u.answer, "tokens": u.completion_tokens,
+                        "truncated": u.truncated} for u in d.utterances],
+    }
+
+
+def evaluate(config: EvalConfig | None = None, **overrides) -> EvalResult:
+    """Python API of `harness eval`: returns what it writes. Overrides are config keys."""
+    cfg = cfgmod.build(EvalConfig, overrides={**cfgmod.as_dict(config or EvalConfig()), **overrides})
+    task = get_task(cfg.task, context_mode=cfg.context_mode, seed=cfg.seed)
+    if task.setting == "web":
+        raise HarnessError(f"{cfg.task}: the web environment its agents navigate is not in this release; "
+                           "only loading and the metric are")
+    metric = cfg.metric or task.metric
+    METRICS.get(metric)
+    models.check(cfg.model)
+    questions = task.load(cfg.split, cfg.data_dir, cfg.limit, cfg.online)
+    if not questions:
+        raise HarnessError(f"{cfg.task}/{cfg.split}: no questions to evaluate")
+    rid = runs.run_id("eval", task=cfg.task, model=cfg.model, split=cfg.split, seed=cfg.seed,
+                      n=len(questions), metric=metric)
+    out = Path(cfg.out) if cfg.out else Path("runs") / "eval" / runs.dir_name(rid)
+
+    seed_everything(cfg.seed)
+    started = time.time()
+    backend = BACKENDS.get(cfg.backend)(model=cfg.model, device=cfg.device, dtype=cfg.dtype,
+                                       batch_size=cfg.batch_size, kv_cache=cfg.kv_cache)
+    load_seconds = time.time() - started
+    dialogue_cfg = DialogueConfig(max_turns=cfg.max_turns, max_new_tokens=cfg.max_new_tokens,
+                                  temperature=cfg.temperature)
+    with tqdm(total=len(questions), desc=f"eval {cfg.task}", unit="dialogue", file=sys.stderr,
+              dynamic_ncols=True) as bar:
+        dialogues = run_dialogues(start(questions, task.setting), backend, dialogue_cfg, cfg.seed, bar)
+    wall = time.time() - started
+
+    tokenizer = getattr(backend, "tokenizer", None)
+    per_instance = [instance_record(d, metric, tokenizer) for d in dialogues]
+    scores = [r["score"] for r in per_instance]
+    mean, stderr = mean_stderr(scores)
+    tokens = [r["tokens"] for r in per_instance]
+    stats = {
+        "task": cfg.task, "split": cfg.split, "metric": metric, "mean": mean, "stderr": stderr,
+        "n": len(scores), "mean_tokens_per_dialogue": sum(tokens) / len(tokens),
+        "mean_turns": sum(r["turns"] for r in per_instance) / len(per_instance),
+        "answered_rate": sum(r["answered"] for r in per_instance) / len(per_instance),
+        "agreement_rate": sum(r["stop"] == "agreement" for r in per_instance) / len(per_instance),
+    }
+    cost = {**backend.usage.as_dict(), "wall_seconds": wall, "model_load_seconds": load_seconds,
+            "dialogues": len(dialogues)}
+    run_spec = {
+        "run_id": rid, "kind": "eval", "config": cfgmod.as_dict(cfg), "seed": cfg.seed,
+        "dialogue": vars(dialogue_cfg), "setting": task.setting,
+        "model": getattr(backend, "model_info", {"name": cfg.model}),
+        "data": {"source": task.source, "question_ids": [q.id for q in questions]},
+        "versions": runs.versions(), "device": runs.device_info(cfg.device), "git_sha": runs.git_sha(),
+        "command": sys.argv,
+    }
+    with runs.run_directory(out) as tmp:
+        runs.write_json(tmp / "run_spec.json", run_spec)
+        runs.write_jsonl(tmp / "per_instance.jsonl", per_instance)
+        runs.write_json(tmp / "stats.json", stats)
+        runs.write_json(tmp / "cost.json", cost)
+    return EvalResult(out, run_spec, stats, cost, per_instance)
+
+
+def results_table(result: EvalResult) -> str:
+    s, c = result.stats, result.cost
+    row = [s["task"], s["split"], result.run_spec["model"]["name"], s["metric"], f"{s['mean']:.4f}",
+           f"{s['stderr']:.4f}", s["n"], f"{s['mean_tokens_per_dialogue']:.1f}", f"{s['mean_turns']:.1f}",
+           f"{s['answered_rate']:.2f}", f"{c['wall_seconds']:.1f}"]
+    headers = ["task", "split", "model", "metric", "value", "± stderr", "n", "tokens/dialogue", "turns",
+               "answered", "wall s"]
+    return tabulate([row], headers=headers, tablefmt="github")

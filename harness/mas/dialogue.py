@@ -1,0 +1,131 @@
+"""The two-agent dialogue loop: one policy plays Alice and Bob; all dialogues advance together.
+
+Memory convention (decided here, used by SFT masking and DPO prompts later): an agent's memory is
+``[system: its own prompt]`` followed by its own utterances as ``assistant`` messages and its
+partner's as ``user`` messages; Alice, who speaks first, also gets an opening ``user`` message with
+the question, so both memories alternate user/assistant strictly. The reference code sends both as ``assistant``; chat-tuned models
+expect alternating roles, and with this convention "train on assistant turns" is exactly "train on
+the agent's own utterances".
+
+A dialogue ends when two consecutive answer-bearing utterances give the same answer (utterances
+without an answer, such as the debate critic's, neither count nor break the chain) or at the turn
+cap. The prediction is the last answer given; a dialogue without any ``<A>`` answer predicts "".
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass, field
+
+from harness.backends.base import Backend, Completion, Request, Sampling
+from harness.mas.prompts import opening, system_prompts
+from tasks.base import Question
+
+NAMES = ("Alice", "Bob")
+# One line, last match wins, a missing ">" on the closing tag tolerated (as the reference parser).
+ANSWER = re.compile(r"<A>(.*?)</A")
+_keys = itertools.count()
+
+
+def parse_answer(text: str) -> str:
+    found = ANSWER.findall(text)
+    return found[-1].strip() if found else ""
+
+
+def same_answer(a: str, b: str) -> bool:
+    return " ".join(a.casefold().split()) == " ".join(b.casefold().split())
+
+
+@dataclass(frozen=True)
+class DialogueConfig:
+    max_turns: int = 10
+    max_new_tokens: int = 256  # the utterance token cap; the reward's length override fires at it
+    temperature: float = 0.0
+    top_p: float = 1.0
+
+
+@dataclass
+class Utterance:
+    speaker: str
+    text: str
+    answer: str
+    completion_tokens: int
+    prompt_tokens: int
+    cached_tokens: int
+    truncated: bool  # hit the utterance token cap
+
+    @classmethod
+    def from_completion(cls, speaker: str, c: Completion) -> "Utterance":
+        return cls(speaker, c.text, parse_answer(c.text), c.completion_tokens, c.prompt_tokens,
+                   c.cached_tokens, c.finish_reason == "length")
+
+
+@dataclass
+class Dialogue:
+    question: Question
+    systems: tuple[str, str]
+    utterances: list[Utterance] = field(default_factory=list)
+    final_answer: str = ""
+    stop: str = ""  # "agreement" | "turn_cap"
+    key: str = field(default_factory=lambda: f"dlg{next(_keys)}")
+
+    @property
+    def done(self) -> bool:
+        return bool(self.stop)
+
+    def messages(self, agent: int) -> list[dict]:
+        """The agent's memory as chat messages: own turns `assistant`, the partner's `user`."""
+        name = NAMES[agent]
+        head = [{"role": "system", "content": self.systems[agent]}]
+        if agent == 0:
+            head.append({"role": "user", "content": opening(self.question.question, NAMES)})
+        return head + [
+            {"role": "assistant" if u.speaker == name else "user", "content": u.text}
+            for u in self.utterances
+        ]
+
+    def add(self, utterance: Utterance, max_turns: int) -> None:
+        self.utterances.append(utterance)
+        if utterance.answer:
+            if self.final_answer and same_answer(utterance.answer, self.final_answer):
+                self.stop = "agreement"
+            self.final_answer = utterance.answer
+        if not self.stop and len(self.utterances) >= max_turns:
+            self.stop = "turn_cap"
+
+    def tokens_by_agent(self) -> dict[str, int]:
+        out = dict.fromkeys(NAMES, 0)
+        for u in self.utterances:
+            out[u.speaker] += u.completion_tokens
+        return out
+
+
+def start(questions: list[Question], setting: str) -> list[Dialogue]:
+    return [Dialogue(q, system_prompts(setting, q.question, q.contexts, NAMES)) for q in questions]
+
+
+def run_dialogues(dialogues: list[Dialogue], backend: Backend, cfg: DialogueConfig, seed: int,
+                  progress=None) -> list[Dialogue]:
+    """Advance every dialogue to its end: one batched generate call per turn.
+
+    Each agent of each dialogue is a cache slot in the backend, so a turn only encodes the tokens
+    added since that agent last spoke.
+    """
+    sampling = Sampling(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
+    for turn in range(cfg.max_turns):
+        active = [d for d in dialogues if not d.done]
+        if not active:
+            break
+        agent = turn % 2
+        if progress is not None:
+            progress.set_postfix(turn=turn + 1, active=len(active))
+        requests = [Request(d.messages(agent), cache_key=f"{d.key}/{agent}") for d in active]
+        completions = backend.generate(requests, sampling, seed=seed * 1000 + turn)
+        for d, c in zip(active, completions):
+            d.add(Utterance.from_completion(NAMES[agent], c), cfg.max_turns)
+            if d.done:
+                backend.release(d.key)
+                if progress is not None:
+                    progress.update(1)
+    return dialogues

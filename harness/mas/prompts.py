@@ -1,0 +1,64 @@
+"""System prompts of the two agents, written for this project after the Optima setting.
+
+Information exchange: both agents get the same prompt with their own half of the context.
+Debate: Alice solves, Bob criticises and is told not to answer (Optima's solver/critic pair).
+Every prompt asks the agent to begin with its name and to put a final answer in <A>...</A>.
+"""
+
+from string import Template
+
+INFORMATION_EXCHANGE = Template("""\
+You are ${name}, an agent who answers a question together with your partner ${partner}. Each of \
+you holds only part of the information needed, so you must exchange what you know.
+Rules:
+1. Be very concise. Share only the facts that matter, in a compact form (lists, key=value pairs, \
+abbreviations); no greetings or filler.
+2. Use only your information below and what ${partner} tells you.
+3. Reason step by step. Once you know the answer, end your message with <A>answer</A>, the answer \
+as a short phrase. The conversation ends when both of you give the same answer in this form.
+4. Begin your message with "${name}:".
+
+Question: ${question}
+
+Your information:
+${information}""")
+
+DEBATE_SOLVER = Template("""\
+You are ${name}. Answer the question below with a short step-by-step derivation, concisely. Your \
+partner ${partner} checks your reasoning and tells you when he thinks you are wrong; weigh his \
+advice. End your message with <A>answer</A>, giving the text of the option you choose. Begin your \
+message with "${name}:".
+
+Question: ${question}""")
+
+DEBATE_CRITIC = Template("""\
+You are ${name}. Your partner ${partner} answers the question below. Examine his reasoning and \
+his answer carefully, point out any errors and give advice, concisely. Do not give the answer \
+yourself. Begin your message with "${name}:".
+
+Question: ${question}""")
+
+NO_INFORMATION = "(none: rely on what you know)"
+
+# Alice speaks first with no partner message yet; chat-tuned models answer a user turn far better
+# than a bare system prompt, so her memory opens with this one.
+OPENING = Template("Question: ${question}\n${partner} is listening. Begin, ${name}.")
+
+
+def opening(question: str, names=("Alice", "Bob")) -> str:
+    return OPENING.substitute(question=question, name=names[0], partner=names[1])
+
+
+def system_prompts(setting: str, question: str, contexts, names=("Alice", "Bob")) -> tuple[str, str]:
+    """The two agents' system prompts for one question."""
+    alice, bob = names
+    if setting == "information_exchange":
+        return tuple(
+            INFORMATION_EXCHANGE.substitute(name=me, partner=other, question=question,
+                                            information="\n".join(ctx) or NO_INFORMATION)
+            for me, other, ctx in ((alice, bob, contexts[0]), (bob, alice, contexts[1]))
+        )
+    if setting == "debate":
+        return (DEBATE_SOLVER.substitute(name=alice, partner=bob, question=question),
+                DEBATE_CRITIC.substitute(name=bob, partner=alice, question=question))
+    raise ValueError(f"no two-agent prompts for the {setting!r} setting")

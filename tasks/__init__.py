@@ -1,0 +1,11 @@
+"""Task adapters: one module a task, each opening with its metadata."""
+
+from tasks.base import Question, Task
+from tasks.registry import TASKS
+
+
+def get_task(name: str, **kwargs) -> Task:
+    return TASKS.get(name)(**kwargs)
+
+
+__all__ = ["Question", "Task", "TASKS", "get_task"]

@@ -1,0 +1,146 @@
+"""What every task adapter shares: the Question record, row validation and the three data sources.
+
+A task reads ``<data_dir>/<task>/<split>.jsonl`` in the dataset's Hugging Face schema when a data
+directory is set (``--data-dir`` or ``HARNESS_DATA_DIR``); otherwise, when online, the hub through
+``datasets``; otherwise the project-written sample in ``tasks/fixtures/`` with a one-line warning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Iterable
+
+from harness.errors import HarnessError
+
+log = logging.getLogger(__name__)
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SPLITS = ("train", "validation", "test")
+SETTINGS = ("information_exchange", "debate", "web")
+CONTEXT_MODES = ("paragraph", "first_sentence")
+
+
+@dataclass(frozen=True)
+class Question:
+    id: str
+    question: str
+    golds: tuple[str, ...]
+    contexts: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())  # Alice's, Bob's
+    options: tuple[str, ...] | None = None
+    meta: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+class RowError(ValueError):
+    """Raised by `to_question` for a row that breaks the schema; the loader adds file and line."""
+
+
+def require(row: dict, *keys: str) -> None:
+    for key in keys:
+        node: Any = row
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise RowError(f"missing key {key!r}")
+            node = node[part]
+
+
+def row_hash(row: dict) -> str:
+    """A stable id for datasets whose rows carry none (CBT, MMLU, WebWalkerQA)."""
+    return hashlib.sha1(json.dumps(row, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def options_text(options: Iterable[str]) -> str:
+    return "\nPlease choose your answer from " + repr(list(options))
+
+
+class Task:
+    """A task is data about a dataset plus one row parser; subclasses set the class attributes."""
+
+    name: ClassVar[str]
+    dataset: ClassVar[str | None]  # hub path; None when the dataset is not on the hub
+    hub_config: ClassVar[str | None] = None
+    hub_splits: ClassVar[dict[str, str]]  # our split -> hub split expression
+    setting: ClassVar[str]
+    metric: ClassVar[str]
+    licence: ClassVar[str]
+    sizes: ClassVar[str]  # public split sizes, for `harness ls tasks`
+
+    def __init__(self, context_mode: str = "paragraph", seed: int = 0):
+        if context_mode not in CONTEXT_MODES:
+            raise HarnessError(f"context_mode must be one of {', '.join(CONTEXT_MODES)}, got {context_mode!r}")
+        self.context_mode = context_mode
+        self.seed = seed
+
+    def to_question(self, row: dict, split: str) -> Question:
+        raise NotImplementedError
+
+    def rng(self, qid: str) -> random.Random:
+        """Per-question randomness for context splits: independent of load order and batch size."""
+        return random.Random(f"{self.seed}:{self.name}:{qid}")
+
+    # -- loading -----------------------------------------------------------------------------
+    def load(self, split: str, data_dir: str | os.PathLike | None = None, limit: int | None = None,
+             online: bool = False) -> list[Question]:
+        if split not in SPLITS:
+            raise HarnessError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+        data_dir = data_dir or os.environ.get("HARNESS_DATA_DIR") or None
+        if data_dir:
+            rows = self._read_local(Path(data_dir), split)
+        elif online and self.dataset:
+            rows = self._read_hub(split)
+        else:
+            path = FIXTURES / self.name / f"{split}.jsonl"
+            log.warning("no data directory set and the hub is not used: reading the project-written "
+                        "sample %s (set --data-dir or HARNESS_DATA_DIR for real data)", path)
+            rows = [(path, i, r) for i, r in read_jsonl(path)]
+        self.source = str(rows[0][0]) if rows else None  # what a run record names as its data
+        questions = []
+        for source, line, row in rows[: limit if limit is not None else None]:
+            try:
+                questions.append(self.to_question(row, split))
+            except RowError as e:
+                raise HarnessError(f"{source}:{line}: {e}") from None
+        return questions
+
+    def _read_local(self, data_dir: Path, split: str) -> list[tuple[Any, int, dict]]:
+        path = data_dir / self.name / f"{split}.jsonl"
+        if not path.is_file():
+            have = sorted(p.stem for p in (data_dir / self.name).glob("*.jsonl"))
+            raise HarnessError(f"{path}: not found (this data directory has {self.name} splits: "
+                               f"{', '.join(have) or 'none'})")
+        return [(path, i, r) for i, r in read_jsonl(path)]
+
+    def _read_hub(self, split: str) -> list[tuple[Any, int, dict]]:
+        import datasets
+
+        expr = self.hub_splits.get(split)
+        if expr is None:
+            raise HarnessError(f"{self.name} has no {split} split on the hub ({self.dataset})")
+        try:
+            ds = datasets.load_dataset(self.dataset, self.hub_config, split=expr)
+        except Exception as e:  # the hub's failures come in many types; the user needs one line
+            raise HarnessError(f"could not load {self.dataset} ({self.hub_config}) split {expr} "
+                               f"from the hub: {type(e).__name__}: {e}".splitlines()[0]) from None
+        return [(f"hub:{self.dataset}/{expr}", i + 1, row) for i, row in enumerate(ds)]
+
+
+def read_jsonl(path: Path) -> list[tuple[int, dict]]:
+    """Rows with their 1-based line numbers; a bad line is one `file:line: reason` error."""
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise HarnessError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise HarnessError(f"{path}:{i}: expected a JSON object, got {type(row).__name__}")
+            out.append((i, row))
+    return out

@@ -1,0 +1,34 @@
+"""Children's Book Test, common nouns (CBT-CN).
+
+dataset: cam-cst/cbt, config CN (Hill et al., 2016); items built by `harness data build-cbt` are
+    read the same way from a data directory
+splits: train, validation, test
+setting: information exchange: the first 10 context sentences to Alice, the last 10 to Bob
+metric: SQuAD token F1 against the answer word (the reference scores CBT with F1)
+licence: GFDL
+"""
+
+from tasks.base import Question, RowError, Task, options_text, require, row_hash
+
+
+class CBT(Task):
+    name = "cbt"
+    dataset = "cam-cst/cbt"
+    hub_config = "CN"
+    hub_splits = {"train": "train", "validation": "validation", "test": "test"}
+    setting = "information_exchange"
+    metric = "f1"
+    licence = "GFDL"
+    sizes = "120,769 / 2,000 / 2,500"
+
+    def to_question(self, row: dict, split: str) -> Question:
+        require(row, "sentences", "question", "answer", "options")
+        sentences, options = row["sentences"], row["options"]
+        if row["answer"] not in options:
+            raise RowError(f"answer {row['answer']!r} is not among the options")
+        half = len(sentences) // 2
+        return Question(
+            id=row.get("id") or row_hash(row), question=row["question"] + options_text(options),
+            golds=(row["answer"],), contexts=(tuple(sentences[:half]), tuple(sentences[half:])),
+            options=tuple(options),
+        )

@@ -1,0 +1,70 @@
+"""The hf backend on the tiny random model: the key/value cache must change nothing but speed."""
+
+import torch
+
+from harness.backends import Request, Sampling
+from harness.mas.dialogue import DialogueConfig, run_dialogues, start
+from tasks import get_task
+
+
+def _dialogue_texts(backend, questions, setting, **cfg):
+    ds = run_dialogues(start(questions, setting), backend, DialogueConfig(max_new_tokens=12, **cfg), seed=3)
+    return [[u.text for u in d.utterances] for d in ds]
+
+
+def test_kv_cache_gives_the_same_dialogues_and_reuses_prompt_tokens(tiny_random):
+    task = get_task("hotpotqa")
+    qs = task.load("test", limit=4)
+    before = tiny_random.usage.cached_tokens
+    tiny_random.kv_cache = True
+    cached = _dialogue_texts(tiny_random, qs, task.setting, max_turns=4)
+    reused = tiny_random.usage.cached_tokens - before
+    tiny_random.kv_cache = False
+    try:
+        fresh = _dialogue_texts(tiny_random, qs, task.setting, max_turns=4)
+    finally:
+        tiny_random.kv_cache = True
+    assert cached == fresh
+    assert reused > 0
+    assert not tiny_random._slots  # finished dialogues release their slots
+
+
+def test_sampled_generation_is_seeded(tiny_random):
+    req = [Request([{"role": "user", "content": "Tell me about the river."}])] * 3
+    s = Sampling(temperature=1.0, top_p=0.9, max_new_tokens=10)
+    a = [c.text for c in tiny_random.generate(req, s, seed=1)]
+    b = [c.text for c in tiny_random.generate(req, s, seed=1)]
+    c = [c.text for c in tiny_random.generate(req, s, seed=2)]
+    assert a == b and a != c
+
+
+def test_batched_equals_one_at_a_time_and_counts_tokens(tiny_random):
+    prompts = [[{"role": "user", "content": t}] for t in ("a short one", "a much longer prompt " * 5)]
+    s = Sampling(max_new_tokens=8)
+    batched = tiny_random.generate([Request(p) for p in prompts], s)
+    single = [tiny_random.generate([Request(p)], s)[0] for p in prompts]
+    assert [c.text for c in batched] == [c.text for c in single]
+    for c, p in zip(batched, prompts):
+        assert c.prompt_tokens == len(tiny_random.encode(p))
+        assert c.completion_tokens <= 8 and c.finish_reason in ("stop", "length")
+
+
+def test_stop_strings_end_generation_before_the_stop(tiny_random):
+    req = [Request([{"role": "user", "content": "Say something."}])]
+    full = tiny_random.generate(req, Sampling(max_new_tokens=20))[0]
+    assert len(full.text) > 2
+    stop = full.text[1:3]
+    cut = tiny_random.generate(req, Sampling(max_new_tokens=20, stop=(stop,)))[0]
+    assert stop not in cut.text and full.text.startswith(cut.text)
+
+
+def test_logprobs_match_a_direct_forward(tiny_random):
+    texts = ["the fox ran", "a much longer text about the river and the town"]
+    lps = tiny_random.logprobs(texts)
+    ids = tiny_random.tokenizer(texts[0], add_special_tokens=False, return_tensors="pt").input_ids
+    with torch.no_grad():
+        logits = tiny_random.model(ids).logits[0, :-1]
+    expected = torch.log_softmax(logits, -1).gather(-1, ids[0, 1:, None]).squeeze(-1)
+    assert len(lps[0]) == ids.shape[1] - 1
+    assert torch.allclose(torch.tensor(lps[0]), expected, atol=1e-4)
+    assert len(lps[1]) > len(lps[0]) and all(lp <= 0 for lp in lps[1])

@@ -1,0 +1,102 @@
+import json
+
+import pytest
+
+from harness.errors import HarnessError
+from tasks import TASKS, get_task
+
+ALL = ["hotpotqa", "2wmh", "triviaqa", "cbt", "arc_c", "mmlu", "webwalker"]
+
+
+def test_registry_lists_all_seven_tasks():
+    assert sorted(TASKS.names()) == sorted(ALL)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_fixtures_load_with_a_warning(name, caplog, monkeypatch):
+    monkeypatch.delenv("HARNESS_DATA_DIR", raising=False)
+    qs = get_task(name).load("test")
+    assert len(qs) >= 20
+    assert "project-written sample" in caplog.text
+    assert len({q.id for q in qs}) == len(qs)
+    assert all(q.question and q.golds and all(q.golds) for q in qs)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_real_samples_load(name, shared_data):
+    qs = get_task(name).load("test", data_dir=shared_data, limit=5)
+    assert 0 < len(qs) <= 5
+    if get_task(name).setting == "debate":
+        assert all(q.options and q.golds[0] in q.options for q in qs)
+
+
+def test_loading_is_deterministic_and_seeded(shared_data):
+    a = get_task("hotpotqa").load("test", data_dir=shared_data, limit=10)
+    b = get_task("hotpotqa").load("test", data_dir=shared_data, limit=10)
+    c = get_task("hotpotqa", seed=1).load("test", data_dir=shared_data, limit=10)
+    assert a == b and [q.contexts for q in a] == [q.contexts for q in b]
+    assert [q.contexts for q in a] != [q.contexts for q in c]
+
+
+def test_hotpotqa_context_split(shared_data):
+    row = json.loads((shared_data / "hotpotqa" / "test.jsonl").read_text().splitlines()[0])
+    q = get_task("hotpotqa").to_question(row, "test")
+    alice, bob = q.contexts
+    assert len(alice) + len(bob) == len(row["context"]["title"])
+    supporting = set(row["supporting_facts"]["title"])
+    # one supporting paragraph each: neither agent can answer alone
+    assert sum(p.split(":")[0] in supporting for p in alice) == 1
+    assert sum(p.split(":")[0] in supporting for p in bob) == 1
+    first = get_task("hotpotqa", context_mode="first_sentence").to_question(row, "test")
+    assert sum(map(len, "".join(first.contexts[0]))) < sum(map(len, "".join(alice)))
+
+
+def test_cbt_halves_and_options(shared_data):
+    q = get_task("cbt").load("test", data_dir=shared_data)[0]
+    assert len(q.contexts[0]) == len(q.contexts[1]) == 10
+    assert "XXXXX" in q.question and "Please choose your answer from" in q.question
+    assert q.golds[0] in q.options and len(q.options) == 10
+
+
+def test_arc_gold_is_the_option_text(shared_data):
+    row = json.loads((shared_data / "arc_c" / "test.jsonl").read_text().splitlines()[0])
+    q = get_task("arc_c").to_question(row, "test")
+    assert q.golds == (row["choices"]["text"][row["choices"]["label"].index(row["answerKey"])],)
+
+
+@pytest.mark.parametrize("name, row, what", [
+    ("hotpotqa", {"id": "x", "question": "q"}, "missing key 'answer'"),
+    ("arc_c", {"id": "x", "question": "q", "choices": {"text": ["a"], "label": ["A"]}, "answerKey": "B"},
+     "answerKey 'B' is not among the labels"),
+    ("mmlu", {"question": "q", "choices": ["a", "b"], "answer": 5}, "answer 5 is not an index"),
+    ("cbt", {"sentences": [], "question": "q", "answer": "z", "options": ["a"]}, "answer 'z' is not among the options"),
+])
+def test_malformed_row_names_file_and_line(tmp_path, name, row, what):
+    d = tmp_path / name
+    d.mkdir()
+    lines = [json.dumps(_first_fixture_row(name)), json.dumps(row)]  # line 1 valid, line 2 not
+    (d / "test.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(HarnessError, match=f"{d / 'test.jsonl'}:2: {what}"):
+        get_task(name).load("test", data_dir=tmp_path)
+
+
+def _first_fixture_row(name):
+    from tasks.base import FIXTURES
+
+    return json.loads((FIXTURES / name / "test.jsonl").read_text().splitlines()[0])
+
+
+def test_bad_json_and_missing_split(tmp_path):
+    (tmp_path / "cbt").mkdir()
+    (tmp_path / "cbt" / "test.jsonl").write_text("{not json\n")
+    with pytest.raises(HarnessError, match=r"test.jsonl:1: not valid JSON"):
+        get_task("cbt").load("test", data_dir=tmp_path)
+    with pytest.raises(HarnessError, match=r"train.jsonl: not found .*cbt splits: test"):
+        get_task("cbt").load("train", data_dir=tmp_path)
+    with pytest.raises(HarnessError, match="unknown split 'dev'"):
+        get_task("cbt").load("dev", data_dir=tmp_path)
+
+
+def test_unknown_task_suggests_the_nearest():
+    with pytest.raises(HarnessError, match="did you mean: hotpotqa"):
+        get_task("hotpot")
