@@ -3,9 +3,12 @@
 Agent prompts of 600-1,000 tokens are re-read at every turn of a dialogue; on CPU that prompt
 processing dominates. So each request may name a cache slot (`Request.cache_key`): after a request
 the slot keeps the token ids and the keys/values the model computed for them, and the next request
-on that slot encodes only the tokens past the longest common prefix with what it keeps. Slots of a
-batch are left-padded to a common length and the new tokens follow, with the attention mask hiding
-the padding and explicit position ids, so every row computes exactly what a fresh encoding would.
+on that slot encodes only the tokens past the longest common prefix with what it keeps.
+
+A request's new prompt tokens (all but the last) are encoded alone, unpadded, on top of its slot;
+then the batch decodes together from one token a row, the slots left-padded to a common length
+with the attention mask hiding the padding and explicit position ids, so every row computes
+exactly what a fresh encoding would.
 """
 
 from __future__ import annotations
@@ -85,19 +88,18 @@ class HFBackend(Backend):
         prompts = [self.encode(r.messages) for r in requests]
         slots = [self._slots.get(r.cache_key) if self.kv_cache and r.cache_key else None for r in requests]
         # At least one prompt token is always encoded: its logits start the completion.
-        reuse = [min(common_prefix(s.ids, ids), len(ids) - 1) if s else 0 for s, ids in zip(slots, prompts)]
+        cached = [min(common_prefix(s.ids, ids), len(ids) - 1) if s else 0 for s, ids in zip(slots, prompts)]
+        # Each row's new prompt tokens but the last are encoded alone, unpadded: a padded batch of
+        # 600-1,400-token prompts wastes a third of its work on padding and materialises a
+        # quadratic mask. The batch then starts from one token a row.
+        slots = [self._prefill(ids, slot, p) for ids, slot, p in zip(prompts, slots, cached)]
+        reuse = [len(ids) - 1 for ids in prompts]
         batch, past_len = len(requests), max(reuse)
-        new_len = max(len(ids) - p for ids, p in zip(prompts, reuse))
-
-        input_ids = torch.full((batch, new_len), self.pad_id, dtype=torch.long)
-        mask = torch.zeros(batch, past_len + new_len, dtype=torch.long)
-        positions = torch.zeros(batch, new_len, dtype=torch.long)
-        for b, (ids, p) in enumerate(zip(prompts, reuse)):
-            n = len(ids) - p
-            input_ids[b, new_len - n:] = torch.tensor(ids[p:])
-            mask[b, past_len - p: past_len] = 1
-            mask[b, past_len + new_len - n:] = 1
-            positions[b, new_len - n:] = torch.arange(p, len(ids))
+        input_ids = torch.tensor([[ids[-1]] for ids in prompts])
+        positions = torch.tensor([[p] for p in reuse])
+        mask = torch.zeros(batch, past_len + 1, dtype=torch.long)
+        for b, p in enumerate(reuse):
+            mask[b, past_len - p:] = 1
         cache = self._padded_cache(slots, reuse, past_len)
 
         rows = list(range(batch))  # batch row -> request index, shrinks as requests finish
@@ -146,12 +148,26 @@ class HFBackend(Backend):
             text = self.tokenizer.decode(generated[r], skip_special_tokens=True)
             for s in sampling.stop:
                 text = text.split(s, 1)[0]
-            completions.append(Completion(text, len(ids), len(generated[r]), finish[r], reuse[r]))
+            completions.append(Completion(text, len(ids), len(generated[r]), finish[r], cached[r]))
             self.usage.requests += 1
             self.usage.prompt_tokens += len(ids)
-            self.usage.cached_tokens += reuse[r]
+            self.usage.cached_tokens += cached[r]
             self.usage.completion_tokens += len(generated[r])
         return completions
+
+    def _prefill(self, ids: list[int], slot: _Slot | None, cached: int) -> _Slot | None:
+        """A slot holding `ids[:-1]`: the first `cached` tokens' keys/values from `slot`, the rest
+        encoded now in one unpadded forward pass."""
+        from transformers import DynamicCache
+
+        if len(ids) - 1 <= cached:
+            return slot
+        past = DynamicCache(config=self.model.config) if not cached else DynamicCache(
+            [(k[:, :, :cached], v[:, :, :cached]) for k, v in slot.kv])
+        new = torch.tensor([ids[cached:-1]], device=self.device)
+        positions = torch.arange(cached, len(ids) - 1, device=self.device).unsqueeze(0)
+        cache = self.model(input_ids=new, position_ids=positions, past_key_values=past, use_cache=True).past_key_values
+        return _Slot(ids[:-1], [(layer.keys, layer.values) for layer in cache.layers])
 
     def _padded_cache(self, slots, reuse, past_len):
         from transformers import DynamicCache
