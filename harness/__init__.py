@@ -2,8 +2,8 @@
 
 
 def evaluate(config=None, **overrides):
-    """`harness eval` as a function; see `harness.evaluate.evaluate`."""
-    from harness.evaluate import evaluate as _evaluate
+    """`harness eval` as a function; see `harness.evaluation.evaluate`."""
+    from harness.evaluation import evaluate as _evaluate
 
     return _evaluate(config, **overrides)
 

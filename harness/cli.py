@@ -23,7 +23,7 @@ def _offline(online: bool) -> None:
 
 
 def cmd_eval(args) -> int:
-    from harness.evaluate import evaluate, results_table
+    from harness.evaluation import evaluate, results_table
 
     cfg = cfgmod.build(EvalConfig, args.config, args.overrides, task=args.task, model=args.model,
                        split=args.split, limit=args.limit, seed=args.seed, out=args.out,

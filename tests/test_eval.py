@@ -20,8 +20,9 @@ def test_eval_tiny_random_on_real_samples(task, shared_data, tmp_path, capsys):
     rows = [json.loads(line) for line in (out / "per_instance.jsonl").read_text().splitlines()]
     stats = json.loads((out / "stats.json").read_text())
     spec = json.loads((out / "run_spec.json").read_text())
-    assert stats["n"] == len(rows) == 4
-    assert stats["mean"] == pytest.approx(sum(r["score"] for r in rows) / 4)
+    available = sum(1 for _ in open(shared_data / task / "test.jsonl"))
+    assert stats["n"] == len(rows) == min(4, available)
+    assert stats["mean"] == pytest.approx(sum(r["score"] for r in rows) / len(rows))
     assert all(1 <= r["turns"] <= 4 and len(r["transcript"]) == r["turns"] for r in rows)
     assert all(r["tokens"] == sum(r["tokens_per_agent"].values()) for r in rows)
     assert spec["config"]["task"] == task and spec["model"]["sha256"] and spec["versions"]["torch"]

@@ -17,6 +17,7 @@ abbreviations); no greetings or filler.
 3. Reason step by step. Once you know the answer, end your message with <A>answer</A>, the answer \
 as a short phrase. The conversation ends when both of you give the same answer in this form.
 4. Begin your message with "${name}:".
+Example of a message: "${name}: X was born in 1950, Y in 1948, so Y is older. <A>Y</A>"
 
 Question: ${question}
 
@@ -42,7 +43,7 @@ NO_INFORMATION = "(none: rely on what you know)"
 
 # Alice speaks first with no partner message yet; chat-tuned models answer a user turn far better
 # than a bare system prompt, so her memory opens with this one.
-OPENING = Template("Question: ${question}\n${partner} is listening. Begin, ${name}.")
+OPENING = Template("Question: ${question}\nAnswer in one short line, ending with <A>answer</A>.")
 
 
 def opening(question: str, names=("Alice", "Bob")) -> str:
