@@ -64,15 +64,14 @@ def cmd_ls(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    cfg = cfgmod.build(EvalConfig, args.config, args.overrides)
+    from harness import models
+    from harness.backends import BACKENDS
     from tasks import get_task
     from tasks.metrics import METRICS
 
+    cfg = cfgmod.build(EvalConfig, args.config, args.overrides)
     task = get_task(cfg.task, context_mode=cfg.context_mode)
     METRICS.get(cfg.metric or task.metric)
-    from harness import models
-    from harness.backends import BACKENDS
-
     BACKENDS.get(cfg.backend)
     models.check(cfg.model)
     print(tabulate(sorted(cfgmod.as_dict(cfg).items()), ["key", "value"], tablefmt="github"))

@@ -100,7 +100,7 @@ class Task:
             rows = [(path, i, r) for i, r in read_jsonl(path)]
         self.source = str(rows[0][0]) if rows else None  # what a run record names as its data
         questions = []
-        for source, line, row in rows[: limit if limit is not None else None]:
+        for source, line, row in rows[:limit]:
             try:
                 questions.append(self.to_question(row, split))
             except RowError as e:
