@@ -18,13 +18,14 @@ from tabulate import tabulate
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from harness.backends import Usage  # noqa: E402
 from harness.backends.hf import HFBackend  # noqa: E402
 from harness.mas.dialogue import DialogueConfig, run_dialogues, start  # noqa: E402
 from tasks import get_task  # noqa: E402
 
 
 def run(backend, questions, setting, cfg, one_at_a_time: bool):
-    backend.usage.__init__()
+    backend.usage = Usage()
     started = time.perf_counter()
     groups = [[q] for q in questions] if one_at_a_time else [questions]
     dialogues = [d for g in groups for d in run_dialogues(start(g, setting), backend, cfg, seed=0)]

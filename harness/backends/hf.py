@@ -46,7 +46,8 @@ class HFBackend(Backend):
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.eos_token_id}
         self.eos_ids.discard(None)
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.eos_ids)
+        if self.tokenizer.pad_token is None:  # `logprobs` pads its batches
+            self.tokenizer.pad_token = self.tokenizer.eos_token
         self._slots: dict[str, _Slot] = {}
         self.usage = Usage()
 

@@ -79,7 +79,7 @@ class Dialogue:
         name = NAMES[agent]
         head = [{"role": "system", "content": self.systems[agent]}]
         if agent == 0:
-            head.append({"role": "user", "content": opening(self.question.question, NAMES)})
+            head.append({"role": "user", "content": opening(self.question.question)})
         return head + [
             {"role": "assistant" if u.speaker == name else "user", "content": u.text}
             for u in self.utterances

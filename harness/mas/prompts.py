@@ -46,8 +46,8 @@ NO_INFORMATION = "(none: rely on what you know)"
 OPENING = Template("Question: ${question}\nAnswer in one short line, ending with <A>answer</A>.")
 
 
-def opening(question: str, names=("Alice", "Bob")) -> str:
-    return OPENING.substitute(question=question, name=names[0], partner=names[1])
+def opening(question: str) -> str:
+    return OPENING.substitute(question=question)
 
 
 def system_prompts(setting: str, question: str, contexts, names=("Alice", "Bob")) -> tuple[str, str]:
