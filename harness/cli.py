@@ -1,4 +1,4 @@
-"""The `harness` command line: eval, ls, validate. Every command takes `--config FILE` and
+"""The `harness` command line: eval, synth, ls, validate. Every command takes `--config FILE` and
 `key=value` overrides; bad input answers one line and exit status 2."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sys
 from tabulate import tabulate
 
 from harness import config as cfgmod
-from harness.config import EvalConfig
+from harness.config import EvalConfig, SynthConfig
 from harness.errors import HarnessError
 
 
@@ -32,6 +32,19 @@ def cmd_eval(args) -> int:
     result = evaluate(cfg)
     print(results_table(result))
     print(f"run record: {result.run_dir}")
+    return 0
+
+
+def cmd_synth(args) -> int:
+    from harness.synth.synthesis import summary_table, synthesize
+
+    cfg = cfgmod.build(SynthConfig, args.config, args.overrides, task=args.task, model=args.model,
+                       questions=args.questions, seed=args.seed, out=args.out, data_dir=args.data_dir,
+                       online=args.online or None)
+    _offline(cfg.online)
+    result = synthesize(cfg, resume=args.resume)
+    print(summary_table(result))
+    print(f"pairs: {result.run_dir / 'pairs.jsonl'}")
     return 0
 
 
@@ -99,6 +112,18 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--online", action="store_true", help="allow the Hugging Face hub")
     common(e)
     e.set_defaults(fn=cmd_eval)
+
+    s = sub.add_parser("synth", help="grow search trees over dialogues and extract preference pairs")
+    s.add_argument("--task")
+    s.add_argument("--model", help="the policy: catalogue name or local model directory")
+    s.add_argument("--questions", type=int, help="training questions, one tree each")
+    s.add_argument("--seed", type=int)
+    s.add_argument("--out", help="run directory")
+    s.add_argument("--data-dir", dest="data_dir")
+    s.add_argument("--online", action="store_true", help="allow the Hugging Face hub")
+    s.add_argument("--resume", action="store_true", help="continue a killed run from the trees it finished")
+    common(s)
+    s.set_defaults(fn=cmd_synth)
 
     ls = sub.add_parser("ls", help="list tasks, models, presets or metrics")
     ls.add_argument("what", choices=["tasks", "models", "presets", "metrics"])

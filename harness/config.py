@@ -1,7 +1,9 @@
 """Typed configuration: defaults live here, YAML files and `key=value` overrides change them.
 
 Unknown keys and values of the wrong type fail with one line naming the key and the nearest valid
-names. Presets are YAML files in ``configs/``.
+names. Presets are YAML files in ``configs/``: top-level keys apply to every command whose config has
+them (task, model, decoding), and a mapping named after a command (``eval:``, ``synth:``) applies
+to that command only.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import types
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import ClassVar
 
 import yaml
 
@@ -21,17 +24,15 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
 @dataclass
-class EvalConfig:
-    """`harness eval`: greedy two-agent dialogues on a task split."""
+class RuntimeConfig:
+    """What every command that runs the two-agent system shares: task, model, data, decoding."""
 
     task: str = "cbt"
     model: str = "smollm2-135m"
-    split: str = "test"
-    limit: int | None = None  # first N questions of the split
     seed: int = 0
     data_dir: str | None = None  # else $HARNESS_DATA_DIR, else the hub (online) or the fixtures
     online: bool = False  # allow the Hugging Face hub
-    out: str | None = None  # run directory; default runs/eval/<run id>
+    out: str | None = None  # run directory; default runs/<command>/<run id>
     backend: str = "hf"
     device: str = "cpu"
     dtype: str = "float32"
@@ -39,9 +40,54 @@ class EvalConfig:
     kv_cache: bool = True  # keep each agent's keys/values across turns
     max_turns: int = 10  # utterances per dialogue (Optima: 10)
     max_new_tokens: int = 128  # utterance token cap (Optima: 2000; sized for CPU); the reward's length override
-    temperature: float = 0.0  # evaluation is greedy
     context_mode: str = "paragraph"  # or first_sentence, the reference's HotpotQA contexts
     metric: str | None = None  # default: the task's metric
+
+
+@dataclass
+class EvalConfig(RuntimeConfig):
+    """`harness eval`: greedy two-agent dialogues on a task split."""
+
+    section: ClassVar[str] = "eval"
+    split: str = "test"
+    limit: int | None = None  # first N questions of the split
+    temperature: float = 0.0  # evaluation is greedy
+
+
+@dataclass
+class SynthConfig(RuntimeConfig):
+    """`harness synth`: the probe, then one search tree per training question, then pairs.
+
+    Names follow the reference code (Optima/DITS); defaults are its values unless noted.
+    """
+
+    section: ClassVar[str] = "synth"
+    split: str = "train"
+    questions: int = 16  # trees: the split's questions [question_offset, question_offset + questions)
+    question_offset: int = 0
+    explore_time: int = 8  # selection iterations per tree
+    expand_time: int = 3  # rollouts from each selected node
+    rollout_temperature: float = 0.7
+    top_p: float = 1.0
+    select_top_k: int = 10  # softmax over the Q of this many best candidates
+    select_distance: float = 0.25  # candidates nearer than this to a selected node are dropped
+    merge_distance: float = 0.1  # a new utterance nearer than this to a sibling merges into it
+    trees_per_batch: int = 8  # trees whose rollouts advance together (their turns share forward passes)
+    lambda1: float | None = None  # token-penalty weight; default: the task's reference recipe
+    lambda2: float | None = None  # language-loss weight; default: the task's reference recipe
+    min_dialogue_tokens: int = 40  # T at or below this: token term -1 (degenerate chats)
+    max_dialogue_tokens: int = 2000  # T above this: loss term -1
+    t_norm: int | None = None  # token normaliser; default: from the probe
+    probe_size: int = 100  # probe dialogues, on the questions after the trees'
+    probe_percentile: float = 80.0
+    probe_temperature: float = 0.7
+    dpo_epsilon: float | None = None  # chosen Q must exceed it; default: the task's (0.4 QA, 0.45 debate)
+    dpo_min_gap: float = 0.2  # chosen Q - rejected Q must exceed it
+    keep_fraction: float = 0.5  # per tree, the pairs with the best chosen Q
+    reward_model: str | None = None  # frozen scorer of the loss term; default: the policy model
+
+
+CONFIG_CLASSES = (EvalConfig, SynthConfig)
 
 
 def _coerce(cls, key: str, value, source: str):
@@ -76,19 +122,23 @@ def build(cls, file: str | None = None, overrides: list[str] | dict | None = Non
         values[key] = _coerce(cls, key, value, source)
 
     if file:
-        path = Path(file)
-        if not path.is_file() and (CONFIGS / f"{file}.yaml").is_file():
-            path = CONFIGS / f"{file}.yaml"
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except FileNotFoundError:
-            raise HarnessError(f"{file}: config file not found") from None
-        except yaml.YAMLError as e:
-            raise HarnessError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-        if not isinstance(data, dict):
-            raise HarnessError(f"{path}: expected a mapping of config keys")
+        data, path = _read_yaml(file)
+        shared = {f.name for c in CONFIG_CLASSES for f in fields(c)}
+        sections = {c.section: c for c in CONFIG_CLASSES}
         for key, value in data.items():
-            put(key, value, str(path))
+            if key in sections:
+                if not isinstance(value, dict):
+                    raise HarnessError(f"{path}: {key}: expected a mapping of {key} config keys")
+                section_names = [f.name for f in fields(sections[key])]
+                for k, v in value.items():
+                    if sections[key] is cls:
+                        put(k, v, f"{path}: {key}")
+                    elif k not in section_names:  # checked now, not when that command runs
+                        raise HarnessError(f"{path}: {key}: unknown config key {k!r}; {nearest(k, section_names)}")
+            elif key not in shared:
+                raise HarnessError(f"{path}: unknown config key {key!r}; {nearest(key, sorted(shared | set(sections)))}")
+            elif key in names:
+                put(key, value, str(path))
     for key, value in flags.items():
         if value is not None:
             put(key, value, f"--{key.replace('_', '-')}")
@@ -102,6 +152,21 @@ def build(cls, file: str | None = None, overrides: list[str] | dict | None = Non
             raise HarnessError(f"override {item!r}: expected key=value")
         put(key, value, "override")
     return cls(**values)
+
+
+def _read_yaml(file: str) -> tuple[dict, Path]:
+    path = Path(file)
+    if not path.is_file() and (CONFIGS / f"{file}.yaml").is_file():
+        path = CONFIGS / f"{file}.yaml"
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise HarnessError(f"{file}: config file not found") from None
+    except yaml.YAMLError as e:
+        raise HarnessError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise HarnessError(f"{path}: expected a mapping of config keys")
+    return data, path
 
 
 def as_dict(config) -> dict:

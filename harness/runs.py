@@ -1,7 +1,8 @@
 """Run ids, run directories and atomic writes.
 
 A run directory is written under a temporary name and renamed into place when complete, so a
-directory that exists under its final name is always finished. Run ids are canonical HELM-style
+directory that exists under its final name is always finished. Long runs write into a fixed
+``.<name>.partial`` directory as they go, which `--resume` continues. Run ids are canonical HELM-style
 strings, ``eval:task=cbt,model=smollm2-135m,split=test,seed=0``, that double as directory names.
 """
 
@@ -84,3 +85,41 @@ def run_directory(final: Path):
         tmp.rename(final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def resumable_directory(final: Path, resume: bool):
+    """Yield the partial directory of a long run; on success it replaces `final`. On failure it
+    stays, so `resume=True` continues from what it holds; without it, a stale one is cleared."""
+    partial = final.parent / f".{final.name}.partial"
+    if partial.exists() and not resume:
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True, exist_ok=True)
+    yield partial
+    if final.exists():
+        shutil.rmtree(final)
+    partial.rename(final)
+
+
+def append_jsonl(path: Path, rows) -> None:
+    """Append whole lines and flush them to disk: what a killed run leaves is complete up to a line."""
+    with open(path, "a", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_complete_jsonl(path: Path) -> list[dict]:
+    """The complete lines of a file another run was appending to (a cut last line is dropped)."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+        if not line.endswith("\n"):
+            break
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return rows

@@ -1,5 +1,6 @@
 """The hf backend on the tiny random model: the key/value cache must change nothing but speed."""
 
+import pytest
 import torch
 
 from harness.backends import Request, Sampling
@@ -68,3 +69,19 @@ def test_logprobs_match_a_direct_forward(tiny_random):
     assert len(lps[0]) == ids.shape[1] - 1
     assert torch.allclose(torch.tensor(lps[0]), expected, atol=1e-4)
     assert len(lps[1]) > len(lps[0]) and all(lp <= 0 for lp in lps[1])
+
+
+def test_turn_nll_scores_the_content_of_one_assistant_turn(tiny_random):
+    texts = ["Alice: the fox ran <A>fox</A>", "", "Bob: a much longer reply about the river and the town"]
+    nlls = tiny_random.turn_nll(texts)
+    tok = tiny_random.tokenizer
+    for text, nll in zip(texts, nlls):
+        rendered = tok.apply_chat_template([{"role": "assistant", "content": text}], tokenize=False)
+        head = rendered[:rendered.index("assistant\n") + len("assistant\n")]
+        head_ids = tok(head, add_special_tokens=False).input_ids
+        ids = head_ids + tok(rendered[len(head):], add_special_tokens=False).input_ids
+        with torch.no_grad():
+            logits = tiny_random.model(torch.tensor([ids])).logits[0, :-1]
+        lp = torch.log_softmax(logits, -1).gather(-1, torch.tensor(ids[1:])[:, None]).squeeze(-1)
+        assert nll == pytest.approx(-lp[len(head_ids) - 1:].mean().item(), abs=1e-4)  # batched = alone
+    assert nlls[2] != nlls[0] and all(n > 0 for n in nlls)

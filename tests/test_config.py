@@ -39,3 +39,24 @@ def test_bad_files(tmp_path):
     unknown.write_text("tsk: cbt\n")
     with pytest.raises(HarnessError, match=f"{unknown}: unknown config key 'tsk'"):
         build(EvalConfig, str(unknown))
+
+
+def test_preset_sections_apply_to_their_command_only():
+    from harness.config import SynthConfig
+
+    synth, ev = build(SynthConfig, "smoke"), build(EvalConfig, "smoke")
+    assert (synth.model, ev.model) == ("tiny-fitted", "tiny-fitted")  # shared top-level keys
+    assert (synth.questions, ev.limit) == (4, 4)
+    assert build(SynthConfig, "cpu").questions == 8 and SynthConfig().questions == 16
+
+
+@pytest.mark.parametrize("text, message", [
+    ("synth:\n  questionz: 3\n", "synth: unknown config key 'questionz'; did you mean: questions"),
+    ("eval: 3\n", "eval: expected a mapping"),
+    ("explore_tim: 3\n", "unknown config key 'explore_tim'; did you mean: explore_time"),
+])
+def test_bad_preset_sections_fail_for_every_command(tmp_path, text, message):
+    f = tmp_path / "p.yaml"
+    f.write_text(text)
+    with pytest.raises(HarnessError, match=message):
+        build(EvalConfig, str(f))

@@ -38,6 +38,7 @@ class Usage:
     prompt_tokens: int = 0
     cached_tokens: int = 0
     completion_tokens: int = 0
+    scored_tokens: int = 0  # tokens read by `logprobs` and `turn_nll`
     generate_calls: int = 0
     seconds: float = 0.0
     extra: dict = field(default_factory=dict)
@@ -56,6 +57,11 @@ class Backend(ABC):
     @abstractmethod
     def logprobs(self, texts: list[str]) -> list[list[float]]:
         """Per-token log-probabilities of each text (the first token has none)."""
+
+    @abstractmethod
+    def turn_nll(self, texts: list[str]) -> list[float]:
+        """Mean negative log-likelihood of each text's tokens as the content of one assistant turn
+        (the reward's language-loss term scores every utterance this way)."""
 
     def release(self, cache_key_prefix: str) -> None:
         """Forget cached prefixes whose key starts with this prefix (a finished dialogue)."""

@@ -49,6 +49,7 @@ class HFBackend(Backend):
         if self.tokenizer.pad_token is None:  # `logprobs` pads its batches
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self._slots: dict[str, _Slot] = {}
+        self._turn_frame: tuple[list[int], str] | None = None
         self.usage = Usage()
 
     # -- interface ---------------------------------------------------------------------------
@@ -68,16 +69,41 @@ class HFBackend(Backend):
         return out
 
     def logprobs(self, texts: list[str]) -> list[list[float]]:
-        out = []
+        ids = [self.tokenizer(t, add_special_tokens=False).input_ids for t in texts]
+        return [row.tolist() for row in self._token_logprobs(ids)]
+
+    def turn_nll(self, texts: list[str]) -> list[float]:
+        turns = [self._turn_ids(t) for t in texts]
+        logprobs = self._token_logprobs([ids for ids, _ in turns])
+        return [-lp[start - 1:].mean().item() for (_, start), lp in zip(turns, logprobs)]
+
+    def _turn_ids(self, text: str) -> tuple[list[int], int]:
+        """The text as one assistant message in the chat format, and where its content starts:
+        the header is context; the content and the end-of-turn tokens are scored."""
+        if self._turn_frame is None:
+            marker = "\x00"
+            rendered = self.tokenizer.apply_chat_template([{"role": "assistant", "content": marker}], tokenize=False)
+            head, tail = rendered.split(marker, 1)
+            self._turn_frame = (self.tokenizer(head, add_special_tokens=False).input_ids, tail)
+        head_ids, tail = self._turn_frame
+        return head_ids + self.tokenizer(text + tail, add_special_tokens=False).input_ids, len(head_ids)
+
+    def _token_logprobs(self, sequences: list[list[int]]) -> list[torch.Tensor]:
+        """Log-probability of every token after the first, batched by similar length."""
+        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+        out: list[torch.Tensor | None] = [None] * len(sequences)
+        pad = self.tokenizer.pad_token_id
         with torch.inference_mode():
-            for i in range(0, len(texts), self.batch_size):
-                enc = self.tokenizer(texts[i:i + self.batch_size], add_special_tokens=False,
-                                     padding=True, padding_side="right", return_tensors="pt").to(self.device)
-                logits = self.model(**enc).logits[:, :-1].float()
-                target = enc.input_ids[:, 1:]
-                lp = torch.log_softmax(logits, -1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
-                for row, n in zip(lp, enc.attention_mask.sum(1).tolist()):
-                    out.append(row[: n - 1].tolist())
+            for i in range(0, len(order), self.batch_size):
+                chunk = order[i:i + self.batch_size]
+                width = max(len(sequences[j]) for j in chunk)
+                ids = torch.tensor([sequences[j] + [pad] * (width - len(sequences[j])) for j in chunk])
+                mask = torch.tensor([[1] * len(sequences[j]) + [0] * (width - len(sequences[j])) for j in chunk])
+                logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+                lp = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, ids[:, 1:].to(self.device).unsqueeze(-1))
+                for row, j in enumerate(chunk):
+                    out[j] = lp[row, : len(sequences[j]) - 1, 0].cpu()
+                self.usage.scored_tokens += int(mask.sum())
         return out
 
     def release(self, cache_key_prefix: str) -> None:

@@ -74,6 +74,10 @@ class Dialogue:
     def done(self) -> bool:
         return bool(self.stop)
 
+    @property
+    def next_agent(self) -> int:
+        return len(self.utterances) % 2
+
     def messages(self, agent: int) -> list[dict]:
         """The agent's memory as chat messages: own turns `assistant`, the partner's `user`."""
         name = NAMES[agent]
@@ -106,26 +110,29 @@ def start(questions: list[Question], setting: str) -> list[Dialogue]:
 
 
 def run_dialogues(dialogues: list[Dialogue], backend: Backend, cfg: DialogueConfig, seed: int,
-                  progress=None) -> list[Dialogue]:
+                  progress=None, release: bool = True) -> list[Dialogue]:
     """Advance every dialogue to its end: one batched generate call per turn.
 
-    Each agent of each dialogue is a cache slot in the backend, so a turn only encodes the tokens
-    added since that agent last spoke.
+    Dialogues may start part-way (a tree-search rollout replays the path it starts from); each
+    speaks in turn from where it is. Each agent of each dialogue is a cache slot in the backend, so
+    a turn only encodes the tokens added since that agent last spoke. `release=False` keeps the
+    slots for the caller's next dialogues on the same keys, which share their system prompts.
     """
     sampling = Sampling(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
-    for turn in range(cfg.max_turns):
+    for step in itertools.count():
         active = [d for d in dialogues if not d.done]
         if not active:
             break
-        agent = turn % 2
         if progress is not None:
-            progress.set_postfix(turn=turn + 1, active=len(active))
-        requests = [Request(d.messages(agent), cache_key=f"{d.key}/{agent}") for d in active]
-        completions = backend.generate(requests, sampling, seed=seed * 1000 + turn)
-        for d, c in zip(active, completions):
-            d.add(Utterance.from_completion(NAMES[agent], c), cfg.max_turns)
+            progress.set_postfix(turn=step + 1, active=len(active))
+        agents = [d.next_agent for d in active]
+        requests = [Request(d.messages(a), cache_key=f"{d.key}/{a}") for d, a in zip(active, agents)]
+        completions = backend.generate(requests, sampling, seed=seed * 1000 + step)
+        for d, a, c in zip(active, agents, completions):
+            d.add(Utterance.from_completion(NAMES[a], c), cfg.max_turns)
             if d.done:
-                backend.release(d.key)
+                if release:
+                    backend.release(f"{d.key}/")
                 if progress is not None:
                     progress.update(1)
     return dialogues

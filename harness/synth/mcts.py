@@ -1,0 +1,134 @@
+"""One search tree per question over two-agent dialogues (Optima's MCTS, section 7 of the report).
+
+A node is one utterance; the root is the empty dialogue, Alice to speak. Q is the mean reward of
+the rollouts that passed through a node. Each iteration selects one node, runs `expand_time`
+rollouts from it to the end of the dialogue, adds every utterance they generated to the tree (an
+utterance close to an existing sibling merges into it) and backs the rewards up to the root.
+
+Selection is the reference's, not UCT: among the expandable nodes (the root, and nodes with
+children whose first child has children), drop those within `select_distance` of a node selected
+before, then sample one of the `select_top_k` best by softmax over Q. The pure parts live here; the
+batched rollouts that drive them live in `harness.synth.synthesis`.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import asdict, dataclass, field
+
+from rapidfuzz.distance import Levenshtein
+
+from harness.mas.dialogue import Dialogue, Utterance
+from tasks.base import Question
+
+
+def select_distance(a: str, b: str) -> float:
+    """Character edit distance normalised by the longer string (the selection filter's)."""
+    return Levenshtein.distance(a, b) / (max(len(a), len(b)) + 1)
+
+
+def merge_distance(new: str, existing: str) -> float:
+    """Character edit distance normalised by the new utterance (the sibling merge's)."""
+    return Levenshtein.distance(new, existing) / (len(new) + 1)
+
+
+@dataclass
+class Node:
+    id: int
+    parent: int | None
+    depth: int  # utterances from the root to this node; the root is 0
+    utterance: Utterance | None  # None at the root
+    children: list[int] = field(default_factory=list)
+    q: float = 0.0
+    visits: int = 0
+
+    @property
+    def text(self) -> str:
+        return self.utterance.text if self.utterance else ""
+
+    @property
+    def next_agent(self) -> int:
+        return self.depth % 2
+
+
+@dataclass
+class Tree:
+    tree_id: str
+    question: Question
+    systems: tuple[str, str]
+    rng: random.Random
+    nodes: list[Node] = field(default_factory=lambda: [Node(0, None, 0, None)])
+    selected: list[int] = field(default_factory=list)
+    rollouts: list[dict] = field(default_factory=list)
+
+    def path(self, node_id: int) -> list[Node]:
+        """The nodes from the root's first child down to `node_id`."""
+        out = []
+        while node_id:
+            out.append(self.nodes[node_id])
+            node_id = self.nodes[node_id].parent
+        return out[::-1]
+
+    def dialogue(self, node_id: int, key: str, max_turns: int) -> Dialogue:
+        """The dialogue as it stands at a node, ready to be continued."""
+        d = Dialogue(self.question, self.systems, key=key)
+        for node in self.path(node_id):
+            d.add(node.utterance, max_turns)
+        return d
+
+    def expandable(self) -> list[Node]:
+        return [n for n in self.nodes if n.id == 0 or (n.children and self.nodes[n.children[0]].children)]
+
+    def select(self, distance: float, top_k: int) -> Node:
+        chosen = [self.nodes[i].text for i in self.selected]
+        candidates = [n for n in self.expandable() if all(select_distance(n.text, c) >= distance for c in chosen)]
+        if not candidates:
+            node = self.nodes[0]
+        else:
+            top = sorted(candidates, key=lambda n: -n.q)[:top_k]
+            node = self.rng.choices(top, weights=softmax([n.q for n in top]))[0]
+        self.selected.append(node.id)
+        return node
+
+    def add(self, parent_id: int, utterance: Utterance, distance: float) -> Node:
+        """The child of `parent_id` for this utterance: an existing sibling within `distance`, or a new node."""
+        parent = self.nodes[parent_id]
+        for child_id in parent.children:
+            if merge_distance(utterance.text, self.nodes[child_id].text) < distance:
+                return self.nodes[child_id]
+        node = Node(len(self.nodes), parent_id, parent.depth + 1, utterance)
+        self.nodes.append(node)
+        parent.children.append(node.id)
+        return node
+
+    def backup(self, node_id: int | None, reward: float) -> None:
+        while node_id is not None:
+            node = self.nodes[node_id]
+            node.visits += 1
+            node.q += (reward - node.q) / node.visits
+            node_id = node.parent
+
+    # -- records -----------------------------------------------------------------------------
+    def to_record(self) -> dict:
+        return {
+            "tree_id": self.tree_id, "question_id": self.question.id, "selected": self.selected,
+            "nodes": [{"id": n.id, "parent": n.parent, "depth": n.depth, "q": n.q, "visits": n.visits,
+                       "children": n.children, "utterance": asdict(n.utterance) if n.utterance else None}
+                      for n in self.nodes],
+            "rollouts": self.rollouts,
+        }
+
+    @classmethod
+    def from_record(cls, record: dict, question: Question, systems: tuple[str, str]) -> "Tree":
+        nodes = [Node(n["id"], n["parent"], n["depth"], Utterance(**n["utterance"]) if n["utterance"] else None,
+                      list(n["children"]), n["q"], n["visits"]) for n in record["nodes"]]
+        return cls(record["tree_id"], question, systems, random.Random(), nodes, list(record["selected"]),
+                   list(record["rollouts"]))
+
+
+def softmax(values: list[float]) -> list[float]:
+    top = max(values)
+    weights = [math.exp(v - top) for v in values]
+    total = sum(weights)
+    return [w / total for w in weights]

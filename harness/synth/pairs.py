@@ -1,0 +1,48 @@
+"""Preference pairs from a grown tree (Optima's `generate`, section 7.6 of the report).
+
+At every node with two or more children, the best and the worst child by Q form a pair when the
+best Q exceeds `dpo_epsilon` and the gap exceeds `dpo_min_gap`; each tree keeps the `keep_fraction`
+of its pairs with the best chosen Q. Best and worst are computed here, from the final Q-values:
+the reference keeps min/max child pointers updated during backup, which go stale when a child's Q
+later drops.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from harness.synth.mcts import Tree
+
+
+@dataclass(frozen=True)
+class PairRule:
+    dpo_epsilon: float
+    dpo_min_gap: float = 0.2
+    keep_fraction: float = 0.5
+
+
+def extract_pairs(tree: Tree, rule: PairRule) -> list[dict]:
+    """The tree's pairs, best chosen Q first. The prompt is the next speaker's memory at the node:
+    its system prompt with its own context, then the dialogue so far."""
+    pairs = []
+    for node in tree.nodes:
+        if len(node.children) < 2:
+            continue
+        children = [tree.nodes[c] for c in node.children]
+        best = max(children, key=lambda n: n.q)
+        worst = min(children, key=lambda n: n.q)
+        if best.q <= rule.dpo_epsilon or best.q - worst.q <= rule.dpo_min_gap:
+            continue
+        agent = node.next_agent
+        pairs.append({
+            "pair_id": f"{tree.tree_id}/n{node.id}", "tree_id": tree.tree_id, "question_id": tree.question.id,
+            "node_id": node.id, "depth": node.depth, "speaker": best.utterance.speaker,
+            "prompt": tree.dialogue(node.id, key="", max_turns=node.depth + 1).messages(agent),
+            "chosen": best.text, "rejected": worst.text, "q_chosen": best.q, "q_rejected": worst.q,
+            "visits_chosen": best.visits, "visits_rejected": worst.visits,
+            "chosen_node": best.id, "rejected_node": worst.id,
+        })
+    pairs.sort(key=lambda p: -p["q_chosen"])
+    if len(pairs) >= 2:
+        pairs = pairs[:max(1, int(rule.keep_fraction * len(pairs)))]
+    return pairs

@@ -1,0 +1,102 @@
+"""The Optima reward of a finished dialogue, also the Q-value signal of the tree search.
+
+    R = S_task + lambda1 * T / T_norm + lambda2 / max_i nll(m_i)
+
+S_task is the task metric of the dialogue's answer; T the tokens the dialogue generated (lambda1 is
+negative: a token penalty); nll(m_i) the mean token negative log-likelihood of utterance i alone,
+as one assistant turn, under the frozen initial model, so the last term rewards dialogues whose
+worst utterance is still readable language. The hard overrides are the reference's (section 5 of
+the Optima/DITS report), with one fix: the name prefix is removed as a prefix, where the reference's
+``str.strip("Alice:")`` strips a character set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+from harness.mas.dialogue import NAMES, Utterance
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Per-task reward weights and pair threshold of the reference recipes (iSFT-DPO / DITS)."""
+
+    lambda1: float
+    lambda2: float
+    dpo_epsilon: float  # the chosen response's Q must exceed it
+
+
+_QA = Recipe(lambda1=-0.6, lambda2=1.0, dpo_epsilon=0.4)
+RECIPES = {
+    "hotpotqa": _QA, "2wmh": _QA, "cbt": _QA, "webwalker": _QA,
+    "triviaqa": Recipe(lambda1=-0.6, lambda2=1.0, dpo_epsilon=0.43),
+    "arc_c": Recipe(lambda1=-0.5, lambda2=0.6, dpo_epsilon=0.45),
+    "mmlu": Recipe(lambda1=-0.6, lambda2=1.0, dpo_epsilon=0.45),  # DITS mmlu_DI weights
+}
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    lambda1: float
+    lambda2: float
+    t_norm: int
+    min_tokens: int = 40  # T at or below: token term -1
+    max_tokens: int = 2000  # T above: loss term -1
+
+
+@dataclass(frozen=True)
+class Reward:
+    total: float
+    task: float
+    token: float
+    loss: float
+    tokens: int
+    impersonation: bool
+    repeated: bool
+    truncated: bool
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def without_name(text: str) -> str:
+    text = text.strip()
+    for name in NAMES:
+        if text.startswith(f"{name}:"):
+            return text[len(name) + 1:].strip()
+    return text
+
+
+def impersonates(text: str) -> bool:
+    """The speaker wrote a turn for its partner too: both name tags, or one of them twice."""
+    counts = [text.count(f"{name}:") for name in NAMES]
+    return all(counts) or max(counts) >= 2
+
+
+def repeats(utterances: Sequence[Utterance]) -> bool:
+    seen = set()
+    for u in utterances:
+        key = without_name(u.text).casefold()
+        if key in seen:
+            return True
+        seen.add(key)
+    return False
+
+
+def reward(task_score: float, utterances: Sequence[Utterance], nlls: Sequence[float], cfg: RewardConfig) -> Reward:
+    """The reward of one dialogue; `nlls[i]` is utterance i's mean token NLL under the frozen model."""
+    tokens = sum(u.completion_tokens for u in utterances)
+    truncated = any(u.truncated for u in utterances)
+    impersonation = any(impersonates(u.text) for u in utterances)
+    repeated = repeats(utterances)
+
+    task = 0.0 if impersonation else task_score
+    token = -1.0 if truncated or tokens <= cfg.min_tokens else cfg.lambda1 * tokens / cfg.t_norm
+    if not utterances or tokens > cfg.max_tokens:
+        loss = -1.0
+    elif repeated:
+        loss = 0.0
+    else:
+        loss = cfg.lambda2 / max(max(nlls), 1e-6)
+    return Reward(task + token + loss, task, token, loss, tokens, impersonation, repeated, truncated)

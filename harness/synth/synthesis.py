@@ -1,0 +1,286 @@
+"""`harness synth`: the probe, one search tree per training question, and the preference pairs.
+
+Rollouts of a batch of trees (`trees_per_batch`) advance together: each turn of all their rollouts
+is one batched generate call, and each rollout keeps its cache slots across iterations, so its next
+rollout re-encodes only the path past what the slot already holds. Trees are written as their
+batch finishes, so a killed run resumes (`resume=True`) from the trees already grown; pairs are
+extracted at the end from the written trees, the same way for grown and resumed ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tabulate import tabulate
+from tqdm.auto import tqdm
+
+from harness import config as cfgmod
+from harness import models, runs
+from harness.backends import BACKENDS
+from harness.backends.base import Backend
+from harness.config import SynthConfig
+from harness.errors import HarnessError
+from harness.evaluation import seed_everything
+from harness.mas.dialogue import DialogueConfig, run_dialogues, start
+from harness.mas.prompts import system_prompts
+from harness.synth.mcts import Tree
+from harness.synth.pairs import PairRule, extract_pairs
+from harness.synth.reward import RECIPES, RewardConfig, reward
+from tasks import get_task
+from tasks.base import Question
+from tasks.metrics import METRICS, score
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SynthResult:
+    run_dir: Path
+    run_spec: dict
+    summary: dict
+    cost: dict
+    pairs: list[dict]
+
+
+def derive_seed(*parts) -> int:
+    """A seed for one named piece of the run, independent of how the others are scheduled."""
+    return int(hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()[:8], 16)
+
+
+def usage_delta(before: dict, after: dict) -> dict:
+    return {k: after[k] - before[k] for k in after}
+
+
+def synthesize(config: SynthConfig | None = None, resume: bool = False, **overrides) -> SynthResult:
+    """Python API of `harness synth`: returns what it writes. Overrides are config keys."""
+    cfg = cfgmod.build(SynthConfig, overrides={**cfgmod.as_dict(config or SynthConfig()), **overrides})
+    task = get_task(cfg.task, context_mode=cfg.context_mode, seed=cfg.seed)
+    if task.setting == "web":
+        raise HarnessError(f"{cfg.task}: the web environment its agents navigate is not in this release")
+    metric = cfg.metric or task.metric
+    METRICS.get(metric)
+    models.check(cfg.model)
+    recipe = RECIPES[cfg.task]
+    rule = PairRule(cfg.dpo_epsilon if cfg.dpo_epsilon is not None else recipe.dpo_epsilon,
+                    cfg.dpo_min_gap, cfg.keep_fraction)
+    if not 0 < cfg.keep_fraction <= 1:
+        raise HarnessError(f"keep_fraction must be in (0, 1], got {cfg.keep_fraction}")
+
+    rows = task.load(cfg.split, cfg.data_dir, None, cfg.online)
+    end = cfg.question_offset + cfg.questions
+    pool = rows[cfg.question_offset:end]
+    if not pool:
+        raise HarnessError(f"{cfg.task}/{cfg.split} has {len(rows)} questions: none at offset {cfg.question_offset}")
+    probe_pool = [] if cfg.t_norm else rows[end:end + cfg.probe_size]
+    if not cfg.t_norm and not probe_pool:
+        raise HarnessError(f"{cfg.task}/{cfg.split}: no questions left after the trees' for the probe "
+                           f"({len(rows)} in all); lower --questions or set t_norm")
+    skipped = [q.id for q in pool if task.setting == "information_exchange" and not all(q.contexts)]
+    for qid in skipped:
+        log.warning("%s/%s question %s: an agent's context is empty; no tree grown", cfg.task, cfg.split, qid)
+    pool = [q for q in pool if q.id not in skipped]
+    if not pool:
+        raise HarnessError(f"{cfg.task}/{cfg.split}: every question in the pool has an empty context")
+
+    rid = runs.run_id("synth", task=cfg.task, model=cfg.model, split=cfg.split, seed=cfg.seed,
+                      questions=f"{cfg.question_offset}-{end}", explore=cfg.explore_time, expand=cfg.expand_time)
+    out = Path(cfg.out) if cfg.out else Path("runs") / "synth" / runs.dir_name(rid)
+    seed_everything(cfg.seed)
+    started = time.time()
+    backend = BACKENDS.get(cfg.backend)(model=cfg.model, device=cfg.device, dtype=cfg.dtype,
+                                       batch_size=cfg.batch_size, kv_cache=cfg.kv_cache)
+    scorer = backend if cfg.reward_model in (None, cfg.model) else BACKENDS.get(cfg.backend)(
+        model=cfg.reward_model, device=cfg.device, dtype=cfg.dtype, batch_size=cfg.batch_size)
+    tokenizer = getattr(backend, "tokenizer", None)
+
+    with runs.resumable_directory(out, resume) as tmp:
+        probe = _probe(tmp / "probe.json", probe_pool, task.setting, backend, cfg)
+        reward_cfg = RewardConfig(
+            cfg.lambda1 if cfg.lambda1 is not None else recipe.lambda1,
+            cfg.lambda2 if cfg.lambda2 is not None else recipe.lambda2,
+            probe["t_norm"], cfg.min_dialogue_tokens, cfg.max_dialogue_tokens)
+        search = Search(cfg, backend, scorer, reward_cfg, metric, tokenizer, task.setting)
+        records = search.run(pool, tmp / "trees.jsonl")
+        trees = [Tree.from_record(r, q, system_prompts(task.setting, q.question, q.contexts))
+                 for r, q in zip(records, pool)]
+        policy = {"name": cfg.model, "sha256": backend.model_info.get("sha256")}
+        pairs = []
+        for tree in trees:
+            found = extract_pairs(tree, rule)
+            if not found:
+                log.warning("tree %s: no node has children far enough apart in Q for a pair", tree.tree_id)
+            pairs += [{**p, "task": cfg.task, "policy": policy, "seed": cfg.seed} for p in found]
+        wall = time.time() - started
+
+        chunk_costs = {r["batch"]: r["batch_cost"] for r in records}
+        search_cost = {k: sum(c[k] for c in chunk_costs.values()) for k in next(iter(chunk_costs.values()))}
+        cost = {"probe": probe["cost"], "search": search_cost,
+                "rollouts": search_cost["rollouts"], "wall_seconds_this_process": wall,
+                "resumed_trees": search.resumed}
+        summary = _summary(cfg, trees, pairs, skipped, probe, search_cost)
+        run_spec = {
+            "run_id": rid, "kind": "synth", "config": cfgmod.as_dict(cfg), "seed": cfg.seed,
+            "policy": backend.model_info, "reward_model": scorer.model_info, "reward": vars(reward_cfg),
+            "pair_rule": vars(rule), "metric": metric, "setting": task.setting,
+            "data": {"source": task.source, "tree_question_ids": [q.id for q in pool],
+                     "probe_question_ids": [q.id for q in probe_pool], "skipped_question_ids": skipped},
+            "versions": runs.versions(), "device": runs.device_info(cfg.device), "git_sha": runs.git_sha(),
+            "command": sys.argv,
+        }
+        runs.write_jsonl(tmp / "pairs.jsonl", pairs)
+        runs.write_json(tmp / "cost.json", cost)
+        runs.write_json(tmp / "summary.json", summary)
+        runs.write_json(tmp / "run_spec.json", run_spec)
+    return SynthResult(out, run_spec, summary, cost, pairs)
+
+
+def _probe(path: Path, questions: list[Question], setting: str, backend: Backend, cfg: SynthConfig) -> dict:
+    """T_norm: the `probe_percentile`-th percentile of the generated tokens of probe dialogues."""
+    if cfg.t_norm:
+        return {"t_norm": cfg.t_norm, "source": "config", "cost": {}}
+    if path.exists():
+        return json.loads(path.read_text())
+    before, started = backend.usage.as_dict(), time.time()
+    dialogue_cfg = DialogueConfig(cfg.max_turns, cfg.max_new_tokens, cfg.probe_temperature, cfg.top_p)
+    with tqdm(total=len(questions), desc="probe", unit="dialogue", file=sys.stderr, dynamic_ncols=True) as bar:
+        dialogues = run_dialogues(start(questions, setting), backend, dialogue_cfg,
+                                  derive_seed(cfg.seed, "probe"), bar)
+    tokens = [sum(u.completion_tokens for u in d.utterances) for d in dialogues]
+    probe = {
+        "t_norm": int(np.percentile(tokens, cfg.probe_percentile)) + 1, "source": "probe",
+        "percentile": cfg.probe_percentile, "temperature": cfg.probe_temperature, "tokens": tokens,
+        "question_ids": [q.id for q in questions],
+        "cost": usage_delta(before, backend.usage.as_dict()) | {"wall_seconds": time.time() - started},
+    }
+    runs.write_json(path, probe)
+    return probe
+
+
+class Search:
+    """Grows the trees of a question pool, a batch of trees at a time, appending each batch's
+    trees to a JSONL file; trees already there (from a killed run) are kept, not regrown."""
+
+    def __init__(self, cfg: SynthConfig, backend: Backend, scorer: Backend, reward_cfg: RewardConfig,
+                 metric: str, tokenizer, setting: str):
+        self.cfg, self.backend, self.scorer, self.reward_cfg = cfg, backend, scorer, reward_cfg
+        self.metric, self.tokenizer, self.setting = metric, tokenizer, setting
+        self.dialogue_cfg = DialogueConfig(cfg.max_turns, cfg.max_new_tokens, cfg.rollout_temperature, cfg.top_p)
+        self.nll: dict[str, float] = {}
+        self.resumed = 0
+
+    def run(self, pool: list[Question], path: Path) -> list[dict]:
+        cfg = self.cfg
+        size = cfg.trees_per_batch
+        batches = [pool[i:i + size] for i in range(0, len(pool), size)]
+        done = {r["tree_id"]: r for r in runs.read_complete_jsonl(path)}
+        kept = [[done[self.tree_id(q)] for q in batch] for batch in batches
+                if all(self.tree_id(q) in done for q in batch)]
+        # A batch cut short by a kill is regrown whole, so every batch sees the seeds it would have.
+        path.unlink(missing_ok=True)
+        runs.append_jsonl(path, [r for batch in kept for r in batch])
+        self.resumed = sum(map(len, kept))
+        per_tree = cfg.explore_time * cfg.expand_time
+        records = {r["tree_id"]: r for batch in kept for r in batch}
+        with tqdm(total=len(pool) * per_tree, initial=self.resumed * per_tree, desc="tree search",
+                  unit="rollout", file=sys.stderr, dynamic_ncols=True) as bar:
+            for index, batch in enumerate(batches):
+                if all(self.tree_id(q) in records for q in batch):
+                    continue
+                new = self.grow(batch, index, bar)
+                runs.append_jsonl(path, new)
+                records.update((r["tree_id"], r) for r in new)
+        return [records[self.tree_id(q)] for q in pool]
+
+    def tree_id(self, q: Question) -> str:
+        return f"{self.cfg.task}:{q.id}"
+
+    def grow(self, questions: list[Question], batch: int, bar) -> list[dict]:
+        cfg, backend = self.cfg, self.backend
+        before, started = backend.usage.as_dict(), time.time()
+        scorer_before = self.scorer.usage.as_dict() if self.scorer is not backend else None
+        trees = [Tree(self.tree_id(q), q, system_prompts(self.setting, q.question, q.contexts),
+                      random.Random(derive_seed(cfg.seed, "select", self.tree_id(q)))) for q in questions]
+        for iteration in range(cfg.explore_time):
+            rollouts = []
+            for t, tree in enumerate(trees):
+                node = tree.select(cfg.select_distance, cfg.select_top_k)
+                # Slot keys per tree and rollout index, kept across iterations: the next rollout
+                # on a key reuses the system prompt and whatever path it shares with the last.
+                rollouts += [(tree, node, tree.dialogue(node.id, f"b{batch}t{t}r{j}", cfg.max_turns))
+                             for j in range(cfg.expand_time)]
+            dialogues = [d for _, _, d in rollouts]
+            bar.update(sum(d.done for d in dialogues))
+            run_dialogues(dialogues, backend, self.dialogue_cfg, derive_seed(cfg.seed, "search", batch, iteration),
+                          bar, release=False)
+            self.score_utterances(dialogues)
+            for tree, node, d in rollouts:
+                leaf = node
+                for u in d.utterances[node.depth:]:
+                    leaf = tree.add(leaf.id, u, cfg.merge_distance)
+                task_score = score(self.metric, d.final_answer, tree.question.golds,
+                                   options=tree.question.options, tokenizer=self.tokenizer)
+                r = reward(task_score, d.utterances, [self.nll[u.text] for u in d.utterances], self.reward_cfg)
+                tree.backup(leaf.id, r.total)
+                tree.rollouts.append({"iteration": iteration, "from": node.id, "leaf": leaf.id,
+                                      "answer": d.final_answer, "stop": d.stop, **r.as_dict()})
+        for t in range(len(trees)):
+            backend.release(f"b{batch}t{t}r")
+        cost = usage_delta(before, backend.usage.as_dict()) | {
+            "wall_seconds": time.time() - started, "rollouts": len(trees) * cfg.explore_time * cfg.expand_time}
+        if scorer_before is not None:
+            cost["scored_tokens"] = self.scorer.usage.scored_tokens - scorer_before["scored_tokens"]
+        return [tree.to_record() | {"batch": batch, "batch_cost": cost} for tree in trees]
+
+    def score_utterances(self, dialogues) -> None:
+        """The frozen model's NLL of every utterance not scored yet, in one batched call."""
+        texts = list(dict.fromkeys(u.text for d in dialogues for u in d.utterances if u.text not in self.nll))
+        if texts:
+            self.nll.update(zip(texts, self.scorer.turn_nll(texts)))
+
+
+def _summary(cfg: SynthConfig, trees: list[Tree], pairs: list[dict], skipped: list[str], probe: dict,
+             search_cost: dict) -> dict:
+    by_tree = {t.tree_id: 0 for t in trees}
+    for p in pairs:
+        by_tree[p["tree_id"]] += 1
+    q_chosen = [p["q_chosen"] for p in pairs]
+    q_rejected = [p["q_rejected"] for p in pairs]
+    seconds = search_cost["wall_seconds"]
+    return {
+        "task": cfg.task, "trees": len(trees), "pairs": len(pairs),
+        "pairs_per_question": len(pairs) / len(trees) if trees else 0.0,
+        "trees_without_pairs": sum(n == 0 for n in by_tree.values()), "skipped_questions": len(skipped),
+        "nodes": sum(len(t.nodes) for t in trees), "rollouts": search_cost["rollouts"],
+        "rollouts_per_second": search_cost["rollouts"] / seconds if seconds else None,
+        "t_norm": probe["t_norm"],
+        "q_chosen": _distribution(q_chosen), "q_rejected": _distribution(q_rejected),
+        "q_all_nodes": _distribution([n.q for t in trees for n in t.nodes[1:] if n.visits]),
+    }
+
+
+def _distribution(values: list[float]) -> dict:
+    if not values:
+        return {"n": 0}
+    qs = np.percentile(values, [0, 25, 50, 75, 100]).tolist()
+    return {"n": len(values), "mean": statistics.fmean(values), "min": qs[0], "p25": qs[1], "median": qs[2],
+            "p75": qs[3], "max": qs[4]}
+
+
+def summary_table(result: SynthResult) -> str:
+    s = result.summary
+    q = s["q_chosen"]
+    row = [s["task"], s["trees"], s["pairs"], f"{s['pairs_per_question']:.2f}", s["trees_without_pairs"],
+           s["skipped_questions"], s["rollouts"], f"{s['rollouts_per_second'] or 0:.2f}", s["t_norm"],
+           f"{q['mean']:.3f}" if q["n"] else "-", f"{result.cost['wall_seconds_this_process']:.1f}"]
+    headers = ["task", "trees", "pairs", "pairs/question", "trees without pairs", "skipped", "rollouts",
+               "rollouts/s", "T_norm", "mean Q chosen", "wall s"]
+    return tabulate([row], headers=headers, tablefmt="github")

@@ -1,0 +1,91 @@
+"""`harness synth` end to end on tiny-fitted: pairs, records, reproducibility, resume, bad input."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from harness.cli import main
+
+ARGS = ["synth", "--config", "smoke", "--task", "hotpotqa", "--questions", "4"]
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def synth_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth") / "run"
+    assert main([*ARGS, "--out", str(out), "trees_per_batch=2"]) == 0
+    return out
+
+
+def test_synth_yields_pairs_with_their_records(synth_run):
+    pairs = read_jsonl(synth_run / "pairs.jsonl")
+    trees = read_jsonl(synth_run / "trees.jsonl")
+    spec = json.loads((synth_run / "run_spec.json").read_text())
+    cost = json.loads((synth_run / "cost.json").read_text())
+    probe = json.loads((synth_run / "probe.json").read_text())
+    cfg = spec["config"]
+    assert pairs, "the smoke search must yield pairs"
+    assert len(trees) == 4 and cost["rollouts"] == 4 * cfg["explore_time"] * cfg["expand_time"]
+    assert sum(len(t["rollouts"]) for t in trees) == cost["rollouts"]
+    assert probe["t_norm"] == int(np.percentile(probe["tokens"], 80)) + 1 and len(probe["tokens"]) == 8
+    assert set(spec["data"]["tree_question_ids"]).isdisjoint(spec["data"]["probe_question_ids"])
+    for p in pairs:
+        assert p["q_chosen"] > spec["pair_rule"]["dpo_epsilon"]
+        assert p["q_chosen"] - p["q_rejected"] > spec["pair_rule"]["dpo_min_gap"]
+        assert p["chosen"] != p["rejected"] and p["prompt"][0]["role"] == "system"
+        assert p["policy"]["name"] == "tiny-fitted" and len(p["policy"]["sha256"]) == 64
+        assert p["prompt"][-1]["role"] == "user"  # the partner's turn (or Alice's opening) comes last
+        tree = next(t for t in trees if t["tree_id"] == p["tree_id"])
+        node = tree["nodes"][p["chosen_node"]]
+        assert node["parent"] == p["node_id"] and node["q"] == p["q_chosen"]
+    for t in trees:  # Q of every node is the mean reward of the rollouts through it
+        root = t["nodes"][0]
+        assert root["visits"] == len(t["rollouts"])
+        assert root["q"] == pytest.approx(sum(r["total"] for r in t["rollouts"]) / len(t["rollouts"]))
+
+
+def test_same_seed_same_pairs_and_resume_after_a_kill(synth_run, tmp_path):
+    again = tmp_path / "again"
+    assert main([*ARGS, "--out", str(again), "trees_per_batch=2"]) == 0
+    assert (again / "pairs.jsonl").read_text() == (synth_run / "pairs.jsonl").read_text()
+
+    # A run killed while growing its second batch of trees: the probe and the first batch were
+    # written, the second batch's first line was cut.
+    killed = tmp_path / "killed"
+    partial = tmp_path / ".killed.partial"
+    partial.mkdir()
+    shutil.copy(synth_run / "probe.json", partial / "probe.json")
+    lines = (synth_run / "trees.jsonl").read_text().splitlines(keepends=True)
+    (partial / "trees.jsonl").write_text("".join(lines[:2]) + lines[2][:100])
+    assert main([*ARGS, "--out", str(killed), "trees_per_batch=2", "--resume"]) == 0
+    assert json.loads((killed / "cost.json").read_text())["resumed_trees"] == 2
+    assert (killed / "pairs.jsonl").read_text() == (synth_run / "pairs.jsonl").read_text()
+    assert not partial.exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--task", "webwalker"], "web environment"),
+    (["--task", "hotpotqa", "--questions", "30"], "no questions left after the trees' for the probe"),
+    (["--task", "hotpotqa", "question_offset=99"], "none at offset 99"),
+    (["--task", "hotpotqa", "keep_fraction=0"], "keep_fraction must be in (0, 1]"),
+])
+def test_bad_input_exits_2_with_one_line(args, message, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["synth", "--config", "smoke", "--out", str(out), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
+    assert not out.exists()
+
+
+def test_a_task_without_a_train_split_is_one_line(tmp_path, capsys):
+    data = tmp_path / "data" / "hotpotqa"
+    data.mkdir(parents=True)
+    (data / "test.jsonl").write_text("")
+    assert main(["synth", "--config", "smoke", "--task", "hotpotqa", "--data-dir", str(tmp_path / "data"),
+                 "--out", str(tmp_path / "run")]) == 2
+    assert "hotpotqa/train.jsonl: not found (this data directory has hotpotqa splits: test)" in capsys.readouterr().err
