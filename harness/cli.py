@@ -1,4 +1,4 @@
-"""The `harness` command line: eval, synth, ls, validate. Every command takes `--config FILE` and
+"""The `harness` command line: eval, synth, select, ls, validate. Every command takes `--config FILE` and
 `key=value` overrides; bad input answers one line and exit status 2."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sys
 from tabulate import tabulate
 
 from harness import config as cfgmod
-from harness.config import EvalConfig, SynthConfig
+from harness.config import EvalConfig, SelectConfig, SynthConfig
 from harness.errors import HarnessError
 
 
@@ -48,6 +48,19 @@ def cmd_synth(args) -> int:
     return 0
 
 
+def cmd_select(args) -> int:
+    from harness.selection import run_select
+
+    cfg = cfgmod.build(SelectConfig, args.config, args.overrides, selector=args.selector, pairs=args.pairs,
+                       alpha=args.alpha, gamma=args.gamma, seed=args.seed, out=args.out)
+    out, selected, rows = run_select(cfg)
+    top = sorted((r for r in rows if r["selected"]), key=lambda r: r["rank"])[:10]
+    print(tabulate([[r["rank"], r["pair_id"], f"{r['Q']:.3f}", "-" if r["I"] is None else f"{r['I']:.4f}",
+                     f"{r['H']:.4f}"] for r in top], ["rank", "pair", "Q", "I", "H"], tablefmt="github"))
+    print(f"{len(selected)} of {len(rows)} pairs selected by {cfg.selector}: {out / 'selected.jsonl'}")
+    return 0
+
+
 def cmd_ls(args) -> int:
     if args.what == "tasks":
         from tasks import TASKS
@@ -65,10 +78,20 @@ def cmd_ls(args) -> int:
                        tablefmt="github"))
         print("Any local Hugging Face model directory is accepted as --model too.")
     elif args.what == "presets":
-        rows = [[name, path.read_text().splitlines()[0].lstrip("# "), " ".join(
-            line.strip() for line in path.read_text().splitlines() if line and not line.startswith("#"))]
-            for name, path in cfgmod.presets().items()]
+        import yaml
+
+        def flat(data, prefix=""):
+            for key, value in data.items():
+                yield from flat(value, f"{prefix}{key}.") if isinstance(value, dict) else [f"{prefix}{key}={value}"]
+
+        rows = [[name, path.read_text().splitlines()[0].lstrip("# "), " ".join(flat(yaml.safe_load(path.read_text())))]
+                for name, path in cfgmod.presets().items()]
         print(tabulate(rows, ["preset", "what", "settings"], tablefmt="github"))
+    elif args.what == "selectors":
+        from harness.selection import SELECTORS
+
+        print(tabulate([[n, (SELECTORS.get(n).__doc__ or "").split("\n")[0]] for n in SELECTORS],
+                       ["selector", "what it keeps"], tablefmt="github"))
     elif args.what == "metrics":
         from tasks.metrics import METRICS
 
@@ -125,8 +148,18 @@ def parser() -> argparse.ArgumentParser:
     common(s)
     s.set_defaults(fn=cmd_synth)
 
-    ls = sub.add_parser("ls", help="list tasks, models, presets or metrics")
-    ls.add_argument("what", choices=["tasks", "models", "presets", "metrics"])
+    sel = sub.add_parser("select", help="score candidate pairs and keep the best alpha fraction")
+    sel.add_argument("--selector", help="harness ls selectors")
+    sel.add_argument("--pairs", help="pairs.jsonl written by harness synth")
+    sel.add_argument("--alpha", type=float)
+    sel.add_argument("--gamma", type=float)
+    sel.add_argument("--seed", type=int)
+    sel.add_argument("--out", help="run directory")
+    common(sel)
+    sel.set_defaults(fn=cmd_select)
+
+    ls = sub.add_parser("ls", help="list tasks, models, presets, selectors or metrics")
+    ls.add_argument("what", choices=["tasks", "models", "presets", "selectors", "metrics"])
     ls.set_defaults(fn=cmd_ls)
 
     v = sub.add_parser("validate", help="check a config without running it")

@@ -87,7 +87,20 @@ class SynthConfig(RuntimeConfig):
     reward_model: str | None = None  # frozen scorer of the loss term; default: the policy model
 
 
-CONFIG_CLASSES = (EvalConfig, SynthConfig)
+@dataclass
+class SelectConfig:
+    """`harness select`: score candidate pairs and keep the best alpha fraction."""
+
+    section: ClassVar[str] = "select"
+    selector: str | None = None  # required: harness ls selectors
+    pairs: str | None = None  # pairs.jsonl written by `harness synth`
+    alpha: float = 0.5  # the fraction of the pool kept (DITS: 0.5)
+    gamma: float = 1.0  # DITS: H = minmax(I) + gamma * Q
+    seed: int = 0
+    out: str | None = None  # default: <pairs dir>/select/<run id>
+
+
+CONFIG_CLASSES = (EvalConfig, SynthConfig, SelectConfig)
 
 
 def _coerce(cls, key: str, value, source: str):

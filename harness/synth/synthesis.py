@@ -121,8 +121,8 @@ def synthesize(config: SynthConfig | None = None, resume: bool = False, **overri
             pairs += [{**p, "task": cfg.task, "policy": policy, "seed": cfg.seed} for p in found]
         wall = time.time() - started
 
-        chunk_costs = {r["batch"]: r["batch_cost"] for r in records}
-        search_cost = {k: sum(c[k] for c in chunk_costs.values()) for k in next(iter(chunk_costs.values()))}
+        batch_costs = {r["batch"]: r["batch_cost"] for r in records}
+        search_cost = {k: sum(c[k] for c in batch_costs.values()) for k in next(iter(batch_costs.values()))}
         cost = {"probe": probe["cost"], "search": search_cost,
                 "rollouts": search_cost["rollouts"], "wall_seconds_this_process": wall,
                 "resumed_trees": search.resumed}

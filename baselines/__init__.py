@@ -1,0 +1,1 @@
+"""The selectors DITS is compared with: Optima's full set, random selection, Q-value selection."""

@@ -1,0 +1,116 @@
+"""The selector interface, its registry, and `harness select`.
+
+A selector scores every candidate pair; the pairs with the best score H, an `alpha` fraction of
+the pool, are kept. Every selector writes the same columns (I, Q, H, rank, selected), so reports
+compare them row for row. Ranking is by H, best first, ties broken by the pool's order, which is
+the order synthesis wrote (deterministic per seed).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness import config as cfgmod
+from harness import runs
+from harness.config import SelectConfig
+from harness.errors import HarnessError
+from harness.registry import Registry
+from tasks.base import read_jsonl
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Per pair, in pool order: H ranks the pairs; I is the influence where the selector has one."""
+
+    h: list[float]
+    influence: list[float | None]
+    extra: dict | None = None  # selector-specific facts for the run record (e.g. influence resolution)
+
+
+class Selector(ABC):
+    keeps_all = False  # optima_full: alpha does not apply
+
+    @abstractmethod
+    def score(self, pairs: list[dict], cfg: SelectConfig) -> Scores:
+        """One score per pair, higher is better."""
+
+
+SELECTORS: Registry[type[Selector]] = Registry("selector")
+for _name, _target in {
+    "random": "baselines.random_pairs:RandomSelector",
+    "qvalue": "baselines.qvalue:QValueSelector",
+    "optima_full": "baselines.optima_full:OptimaFullSelector",
+}.items():
+    SELECTORS.register(_name, _target)
+
+
+def budget(n: int, alpha: float) -> int:
+    """How many of n pairs an alpha fraction keeps: alpha * n rounded half up, at least one."""
+    return max(1, math.floor(alpha * n + 0.5))
+
+
+def rank(h: list[float]) -> list[int]:
+    """1-based rank of each pair by H, best first; equal H keep pool order (a stable sort)."""
+    order = sorted(range(len(h)), key=lambda i: -h[i])
+    ranks = [0] * len(h)
+    for r, i in enumerate(order, start=1):
+        ranks[i] = r
+    return ranks
+
+
+def select(pairs: list[dict], cfg: SelectConfig) -> tuple[list[dict], list[dict], Scores]:
+    """(selected pairs in rank order, one score row per candidate, the scores)."""
+    if not pairs:
+        raise HarnessError("the candidate pool is empty: nothing to select from")
+    if not 0 < cfg.alpha <= 1:
+        raise HarnessError(f"alpha must be in (0, 1], got {cfg.alpha}")
+    selector = SELECTORS.get(cfg.selector)()
+    scores = selector.score(pairs, cfg)
+    ranks = rank(scores.h)
+    keep = len(pairs) if selector.keeps_all else budget(len(pairs), cfg.alpha)
+    rows = [{"pair_id": p["pair_id"], "I": i, "Q": p["q_chosen"], "H": h, "rank": r, "selected": r <= keep}
+            for p, i, h, r in zip(pairs, scores.influence, scores.h, ranks)]
+    selected = [pairs[i] for i in sorted(range(len(pairs)), key=lambda i: ranks[i])[:keep]]
+    return selected, rows, scores
+
+
+def read_pairs(path: Path) -> list[dict]:
+    """Pairs written by `harness synth`; a malformed line is one `file:line: reason` error."""
+    if not path.is_file():
+        raise HarnessError(f"{path}: pairs file not found")
+    pairs = []
+    for n, pair in read_jsonl(path):
+        for key in ("pair_id", "task", "policy", "prompt", "chosen", "rejected", "q_chosen"):
+            if key not in pair:
+                raise HarnessError(f"{path}:{n}: missing key {key!r}")
+        pairs.append(pair)
+    for key in ("task", "policy"):
+        values = {json.dumps(p[key], sort_keys=True) for p in pairs}
+        if len(values) > 1:
+            raise HarnessError(f"{path}: pairs from more than one {key}: {', '.join(sorted(values))}")
+    return pairs
+
+
+def run_select(cfg: SelectConfig) -> tuple[Path, list[dict], list[dict]]:
+    """`harness select`: writes selected.jsonl, scores.jsonl and run_spec.json."""
+    if not cfg.selector or not cfg.pairs:
+        raise HarnessError("--selector NAME and --pairs FILE are required")
+    pairs = read_pairs(Path(cfg.pairs))
+    selected, rows, scores = select(pairs, cfg)
+    rid = runs.run_id("select", selector=cfg.selector, task=pairs[0]["task"], alpha=cfg.alpha,
+                      gamma=cfg.gamma if cfg.selector == "dits" else None, seed=cfg.seed)
+    out = Path(cfg.out) if cfg.out else Path(cfg.pairs).parent / "select" / runs.dir_name(rid)
+    run_spec = {"run_id": rid, "kind": "select", "config": cfgmod.as_dict(cfg), "seed": cfg.seed,
+                "task": pairs[0]["task"], "policy": pairs[0]["policy"], "candidates": len(pairs),
+                "selected": len(selected), "selector_facts": scores.extra or {},
+                "versions": runs.versions(), "git_sha": runs.git_sha(), "command": sys.argv}
+    with runs.run_directory(out) as tmp:
+        runs.write_jsonl(tmp / "selected.jsonl", selected)
+        runs.write_jsonl(tmp / "scores.jsonl", rows)
+        runs.write_json(tmp / "run_spec.json", run_spec)
+    return out, selected, rows
