@@ -1,0 +1,1 @@
+"""DITS: influence-guided selection of preference pairs (arXiv 2502.00955)."""

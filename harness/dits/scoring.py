@@ -1,0 +1,44 @@
+"""The influence arithmetic of DITS, on plain numbers.
+
+I = (F(theta') - F(theta*)) / epsilon: the change of the validation metric F after one optimizer
+step on a unit, per unit of step size. The reference ranks by the absolute F(theta'); the two
+orders agree (F(theta*) is one number for all units) but only I says whether a unit helps, so both
+are recorded. H = minmax(I) + gamma * Q, with gamma = 1 the reference's choice and gamma = 0
+influence alone.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+
+def influence(f_after: list[float], f_before: float, epsilon: float) -> list[float]:
+    if epsilon <= 0:
+        raise ValueError(f"epsilon must be positive, got {epsilon}")
+    return [(f - f_before) / epsilon for f in f_after]
+
+
+def minmax(values: list[float]) -> list[float]:
+    """Scaled to [0, 1]; all-equal values carry no ranking information and all map to 0."""
+    low, high = min(values), max(values)
+    if high == low:
+        return [0.0] * len(values)
+    return [(v - low) / (high - low) for v in values]
+
+
+def combined(influences: list[float], q: list[float], gamma: float) -> list[float]:
+    return [i + gamma * qv for i, qv in zip(minmax(influences), q)]
+
+
+def resolution(f_after: list[float], changed_answers: list[int], validation_size: int) -> dict:
+    """How finely a step size resolves the units: distinct F values, units sharing a value, and the
+    share of validation answers each unit's step changed (median and range)."""
+    counts = Counter(f_after)
+    changed = sorted(changed_answers)
+    return {
+        "units": len(f_after), "distinct_values": len(counts),
+        "tied_units": sum(n for n in counts.values() if n > 1),
+        "changed_answers_median": changed[len(changed) // 2] if changed else 0,
+        "changed_answers_min": changed[0] if changed else 0, "changed_answers_max": changed[-1] if changed else 0,
+        "validation_size": validation_size,
+    }

@@ -1,0 +1,42 @@
+"""The DITS influence arithmetic, table-driven."""
+
+import pytest
+
+from harness.dits.scoring import combined, influence, minmax, resolution
+
+
+@pytest.mark.parametrize("f_after, f_before, eps, expected", [
+    ([0.5, 0.4, 0.6], 0.5, 1.0, [0.0, -0.1, 0.1]),
+    ([0.5, 0.4, 0.6], 0.5, 1e-3, [0.0, -100.0, 100.0]),
+    ([0.2], 0.2, 5e-4, [0.0]),
+])
+def test_influence_is_the_metric_change_per_step_size(f_after, f_before, eps, expected):
+    assert influence(f_after, f_before, eps) == pytest.approx(expected)
+
+
+def test_influence_needs_a_positive_step():
+    with pytest.raises(ValueError, match="epsilon must be positive"):
+        influence([0.1], 0.0, 0.0)
+
+
+@pytest.mark.parametrize("values, expected", [
+    ([0.0, -100.0, 100.0], [0.5, 0.0, 1.0]),
+    ([3.0, 3.0], [0.0, 0.0]),
+    ([7.0], [0.0]),
+])
+def test_minmax(values, expected):
+    assert minmax(values) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("gamma, expected", [
+    (0.0, [0.5, 0.0, 1.0]),  # influence alone
+    (1.0, [0.5 + 0.9, 0.0 + 0.5, 1.0 + 0.45]),  # the reference: minmax(I) + raw Q
+])
+def test_combined_score(gamma, expected):
+    assert combined([0.0, -100.0, 100.0], [0.9, 0.5, 0.45], gamma) == pytest.approx(expected)
+
+
+def test_resolution_counts_distinct_values_ties_and_changed_answers():
+    r = resolution([0.2, 0.2, 0.3, 0.25, 0.3], [0, 2, 5, 1, 4], validation_size=20)
+    assert (r["distinct_values"], r["tied_units"]) == (3, 4)
+    assert (r["changed_answers_median"], r["changed_answers_min"], r["changed_answers_max"]) == (2, 0, 5)
