@@ -89,7 +89,9 @@ class SynthConfig(RuntimeConfig):
 
 @dataclass
 class SelectConfig:
-    """`harness select`: score candidate pairs and keep the best alpha fraction."""
+    """`harness select`: score candidate pairs and keep the best alpha fraction.
+
+    The DITS knobs follow the reference code (section 8 of the Optima/DITS report)."""
 
     section: ClassVar[str] = "select"
     selector: str | None = None  # required: harness ls selectors
@@ -98,6 +100,29 @@ class SelectConfig:
     gamma: float = 1.0  # DITS: H = minmax(I) + gamma * Q
     seed: int = 0
     out: str | None = None  # default: <pairs dir>/select/<run id>
+    model: str | None = None  # the policy whose influence is estimated; default: the pairs' policy
+    val_split: str = "validation"  # influence validation questions: disjoint from every training pool
+    validation_size: int = 20  # V greedy validation dialogues
+    allow_overlap: bool = False  # let validation questions be training questions (the reference's leak)
+    data_dir: str | None = None
+    online: bool = False
+    unit_size: int = 5  # pairs per influence unit (the reference's block of 5)
+    warmup_steps: int = 50  # LoRA DPO steps on the pool before the unit steps (the reference's checkpoint-50)
+    warmup_batch: int = 8  # pairs per warm-up step (the reference: batch 1 x grad accumulation 8)
+    warmup_lr: float = 5e-5
+    eta: float = 5e-5  # the unit step's learning rate (the reference's 5e-5)
+    step_optimizer: str = "adamw"  # the unit step: "adamw" (a fresh AdamW's first step, as the reference) or "sgd"
+    beta: float | None = None  # DPO beta; default: the task's recipe
+    lora_r: int = 32
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0  # the reference's 0.05 makes each unit's step depend on a dropout draw
+    backend: str = "hf"
+    device: str = "cpu"
+    dtype: str = "float32"
+    batch_size: int = 32
+    max_turns: int = 10
+    max_new_tokens: int = 128
+    context_mode: str = "paragraph"
 
 
 CONFIG_CLASSES = (EvalConfig, SynthConfig, SelectConfig)

@@ -45,6 +45,7 @@ for _name, _target in {
     "random": "baselines.random_pairs:RandomSelector",
     "qvalue": "baselines.qvalue:QValueSelector",
     "optima_full": "baselines.optima_full:OptimaFullSelector",
+    "dits": "harness.dits.selector:DITSSelector",
 }.items():
     SELECTORS.register(_name, _target)
 

@@ -38,8 +38,10 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 
 class HFBackend(Backend):
     def __init__(self, model: str = "smollm2-135m", device: str = "cpu", dtype: str = "float32",
-                 batch_size: int = 32, kv_cache: bool = True):
-        self.model, self.tokenizer, self.model_info = models.load(model, device, dtype)
+                 batch_size: int = 32, kv_cache: bool = True, loaded: tuple | None = None):
+        """`loaded`: a (model, tokenizer, info) already in memory, such as a policy under training,
+        whose current weights every call then uses."""
+        self.model, self.tokenizer, self.model_info = loaded or models.load(model, device, dtype)
         self.device = device
         self.batch_size = batch_size
         self.kv_cache = kv_cache

@@ -25,14 +25,17 @@ class Recipe:
     lambda1: float
     lambda2: float
     dpo_epsilon: float  # the chosen response's Q must exceed it
+    dpo_beta: float  # the DPO temperature of the task's iSFT-DPO recipe
 
 
-_QA = Recipe(lambda1=-0.6, lambda2=1.0, dpo_epsilon=0.4)
 RECIPES = {
-    "hotpotqa": _QA, "2wmh": _QA, "cbt": _QA, "webwalker": _QA,
-    "triviaqa": Recipe(lambda1=-0.6, lambda2=1.0, dpo_epsilon=0.43),
-    "arc_c": Recipe(lambda1=-0.5, lambda2=0.6, dpo_epsilon=0.45),
-    "mmlu": Recipe(lambda1=-0.6, lambda2=1.0, dpo_epsilon=0.45),  # DITS mmlu_DI weights
+    "hotpotqa": Recipe(lambda1=-0.6, lambda2=1.0, dpo_epsilon=0.4, dpo_beta=0.1),
+    "2wmh": Recipe(lambda1=-0.6, lambda2=1.0, dpo_epsilon=0.4, dpo_beta=0.5),
+    "triviaqa": Recipe(lambda1=-0.6, lambda2=1.0, dpo_epsilon=0.43, dpo_beta=0.7),
+    "cbt": Recipe(lambda1=-0.6, lambda2=1.0, dpo_epsilon=0.4, dpo_beta=0.7),
+    "arc_c": Recipe(lambda1=-0.5, lambda2=0.6, dpo_epsilon=0.45, dpo_beta=0.1),
+    "mmlu": Recipe(lambda1=-0.6, lambda2=1.0, dpo_epsilon=0.45, dpo_beta=0.1),  # DITS mmlu_DI weights
+    "webwalker": Recipe(lambda1=-0.6, lambda2=1.0, dpo_epsilon=0.4, dpo_beta=0.1),  # no reference recipe: QA's
 }
 
 

@@ -1,0 +1,60 @@
+"""The DPO loss on a LoRA policy, for the influence steps (one optimizer step per unit).
+
+The reference policy is the same model with its adapter switched off, as trl does for a PEFT model
+with `ref_model=None`; its log-probabilities are fixed, so they are computed once per pair and
+shared by the warm-up and every unit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class EncodedPair:
+    prompt: list[int]
+    chosen: list[int]  # the response's tokens, end of turn included
+    rejected: list[int]
+
+
+def encode_pair(tokenizer, pair: dict) -> EncodedPair:
+    """Prompt = the speaker's memory with the generation prompt; responses = one assistant turn."""
+    prompt_text = tokenizer.apply_chat_template(pair["prompt"], tokenize=False, add_generation_prompt=True)
+
+    def response(text: str) -> list[int]:
+        full = tokenizer.apply_chat_template(pair["prompt"] + [{"role": "assistant", "content": text}],
+                                             tokenize=False)
+        if not full.startswith(prompt_text):
+            raise ValueError("the chat template renders the prompt differently with a response after it")
+        return tokenizer(full[len(prompt_text):], add_special_tokens=False).input_ids
+
+    return EncodedPair(tokenizer(prompt_text, add_special_tokens=False).input_ids,
+                       response(pair["chosen"]), response(pair["rejected"]))
+
+
+def response_logps(model, pairs: list[EncodedPair], pad_id: int) -> torch.Tensor:
+    """Summed log-probability of each response given its prompt: (chosen, rejected) rows per pair,
+    in one right-padded forward pass; shape (len(pairs), 2)."""
+    seqs = [(p.prompt, r) for p in pairs for r in (p.chosen, p.rejected)]
+    width = max(len(a) + len(b) for a, b in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    scored = torch.zeros(len(seqs), width - 1, dtype=torch.bool)
+    for row, (prompt, resp) in enumerate(seqs):
+        n = len(prompt) + len(resp)
+        ids[row, :n] = torch.tensor(prompt + resp)
+        mask[row, :n] = 1
+        scored[row, len(prompt) - 1:n - 1] = True  # position t predicts token t + 1
+    device = next(model.parameters()).device
+    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, :-1].float()
+    token_lp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1)
+    return (token_lp * scored.to(device)).sum(-1).view(len(pairs), 2)
+
+
+def dpo_loss(policy: torch.Tensor, reference: torch.Tensor, beta: float) -> torch.Tensor:
+    """Sigmoid DPO loss per pair, from (chosen, rejected) log-probabilities of policy and reference."""
+    margin = (policy[:, 0] - reference[:, 0]) - (policy[:, 1] - reference[:, 1])
+    return -F.logsigmoid(beta * margin)

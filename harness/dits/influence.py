@@ -1,0 +1,185 @@
+"""Influence of candidate units on the validation metric: the reference path.
+
+Faithful to the reference procedure (section 8.2-8.3 of the Optima/DITS report) and kept as the
+correctness oracle: a LoRA adapter is warmed up with DPO on the pool (theta*); then, per unit,
+the adapter is restored to theta*, a fresh optimizer takes one step of the DPO loss on the unit
+(theta'), and the V greedy validation dialogues run batched together on theta'. F(theta*) is
+measured too, so I = (F(theta') - F(theta*)) / eta says whether a unit helps.
+
+Results are cached by (pairs, policy, validation questions, influence knobs): gamma and alpha are
+not in the key, so gamma 0 and gamma 1 of one suite share one estimate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from harness import models, runs
+from harness.backends.hf import HFBackend
+from harness.config import SelectConfig
+from harness.dits.dpo import dpo_loss, encode_pair, response_logps
+from harness.errors import HarnessError
+from harness.evaluation import seed_everything
+from harness.mas.dialogue import DialogueConfig, run_dialogues, start
+from harness.synth.reward import RECIPES
+from tasks import get_task
+from tasks.metrics import score
+
+log = logging.getLogger(__name__)
+
+# The knobs an estimate depends on; the cache key hashes them with the pairs and the validation set.
+KNOBS = ("unit_size", "warmup_steps", "warmup_batch", "warmup_lr", "eta", "step_optimizer", "beta", "lora_r",
+         "lora_alpha", "lora_dropout", "max_turns", "max_new_tokens", "context_mode", "seed", "dtype")
+
+
+# The unit step: a fresh AdamW's first step (about eta * sign(gradient), as the reference), or plain SGD.
+STEP_OPTIMIZERS = {
+    "adamw": lambda params, lr: torch.optim.AdamW(params, lr=lr, weight_decay=0.0),
+    "sgd": lambda params, lr: torch.optim.SGD(params, lr=lr),
+}
+
+
+@dataclass
+class Estimate:
+    units: list[list[int]]  # pool indices of each unit's pairs
+    f_before: float  # F(theta*)
+    f_after: list[float]  # F(theta') per unit
+    changed_answers: list[int]  # validation answers that differ from theta*'s, per unit
+    validation_ids: list[str]
+    seconds: dict
+
+    def per_pair(self, values: list[float], n: int) -> list[float]:
+        out = [0.0] * n
+        for unit, value in zip(self.units, values):
+            for i in unit:
+                out[i] = value
+        return out
+
+
+def make_units(n: int, size: int, seed: int) -> list[list[int]]:
+    """Blocks of `size` consecutive pairs of a seeded shuffle of the pool (the reference's blocks)."""
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    return [order[i:i + size] for i in range(0, n, size)]
+
+
+def estimate(pairs: list[dict], cfg: SelectConfig, cache_dir: Path | None) -> Estimate:
+    if cfg.step_optimizer not in STEP_OPTIMIZERS:
+        raise HarnessError(f"step_optimizer must be one of {', '.join(STEP_OPTIMIZERS)}, got {cfg.step_optimizer!r}")
+    task_name = pairs[0]["task"]
+    task = get_task(task_name, context_mode=cfg.context_mode, seed=cfg.seed)
+    policy = cfg.model or pairs[0]["policy"]["name"]
+    models.check(policy)
+    grown_by = pairs[0]["policy"]
+    if models.weights_hash(models.resolve(policy)) != grown_by["sha256"]:
+        raise HarnessError(f"the pairs were grown by {grown_by['name']} ({grown_by['sha256'][:12]}), not by "
+                           f"{policy}: estimate influence on the policy that grew them")
+    validation = task.load(cfg.val_split, cfg.data_dir, cfg.validation_size, cfg.online)
+    if not validation:
+        raise HarnessError(f"{task_name}/{cfg.val_split}: no validation questions")
+    overlap = {p["question_id"] for p in pairs} & {q.id for q in validation}
+    if overlap and not cfg.allow_overlap:
+        raise HarnessError(f"{len(overlap)} of the {len(validation)} {cfg.val_split} questions are training "
+                           f"questions of the pairs (e.g. {sorted(overlap)[0]}); choose a disjoint val_split "
+                           "or set allow_overlap=true")
+    key_data = {"pairs": [[p["pair_id"], p["chosen"], p["rejected"]] for p in pairs],
+                "policy": policy, "validation": [q.id for q in validation],
+                "knobs": {k: getattr(cfg, k) for k in KNOBS}}
+    key = hashlib.sha256(json.dumps(key_data, sort_keys=True).encode()).hexdigest()[:16]
+    cached = cache_dir / f"{key}.json" if cache_dir else None
+    if cached and cached.exists():
+        return Estimate(**json.loads(cached.read_text()))
+
+    result = ReferencePath(pairs, cfg, task, policy, validation).run()
+    if cached:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(".partial")
+        runs.write_json(tmp, asdict(result))
+        tmp.rename(cached)
+    return result
+
+
+class ReferencePath:
+    def __init__(self, pairs, cfg: SelectConfig, task, policy: str, validation):
+        from peft import LoraConfig, get_peft_model
+
+        self.pairs, self.cfg, self.task, self.validation = pairs, cfg, task, validation
+        self.beta = cfg.beta if cfg.beta is not None else RECIPES[task.name].dpo_beta
+        seed_everything(cfg.seed)  # the LoRA A matrices are drawn at random
+        model, self.tokenizer, info = models.load(policy, cfg.device, cfg.dtype)
+        lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                          target_modules="all-linear", task_type="CAUSAL_LM")
+        self.model = get_peft_model(model, lora)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.backend = HFBackend(loaded=(self.model, self.tokenizer, info), device=cfg.device,
+                                 batch_size=cfg.batch_size)
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.encoded = [encode_pair(self.tokenizer, p) for p in pairs]
+        with torch.no_grad(), self.model.disable_adapter():
+            self.reference = torch.cat([self.logps(range(i, min(i + cfg.batch_size, len(pairs))))
+                                        for i in range(0, len(pairs), cfg.batch_size)])
+
+    def logps(self, indices) -> torch.Tensor:
+        return response_logps(self.model, [self.encoded[i] for i in indices], self.tokenizer.pad_token_id)
+
+    def loss(self, indices: list[int]) -> torch.Tensor:
+        return dpo_loss(self.logps(indices), self.reference[indices], self.beta).mean()
+
+    def step(self, optimizer, indices: list[int]) -> float:
+        self.model.train()
+        loss = self.loss(indices)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        self.model.eval()
+        return loss.item()
+
+    def validate(self) -> tuple[float, list[str]]:
+        """F on the validation questions: greedy dialogues, all batched together, the task's metric."""
+        cfg = self.cfg
+        dialogues = run_dialogues(start(self.validation, self.task.setting), self.backend,
+                                  DialogueConfig(cfg.max_turns, cfg.max_new_tokens, 0.0), cfg.seed)
+        scores = [score(self.task.metric, d.final_answer, d.question.golds, options=d.question.options,
+                        tokenizer=self.tokenizer) for d in dialogues]
+        return sum(scores) / len(scores), [d.final_answer for d in dialogues]
+
+    def unit_optimizer(self):
+        return STEP_OPTIMIZERS[self.cfg.step_optimizer](self.params, self.cfg.eta)
+
+    def run(self) -> Estimate:
+        cfg, n = self.cfg, len(self.pairs)
+        started = time.time()
+        warmup = torch.optim.AdamW(self.params, lr=cfg.warmup_lr, weight_decay=0.0)
+        order = random.Random(cfg.seed).sample(range(n), n)
+        for step in tqdm(range(cfg.warmup_steps), desc="influence warm-up", unit="step", file=sys.stderr,
+                         dynamic_ncols=True):
+            self.step(warmup, [order[(step * cfg.warmup_batch + j) % n] for j in range(cfg.warmup_batch)])
+        theta_star = [p.detach().clone() for p in self.params]
+        warmed = time.time()
+        f_before, answers_before = self.validate()
+        units = make_units(n, cfg.unit_size, cfg.seed)
+        f_after, changed = [], []
+        for unit in tqdm(units, desc="influence units", unit="unit", file=sys.stderr, dynamic_ncols=True):
+            with torch.no_grad():
+                for p, saved in zip(self.params, theta_star):
+                    p.copy_(saved)
+            self.step(self.unit_optimizer(), unit)
+            f, answers = self.validate()
+            f_after.append(f)
+            changed.append(sum(a != b for a, b in zip(answers, answers_before)))
+        with torch.no_grad():
+            for p, saved in zip(self.params, theta_star):
+                p.copy_(saved)
+        return Estimate(units, f_before, f_after, changed, [q.id for q in self.validation],
+                        {"warmup": warmed - started, "units": time.time() - warmed})

@@ -1,0 +1,29 @@
+"""The DITS selector: H = minmax(I) + gamma * Q over influence units (gamma 0: influence alone)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness.config import SelectConfig
+from harness.dits.influence import estimate
+from harness.dits.scoring import combined, influence, resolution
+from harness.selection import Scores, Selector
+
+
+class DITSSelector(Selector):
+    """The alpha fraction with the best minmax(influence) + gamma * Q (DITS)."""
+
+    def score(self, pairs: list[dict], cfg: SelectConfig) -> Scores:
+        cache = Path(cfg.pairs).parent / "influence" if cfg.pairs else None
+        est = estimate(pairs, cfg, cache)
+        unit_i = influence(est.f_after, est.f_before, cfg.eta)
+        per_pair = est.per_pair(unit_i, len(pairs))
+        facts = {
+            "f_before": est.f_before, "f_after": est.f_after, "units": est.units,
+            "validation_ids": est.validation_ids, "seconds": est.seconds,
+            # The reference ranks by F(theta') itself; same order, recorded for comparison.
+            "reference_rank_value": est.per_pair(est.f_after, len(pairs)),
+            "resolution": resolution(est.f_after, est.changed_answers, len(est.validation_ids)),
+        }
+        return Scores(h=combined(per_pair, [p["q_chosen"] for p in pairs], cfg.gamma), influence=per_pair,
+                      extra=facts)

@@ -1,0 +1,87 @@
+"""DITS influence, reference path, end to end on tiny-fitted with pairs written for the test."""
+
+import json
+
+import pytest
+
+from harness.cli import main
+from harness.config import SelectConfig
+from harness.dits import influence as influence_mod
+from harness.dits.influence import make_units
+from harness.errors import HarnessError
+from harness.selection import select
+
+KNOBS = ["validation_size=4", "unit_size=2", "warmup_steps=2", "warmup_batch=2", "eta=1e-2", "lora_r=4",
+         "lora_alpha=4", "max_new_tokens=32"]
+
+
+@pytest.fixture(scope="module")
+def pairs_file(tmp_path_factory):
+    from harness import models
+    from harness.mas.dialogue import start
+    from tasks import get_task
+
+    task = get_task("hotpotqa")
+    _, _, info = models.load("tiny-fitted")
+    rows = []
+    for i, d in enumerate(start(task.load("train")[:6], task.setting)):
+        rows.append({"pair_id": f"hotpotqa:{d.question.id}/n0", "question_id": d.question.id, "task": "hotpotqa",
+                     "policy": {"name": "tiny-fitted", "sha256": info["sha256"]}, "prompt": d.messages(0),
+                     "chosen": f"Alice: <A>{d.question.golds[0]}</A>", "rejected": "Alice: <A>Pacific Ocean</A>",
+                     "q_chosen": 0.5 + 0.1 * i, "q_rejected": 0.1})
+    path = tmp_path_factory.mktemp("dits") / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_units_are_seeded_blocks_of_a_shuffle():
+    units = make_units(11, 5, seed=3)
+    assert [len(u) for u in units] == [5, 5, 1]
+    assert sorted(i for u in units for i in u) == list(range(11))
+    assert make_units(11, 5, seed=3) == units != make_units(11, 5, seed=4)
+
+
+def test_dits_scores_every_pair_and_gamma_runs_share_one_estimate(pairs_file, tmp_path, monkeypatch):
+    out = tmp_path / "g1"
+    assert main(["select", "--selector", "dits", "--pairs", str(pairs_file), "--gamma", "1", "--out", str(out),
+                 *KNOBS]) == 0
+    rows = [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()]
+    facts = json.loads((out / "run_spec.json").read_text())["selector_facts"]
+    assert len(rows) == 6 and sum(r["selected"] for r in rows) == 3
+    assert len(facts["units"]) == 3 and len(facts["f_after"]) == 3
+    # The unit steps move the policy: some validation answers change.
+    assert facts["resolution"]["changed_answers_max"] > 0
+    for r, f in zip(rows, facts["reference_rank_value"]):
+        assert r["I"] == pytest.approx((f - facts["f_before"]) / 1e-2)
+    # gamma 0 reuses the cached estimate: no model is loaded again.
+    monkeypatch.setattr(influence_mod.ReferencePath, "run", lambda self: pytest.fail("estimate not reused"))
+    monkeypatch.setattr(influence_mod.ReferencePath, "__init__", lambda *a: pytest.fail("estimate not reused"))
+    out0 = tmp_path / "g0"
+    assert main(["select", "--selector", "dits", "--pairs", str(pairs_file), "--gamma", "0", "--out", str(out0),
+                 *KNOBS]) == 0
+    rows0 = [json.loads(line) for line in (out0 / "scores.jsonl").read_text().splitlines()]
+    assert [r["I"] for r in rows0] == [r["I"] for r in rows]
+    assert [r["H"] - r["Q"] for r in rows] == pytest.approx([r["H"] for r in rows0])
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["val_split=train"], "of the 4 train questions are training questions of the pairs"),
+    (["model=tiny-random"], "the pairs were grown by tiny-fitted"),
+    (["step_optimizer=adam"], "step_optimizer must be one of adamw, sgd"),
+])
+def test_bad_influence_input_is_one_line(pairs_file, tmp_path, capsys, overrides, message):
+    out = tmp_path / "sel"
+    assert main(["select", "--selector", "dits", "--pairs", str(pairs_file), "--out", str(out), *KNOBS,
+                 *overrides]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err and not out.exists()
+
+
+def test_overlap_is_allowed_on_request(pairs_file):
+    pairs = [json.loads(line) for line in pairs_file.read_text().splitlines()]
+    cfg = SelectConfig(selector="dits", val_split="train", allow_overlap=True, validation_size=2, unit_size=6,
+                       warmup_steps=1, warmup_batch=2, lora_r=4, lora_alpha=4, max_new_tokens=16)
+    chosen, rows, _ = select(pairs, cfg)
+    assert len(chosen) == 3 and len({r["I"] for r in rows}) == 1  # one unit: one influence value
+    with pytest.raises(HarnessError, match="training questions"):
+        select(pairs, SelectConfig(selector="dits", val_split="train", validation_size=2))
