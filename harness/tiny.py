@@ -8,6 +8,8 @@ from a fixed seed, and fitting runs a fixed number of steps in a fixed order.
 from __future__ import annotations
 
 import json
+import math
+import re
 from pathlib import Path
 
 import torch
@@ -64,9 +66,25 @@ def build_random(out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
+def sentences(contexts: tuple[str, ...]) -> list[str]:
+    return [s for paragraph in contexts for s in re.split(r"(?<=[.!?]) ", paragraph)]
+
+
+def evidence(contexts: tuple[str, ...], gold: str) -> str | None:
+    """The first context sentence that contains the gold answer, if any: what an agent who holds
+    the answer quotes, so that the answer it then gives is a copy from its own message."""
+    word = re.compile(rf"\b{re.escape(gold)}\b")
+    return next((s for s in sentences(contexts) if word.search(s)), None)
+
+
 def fixture_dialogues() -> list[Dialogue]:
-    """Scripted dialogues on the fixture train splits: the gold answer in <A> tags, agreement on
-    the second answer (information exchange) or after the critic's turn (debate)."""
+    """Scripted dialogues on the fixture train splits, the gold answer in <A> tags.
+
+    Information exchange: the agent whose information holds the answer quotes that sentence and
+    answers; if that is Bob, Alice first shares a fact without an answer; the partner agrees. The
+    answer is then a copy from the context, which a tiny model can learn to do on unseen questions
+    too. Debate: Alice gives the option (letter and text), Bob approves, Alice repeats it.
+    """
     from tasks import get_task
 
     dialogues = []
@@ -76,10 +94,19 @@ def fixture_dialogues() -> list[Dialogue]:
         for d in start(questions, task.setting):
             gold = d.question.golds[0]
             if task.setting == "information_exchange":
-                fact = (d.question.contexts[0] or ("",))[0][:80]
-                script = [f"{NAMES[0]}: {fact} <A>{gold}</A>", f"{NAMES[1]}: <A>{gold}</A>"]
+                alice, bob = (evidence(c, gold) for c in d.question.contexts)
+                fact = (sentences(d.question.contexts[0]) or [""])[0]
+                if alice or not bob:
+                    script = [f"{NAMES[0]}: {alice or fact} <A>{gold}</A>", f"{NAMES[1]}: <A>{gold}</A>"]
+                else:
+                    script = [f"{NAMES[0]}: {fact}", f"{NAMES[1]}: {bob} <A>{gold}</A>",
+                              f"{NAMES[0]}: <A>{gold}</A>"]
             else:
-                script = [f"{NAMES[0]}: <A>{gold}</A>", f"{NAMES[1]}: Correct.", f"{NAMES[0]}: <A>{gold}</A>"]
+                # "D. copper wire": the option's letter (which the metric reads) comes first, so a
+                # single memorised token carries the choice, and on unseen questions any letter
+                # the model emits is a valid choice rather than a garbled option text.
+                choice = f"{'ABCDEFGHIJ'[d.question.options.index(gold)]}. {gold}"
+                script = [f"{NAMES[0]}: <A>{choice}</A>", f"{NAMES[1]}: Correct.", f"{NAMES[0]}: <A>{choice}</A>"]
             for i, text in enumerate(script):
                 d.add(Utterance(NAMES[i % 2], text, "", 0, 0, 0, False), max_turns=10)
             dialogues.append(d)
@@ -105,28 +132,49 @@ def training_examples(tokenizer, dialogues: list[Dialogue]) -> list[tuple[list[i
     return examples
 
 
-def build_fitted(out: Path, steps: int = 400, batch_size: int = 8, lr: float = 4e-3) -> None:
+def epoch_batches(lengths: list[int], batch_size: int, generator: torch.Generator) -> list[list[int]]:
+    """One epoch of batches in a seeded random order, each of examples of similar length: every
+    example is seen equally often, and little of a batch is padding."""
+    order = sorted(torch.randperm(len(lengths), generator=generator).tolist(), key=lengths.__getitem__)
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+
+
+def build_fitted(out: Path, steps: int = 800, batch_size: int = 8, lr: float = 1e-2) -> None:
+    import torch.nn.functional as F
     from transformers import AutoTokenizer, LlamaForCausalLM
 
     build_random(out)
     tokenizer = AutoTokenizer.from_pretrained(out)
     model = LlamaForCausalLM.from_pretrained(out)
     examples = training_examples(tokenizer, fixture_dialogues())
-    # Debate answers are whole option texts: twice the exposure to memorise them.
-    examples += [e for e in examples if len(e[0]) < 400]
     order = torch.Generator().manual_seed(SEED)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    # Short warm-up, then cosine decay to zero: the last steps settle the memorised answers.
+    warmup = steps // 20
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * s / steps)))
     model.train()
     losses = []
+    queue: list[list[int]] = []
     for step in range(steps):
-        batch = [examples[i] for i in torch.randint(len(examples), (batch_size,), generator=order).tolist()]
+        if not queue:
+            queue = epoch_batches([len(ids) for ids, _ in examples], batch_size, order)
+        batch = [examples[i] for i in queue.pop()]
         width = max(len(ids) for ids, _ in batch)
         input_ids = torch.tensor([ids + [tokenizer.pad_token_id] * (width - len(ids)) for ids, _ in batch])
         labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in batch])
         attention = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in batch])
-        loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
+        # Logits only where there is a label (about a tenth of the positions): the vocabulary
+        # projection over every position would otherwise dominate the step.
+        hidden = model.model(input_ids=input_ids, attention_mask=attention).last_hidden_state[:, :-1]
+        targets = labels[:, 1:]
+        keep = targets != -100
+        loss = F.cross_entropy(model.lm_head(hidden[keep]), targets[keep])
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
+        schedule.step()
         optimizer.zero_grad()
         losses.append(loss.item())
     model.eval()

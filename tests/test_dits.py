@@ -11,8 +11,7 @@ from harness.dits.influence import make_units
 from harness.errors import HarnessError
 from harness.selection import select
 
-KNOBS = ["validation_size=4", "unit_size=2", "warmup_steps=2", "warmup_batch=2", "eta=1e-2", "lora_r=4",
-         "lora_alpha=4", "max_new_tokens=32"]
+KNOBS = ["--config", "smoke"]  # V = 4, units of 2 pairs, 2 warm-up steps, eta 1e-2, LoRA r 4
 
 
 @pytest.fixture(scope="module")
@@ -21,13 +20,17 @@ def pairs_file(tmp_path_factory):
     from harness.mas.dialogue import start
     from tasks import get_task
 
-    task = get_task("hotpotqa")
+    # Debate: tiny-fitted picks options well above zero on unseen questions, so the validation
+    # metric can move either way after a step.
+    task = get_task("arc_c")
     _, _, info = models.load("tiny-fitted")
     rows = []
     for i, d in enumerate(start(task.load("train")[:6], task.setting)):
-        rows.append({"pair_id": f"hotpotqa:{d.question.id}/n0", "question_id": d.question.id, "task": "hotpotqa",
+        q = d.question
+        wrong = next(o for o in q.options if o != q.golds[0])
+        rows.append({"pair_id": f"arc_c:{q.id}/n0", "question_id": q.id, "task": "arc_c",
                      "policy": {"name": "tiny-fitted", "sha256": info["sha256"]}, "prompt": d.messages(0),
-                     "chosen": f"Alice: <A>{d.question.golds[0]}</A>", "rejected": "Alice: <A>Pacific Ocean</A>",
+                     "chosen": f"Alice: <A>{q.golds[0]}</A>", "rejected": f"Alice: <A>{wrong}</A>",
                      "q_chosen": 0.5 + 0.1 * i, "q_rejected": 0.1})
     path = tmp_path_factory.mktemp("dits") / "pairs.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -46,13 +49,14 @@ def test_dits_scores_every_pair_and_gamma_runs_share_one_estimate(pairs_file, tm
     assert main(["select", "--selector", "dits", "--pairs", str(pairs_file), "--gamma", "1", "--out", str(out),
                  *KNOBS]) == 0
     rows = [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()]
-    facts = json.loads((out / "run_spec.json").read_text())["selector_facts"]
+    spec = json.loads((out / "run_spec.json").read_text())
+    facts = spec["selector_facts"]
     assert len(rows) == 6 and sum(r["selected"] for r in rows) == 3
     assert len(facts["units"]) == 3 and len(facts["f_after"]) == 3
     # The unit steps move the policy: some validation answers change.
     assert facts["resolution"]["changed_answers_max"] > 0
     for r, f in zip(rows, facts["reference_rank_value"]):
-        assert r["I"] == pytest.approx((f - facts["f_before"]) / 1e-2)
+        assert r["I"] == pytest.approx((f - facts["f_before"]) / spec["config"]["eta"])
     # gamma 0 reuses the cached estimate: no model is loaded again.
     monkeypatch.setattr(influence_mod.ReferencePath, "run", lambda self: pytest.fail("estimate not reused"))
     monkeypatch.setattr(influence_mod.ReferencePath, "__init__", lambda *a: pytest.fail("estimate not reused"))
