@@ -1,4 +1,4 @@
-"""The `harness` command line: eval, ls, validate. Every command takes `--config FILE` and
+"""The `harness` command line: eval, data, ls, validate. eval and validate take `--config FILE` and
 `key=value` overrides; bad input answers one line and exit status 2."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from tabulate import tabulate
 from harness import config as cfgmod
 from harness.config import EvalConfig
 from harness.errors import HarnessError
+from tasks.base import SPLITS
 
 
 def _offline(online: bool) -> None:
@@ -33,6 +34,47 @@ def cmd_eval(args) -> int:
     print(results_table(result))
     print(f"run record: {result.run_dir}")
     return 0
+
+
+def _data_dir(args) -> str | None:
+    return args.data_dir or os.environ.get("HARNESS_DATA_DIR") or None
+
+
+def cmd_data_ls(args) -> int:
+    from pathlib import Path
+
+    from harness.data.inventory import inventory
+
+    data_dir = _data_dir(args)
+    print(f"data directory: {data_dir}" if data_dir else "no data directory (--data-dir or HARNESS_DATA_DIR): "
+          "runs read the hub with --online, else the project-written samples in tasks/fixtures")
+    records = inventory(Path(data_dir) if data_dir else None)
+    print(tabulate([[r["task"], r["split"], "-" if r["rows"] is None else r["rows"], r["source"], r["problem"]]
+                    for r in records], ["task", "split", "rows", "source", "problem"], tablefmt="github"))
+    bad = sorted({r["source"] for r in records if r["problem"]})
+    if bad:
+        raise HarnessError(f"schema problems in {len(bad)} file(s): {', '.join(bad)}")
+    return 0
+
+
+def cmd_data_fetch(args) -> int:
+    from harness.data.fetch import fetch, file_source
+
+    data_dir = _data_dir(args)
+    if not data_dir:
+        raise HarnessError("fetch needs --data-dir DIR (or HARNESS_DATA_DIR) to write to")
+    files = dict(_pair(item, "--files") for item in args.files or [])
+    written = fetch(args.task, data_dir, args.splits, args.limit, file_source(files) if files else None)
+    print(tabulate([[split, n, path] for split, (path, n) in written.items()], ["split", "rows", "written to"],
+                   tablefmt="github"))
+    return 0
+
+
+def _pair(item: str, flag: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key or not value:
+        raise HarnessError(f"{flag} {item!r}: expected NAME=VALUE")
+    return key, value
 
 
 def cmd_ls(args) -> int:
@@ -99,6 +141,20 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--online", action="store_true", help="allow the Hugging Face hub")
     common(e)
     e.set_defaults(fn=cmd_eval)
+
+    data = sub.add_parser("data", help="list or fetch task data")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    dl = dsub.add_parser("ls", help="rows per task and split in a data directory, and schema problems")
+    dl.add_argument("--data-dir", dest="data_dir")
+    dl.set_defaults(fn=cmd_data_ls)
+    f = dsub.add_parser("fetch", help="write a task's hub splits to a data directory (needs network)")
+    f.add_argument("--task", required=True)
+    f.add_argument("--splits", nargs="+", choices=SPLITS, help="default: every split the hub has")
+    f.add_argument("--limit", type=int, help="first N rows of each split")
+    f.add_argument("--data-dir", dest="data_dir")
+    f.add_argument("--files", nargs="+", metavar="HUB_SPLIT=FILE",
+                   help="read the hub's splits from downloaded parquet/JSON/CSV files instead of the hub")
+    f.set_defaults(fn=cmd_data_fetch)
 
     ls = sub.add_parser("ls", help="list tasks, models, presets or metrics")
     ls.add_argument("what", choices=["tasks", "models", "presets", "metrics"])
