@@ -7,6 +7,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 
 from tabulate import tabulate
 
@@ -77,6 +78,21 @@ def _pair(item: str, flag: str) -> tuple[str, str]:
     return key, value
 
 
+def cmd_data_build_cbt(args) -> int:
+    from harness.data.build_cbt import BuildCBTConfig, build_cbt
+
+    cfg = cfgmod.build(BuildCBTConfig, None, None, books=args.books, out=args.out, type=args.type,
+                       per_book=args.per_book, seed=args.seed, spacy_model=args.spacy_model)
+    started = time.time()
+    manifest = build_cbt(cfg)
+    counts = manifest["counts"]
+    print(tabulate([[split, n] for split, n in counts.items()], ["split", f"CBT-{cfg.type} items"],
+                   tablefmt="github"))
+    print(f"{sum(counts.values())} items from {sum(b['split'] is not None for b in manifest['books'])} books "
+          f"in {time.time() - started:.0f} s: {os.path.join(cfg.out, 'cbt')} (manifest.json names the books)")
+    return 0
+
+
 def cmd_ls(args) -> int:
     if args.what == "tasks":
         from tasks import TASKS
@@ -98,6 +114,11 @@ def cmd_ls(args) -> int:
             line.strip() for line in path.read_text().splitlines() if line and not line.startswith("#"))]
             for name, path in cfgmod.presets().items()]
         print(tabulate(rows, ["preset", "what", "settings"], tablefmt="github"))
+    elif args.what == "cbt-types":
+        from harness.data.cbt_items import WORD_TYPES
+
+        rows = [[n, WORD_TYPES.get(n).description, " ".join(WORD_TYPES.get(n).tags)] for n in WORD_TYPES]
+        print(tabulate(rows, ["type", "blanked words", "tags"], tablefmt="github"))
     elif args.what == "metrics":
         from tasks.metrics import METRICS
 
@@ -142,7 +163,7 @@ def parser() -> argparse.ArgumentParser:
     common(e)
     e.set_defaults(fn=cmd_eval)
 
-    data = sub.add_parser("data", help="list or fetch task data")
+    data = sub.add_parser("data", help="list, fetch or build task data")
     dsub = data.add_subparsers(dest="data_command", required=True)
     dl = dsub.add_parser("ls", help="rows per task and split in a data directory, and schema problems")
     dl.add_argument("--data-dir", dest="data_dir")
@@ -155,9 +176,17 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--files", nargs="+", metavar="HUB_SPLIT=FILE",
                    help="read the hub's splits from downloaded parquet/JSON/CSV files instead of the hub")
     f.set_defaults(fn=cmd_data_fetch)
+    b = dsub.add_parser("build-cbt", help="build CBT items from public-domain books, split by book")
+    b.add_argument("--books", required=True, help="folder of plain-text books (*.txt, searched recursively)")
+    b.add_argument("--out", required=True, help="data directory: the items go to OUT/cbt/")
+    b.add_argument("--type", help="word type to blank out (harness ls cbt-types)")
+    b.add_argument("--per-book", dest="per_book", type=int, help="at most N items a book")
+    b.add_argument("--seed", type=int)
+    b.add_argument("--spacy-model", dest="spacy_model", help="installed spaCy pipeline with a tagger")
+    b.set_defaults(fn=cmd_data_build_cbt)
 
-    ls = sub.add_parser("ls", help="list tasks, models, presets or metrics")
-    ls.add_argument("what", choices=["tasks", "models", "presets", "metrics"])
+    ls = sub.add_parser("ls", help="list tasks, models, presets, metrics or CBT word types")
+    ls.add_argument("what", choices=["tasks", "models", "presets", "metrics", "cbt-types"])
     ls.set_defaults(fn=cmd_ls)
 
     v = sub.add_parser("validate", help="check a config without running it")
