@@ -1,5 +1,5 @@
-"""The `harness` command line: eval, synth, select, ls, validate. Every command takes `--config FILE` and
-`key=value` overrides; bad input answers one line and exit status 2."""
+"""The `harness` command line: eval, synth, select, data, ls, validate. Commands that run take
+`--config FILE` and `key=value` overrides; bad input answers one line and exit status 2."""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ import argparse
 import logging
 import os
 import sys
+import time
 
 from tabulate import tabulate
 
 from harness import config as cfgmod
 from harness.config import EvalConfig, SelectConfig, SynthConfig
 from harness.errors import HarnessError
+from tasks.base import SPLITS
 
 
 def _offline(online: bool) -> None:
@@ -61,6 +63,62 @@ def cmd_select(args) -> int:
     return 0
 
 
+def _data_dir(args) -> str | None:
+    return args.data_dir or os.environ.get("HARNESS_DATA_DIR") or None
+
+
+def cmd_data_ls(args) -> int:
+    from pathlib import Path
+
+    from harness.data.inventory import inventory
+
+    data_dir = _data_dir(args)
+    print(f"data directory: {data_dir}" if data_dir else "no data directory (--data-dir or HARNESS_DATA_DIR): "
+          "runs read the hub with --online, else the project-written samples in tasks/fixtures")
+    records = inventory(Path(data_dir) if data_dir else None)
+    print(tabulate([[r["task"], r["split"], "-" if r["rows"] is None else r["rows"], r["source"], r["problem"]]
+                    for r in records], ["task", "split", "rows", "source", "problem"], tablefmt="github"))
+    bad = sorted({r["source"] for r in records if r["problem"]})
+    if bad:
+        raise HarnessError(f"schema problems in {len(bad)} file(s): {', '.join(bad)}")
+    return 0
+
+
+def cmd_data_fetch(args) -> int:
+    from harness.data.fetch import fetch, file_source
+
+    data_dir = _data_dir(args)
+    if not data_dir:
+        raise HarnessError("fetch needs --data-dir DIR (or HARNESS_DATA_DIR) to write to")
+    files = dict(_pair(item, "--files") for item in args.files or [])
+    written = fetch(args.task, data_dir, args.splits, args.limit, file_source(files) if files else None)
+    print(tabulate([[split, n, path] for split, (path, n) in written.items()], ["split", "rows", "written to"],
+                   tablefmt="github"))
+    return 0
+
+
+def _pair(item: str, flag: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key or not value:
+        raise HarnessError(f"{flag} {item!r}: expected NAME=VALUE")
+    return key, value
+
+
+def cmd_data_build_cbt(args) -> int:
+    from harness.data.build_cbt import BuildCBTConfig, build_cbt
+
+    cfg = cfgmod.build(BuildCBTConfig, None, None, books=args.books, out=args.out, type=args.type,
+                       per_book=args.per_book, seed=args.seed, spacy_model=args.spacy_model)
+    started = time.time()
+    manifest = build_cbt(cfg)
+    counts = manifest["counts"]
+    print(tabulate([[split, n] for split, n in counts.items()], ["split", f"CBT-{cfg.type} items"],
+                   tablefmt="github"))
+    print(f"{sum(counts.values())} items from {sum(b['split'] is not None for b in manifest['books'])} books "
+          f"in {time.time() - started:.0f} s: {os.path.join(cfg.out, 'cbt')} (manifest.json names the books)")
+    return 0
+
+
 def cmd_ls(args) -> int:
     if args.what == "tasks":
         from tasks import TASKS
@@ -92,6 +150,11 @@ def cmd_ls(args) -> int:
 
         print(tabulate([[n, (SELECTORS.get(n).__doc__ or "").split("\n")[0]] for n in SELECTORS],
                        ["selector", "what it keeps"], tablefmt="github"))
+    elif args.what == "cbt-types":
+        from harness.data.cbt_items import WORD_TYPES
+
+        rows = [[n, WORD_TYPES.get(n).description, " ".join(WORD_TYPES.get(n).tags)] for n in WORD_TYPES]
+        print(tabulate(rows, ["type", "blanked words", "tags"], tablefmt="github"))
     elif args.what == "metrics":
         from tasks.metrics import METRICS
 
@@ -158,8 +221,30 @@ def parser() -> argparse.ArgumentParser:
     common(sel)
     sel.set_defaults(fn=cmd_select)
 
-    ls = sub.add_parser("ls", help="list tasks, models, presets, selectors or metrics")
-    ls.add_argument("what", choices=["tasks", "models", "presets", "selectors", "metrics"])
+    data = sub.add_parser("data", help="list, fetch or build task data")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    dl = dsub.add_parser("ls", help="rows per task and split in a data directory, and schema problems")
+    dl.add_argument("--data-dir", dest="data_dir")
+    dl.set_defaults(fn=cmd_data_ls)
+    f = dsub.add_parser("fetch", help="write a task's hub splits to a data directory (needs network)")
+    f.add_argument("--task", required=True)
+    f.add_argument("--splits", nargs="+", choices=SPLITS, help="default: every split the hub has")
+    f.add_argument("--limit", type=int, help="first N rows of each split")
+    f.add_argument("--data-dir", dest="data_dir")
+    f.add_argument("--files", nargs="+", metavar="HUB_SPLIT=FILE",
+                   help="read the hub's splits from downloaded parquet/JSON/CSV files instead of the hub")
+    f.set_defaults(fn=cmd_data_fetch)
+    b = dsub.add_parser("build-cbt", help="build CBT items from public-domain books, split by book")
+    b.add_argument("--books", required=True, help="folder of plain-text books (*.txt, searched recursively)")
+    b.add_argument("--out", required=True, help="data directory: the items go to OUT/cbt/")
+    b.add_argument("--type", help="word type to blank out (harness ls cbt-types)")
+    b.add_argument("--per-book", dest="per_book", type=int, help="at most N items a book")
+    b.add_argument("--seed", type=int)
+    b.add_argument("--spacy-model", dest="spacy_model", help="installed spaCy pipeline with a tagger")
+    b.set_defaults(fn=cmd_data_build_cbt)
+
+    ls = sub.add_parser("ls", help="list tasks, models, presets, selectors, metrics or CBT word types")
+    ls.add_argument("what", choices=["tasks", "models", "presets", "selectors", "metrics", "cbt-types"])
     ls.set_defaults(fn=cmd_ls)
 
     v = sub.add_parser("validate", help="check a config without running it")

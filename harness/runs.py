@@ -1,8 +1,8 @@
 """Run ids, run directories and atomic writes.
 
-A run directory is written under a temporary name and renamed into place when complete, so a
-directory that exists under its final name is always finished. Long runs write into a fixed
-``.<name>.partial`` directory as they go, which `--resume` continues. Run ids are canonical HELM-style
+A run directory (or a data file) is written under a temporary name and renamed into place when
+complete, so a directory that exists under its final name is always finished. Long runs write into a
+fixed ``.<name>.partial`` directory as they go, which `--resume` continues. Run ids are canonical HELM-style
 strings, ``eval:task=cbt,model=smollm2-135m,split=test,seed=0``, that double as directory names.
 """
 
@@ -71,6 +71,20 @@ def write_jsonl(path: Path, rows) -> None:
     with open(path, "w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+
+
+@contextmanager
+def atomic_file(final: Path):
+    """Yield a temporary path beside `final`; on success it replaces `final`, on failure it is removed."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{final.name[:40]}.partial-", dir=final.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 @contextmanager

@@ -8,6 +8,7 @@ directory is set (``--data-dir`` or ``HARNESS_DATA_DIR``); otherwise, when onlin
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -92,15 +93,20 @@ class Task:
         if data_dir:
             rows = self._read_local(Path(data_dir), split)
         elif online and self.dataset:
-            rows = self._read_hub(split)
+            rows = self.read_hub(split, limit=limit)
         else:
             path = FIXTURES / self.name / f"{split}.jsonl"
             log.warning("no data directory set and the hub is not used: reading the project-written "
                         "sample %s (set --data-dir or HARNESS_DATA_DIR for real data)", path)
             rows = [(path, i, r) for i, r in read_jsonl(path)]
         self.source = str(rows[0][0]) if rows else None  # what a run record names as its data
+        return self.parse(rows[:limit], split)
+
+    def parse(self, rows: list[tuple[Any, int, dict]], split: str) -> list[Question]:
+        """Questions from `(source, line, row)` triples; a row that breaks the schema is one
+        `source:line: reason` error."""
         questions = []
-        for source, line, row in rows[:limit]:
+        for source, line, row in rows:
             try:
                 questions.append(self.to_question(row, split))
             except RowError as e:
@@ -115,18 +121,23 @@ class Task:
                                f"{', '.join(have) or 'none'})")
         return [(path, i, r) for i, r in read_jsonl(path)]
 
-    def _read_hub(self, split: str) -> list[tuple[Any, int, dict]]:
+    def read_hub(self, split: str, source: dict | None = None,
+                 limit: int | None = None) -> list[tuple[Any, int, dict]]:
+        """The split's rows through `datasets.load_dataset`. `source` replaces the hub id with other
+        `load_dataset` arguments, e.g. `{"path": "parquet", "data_files": {"test": "test.parquet"}}`
+        for files downloaded from the hub, read with the hub's split names and slices."""
         import datasets
 
         expr = self.hub_splits.get(split)
         if expr is None:
             raise HarnessError(f"{self.name} has no {split} split on the hub ({self.dataset})")
+        args = source or {"path": self.dataset, "name": self.hub_config}
+        where = f"hub:{self.dataset}/{expr}" if source is None else f"{args['path']}:{expr}"
         try:
-            ds = datasets.load_dataset(self.dataset, self.hub_config, split=expr)
+            ds = datasets.load_dataset(**args, split=expr)
         except Exception as e:  # the hub's failures come in many types; the user needs one line
-            raise HarnessError(f"could not load {self.dataset} ({self.hub_config}) split {expr} "
-                               f"from the hub: {type(e).__name__}: {e}".splitlines()[0]) from None
-        return [(f"hub:{self.dataset}/{expr}", i + 1, row) for i, row in enumerate(ds)]
+            raise HarnessError(f"could not load {where}: {type(e).__name__}: {e}".splitlines()[0]) from None
+        return [(where, i + 1, row) for i, row in enumerate(itertools.islice(ds, limit))]
 
 
 def read_jsonl(path: Path) -> list[tuple[int, dict]]:
