@@ -174,7 +174,8 @@ def build(cls, file: str | None = None, overrides: list[str] | dict | None = Non
                     elif k not in section_names:  # checked now, not when that command runs
                         raise HarnessError(f"{path}: {key}: unknown config key {k!r}; {nearest(k, section_names)}")
             elif key not in shared:
-                raise HarnessError(f"{path}: unknown config key {key!r}; {nearest(key, sorted(shared | set(sections)))}")
+                valid = sorted(shared | set(sections))
+                raise HarnessError(f"{path}: unknown config key {key!r}; {nearest(key, valid)}")
             elif key in names:
                 put(key, value, str(path))
     for key, value in flags.items():

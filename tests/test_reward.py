@@ -63,5 +63,6 @@ def test_recipes_cover_every_task_with_the_reference_values():
     from tasks import TASKS
 
     assert set(RECIPES) == set(TASKS.names())
-    assert (RECIPES["hotpotqa"].lambda1, RECIPES["hotpotqa"].lambda2, RECIPES["hotpotqa"].dpo_epsilon) == (-0.6, 1.0, 0.4)
+    qa = RECIPES["hotpotqa"]
+    assert (qa.lambda1, qa.lambda2, qa.dpo_epsilon, qa.dpo_beta) == (-0.6, 1.0, 0.4, 0.1)
     assert RECIPES["arc_c"].dpo_epsilon == RECIPES["mmlu"].dpo_epsilon == 0.45
