@@ -86,7 +86,7 @@ def read_pairs(path: Path) -> list[dict]:
         raise HarnessError(f"{path}: pairs file not found")
     pairs = []
     for n, pair in read_jsonl(path):
-        for key in ("pair_id", "task", "policy", "prompt", "chosen", "rejected", "q_chosen"):
+        for key in ("pair_id", "question_id", "task", "policy", "prompt", "chosen", "rejected", "q_chosen"):
             if key not in pair:
                 raise HarnessError(f"{path}:{n}: missing key {key!r}")
         pairs.append(pair)

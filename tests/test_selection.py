@@ -11,7 +11,7 @@ from harness.selection import budget, rank, select
 
 
 def pool(qs, task="hotpotqa"):
-    return [{"pair_id": f"t:q{i}/n0", "task": task, "policy": {"name": "m", "sha256": "x"},
+    return [{"pair_id": f"t:q{i}/n0", "question_id": f"q{i}", "task": task, "policy": {"name": "m", "sha256": "x"},
              "prompt": [{"role": "system", "content": "s"}], "chosen": "a", "rejected": "b", "q_chosen": q}
             for i, q in enumerate(qs)]
 
@@ -82,7 +82,7 @@ def test_select_command_writes_every_score(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("content, message", [
-    ('{"pair_id": 1}\n', "pairs.jsonl:1: missing key 'task'"),
+    ('{"pair_id": 1}\n', "pairs.jsonl:1: missing key 'question_id'"),
     ("not json\n", "pairs.jsonl:1: not valid JSON"),
     (json.dumps(pool([0.5])[0]) + "\n" + json.dumps(pool([0.5], task="cbt")[0]) + "\n",
      "pairs from more than one task"),

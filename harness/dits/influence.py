@@ -93,7 +93,7 @@ def estimate(pairs: list[dict], cfg: SelectConfig, cache_dir: Path | None) -> Es
                            f"questions of the pairs (e.g. {sorted(overlap)[0]}); choose a disjoint val_split "
                            "or set allow_overlap=true")
     key_data = {"pairs": [[p["pair_id"], p["chosen"], p["rejected"]] for p in pairs],
-                "policy": policy, "validation": [q.id for q in validation],
+                "policy": grown_by["sha256"], "validation": [q.id for q in validation],
                 "knobs": {k: getattr(cfg, k) for k in KNOBS}}
     key = hashlib.sha256(json.dumps(key_data, sort_keys=True).encode()).hexdigest()[:16]
     cached = cache_dir / f"{key}.json" if cache_dir else None
