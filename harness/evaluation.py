@@ -52,11 +52,16 @@ def mean_stderr(values: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(var / n)
 
 
+def dialogue_score(d: Dialogue, metric: str, tokenizer) -> float:
+    """The task metric of a dialogue's final answer against its question's golds."""
+    return score(metric, d.final_answer, d.question.golds, options=d.question.options, tokenizer=tokenizer)
+
+
 def instance_record(d: Dialogue, metric: str, tokenizer) -> dict:
     q = d.question
     return {
         "id": q.id, "question": q.question, "gold": list(q.golds), "prediction": d.final_answer,
-        "score": score(metric, d.final_answer, q.golds, options=q.options, tokenizer=tokenizer),
+        "score": dialogue_score(d, metric, tokenizer),
         "answered": bool(d.final_answer), "turns": len(d.utterances), "stop": d.stop,
         "tokens": sum(u.completion_tokens for u in d.utterances), "tokens_per_agent": d.tokens_by_agent(),
         "transcript": [{"speaker": u.speaker, "text": u.text, "answer": u.answer, "tokens": u.completion_tokens,

@@ -29,11 +29,10 @@ from harness.backends.hf import HFBackend
 from harness.config import SelectConfig
 from harness.dits.dpo import dpo_loss, encode_pair, response_logps
 from harness.errors import HarnessError
-from harness.evaluation import seed_everything
+from harness.evaluation import dialogue_score, seed_everything
 from harness.mas.dialogue import DialogueConfig, run_dialogues, start
 from harness.synth.reward import RECIPES
 from tasks import get_task
-from tasks.metrics import score
 
 log = logging.getLogger(__name__)
 
@@ -102,10 +101,8 @@ def estimate(pairs: list[dict], cfg: SelectConfig, cache_dir: Path | None) -> Es
 
     result = ReferencePath(pairs, cfg, task, policy, validation).run()
     if cached:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(".partial")
-        runs.write_json(tmp, asdict(result))
-        tmp.rename(cached)
+        with runs.atomic_file(cached) as tmp:
+            runs.write_json(tmp, asdict(result))
     return result
 
 
@@ -123,8 +120,6 @@ class ReferencePath:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.backend = HFBackend(loaded=(self.model, self.tokenizer, info), device=cfg.device,
                                  batch_size=cfg.batch_size)
-        if self.tokenizer.pad_token_id is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
         self.encoded = [encode_pair(self.tokenizer, p) for p in pairs]
         with torch.no_grad(), self.model.disable_adapter():
             self.reference = torch.cat([self.logps(range(i, min(i + cfg.batch_size, len(pairs))))
@@ -145,13 +140,17 @@ class ReferencePath:
         self.model.eval()
         return loss.item()
 
+    @torch.no_grad()
+    def restore(self, weights: list[torch.Tensor]) -> None:
+        for p, saved in zip(self.params, weights):
+            p.copy_(saved)
+
     def validate(self) -> tuple[float, list[str]]:
         """F on the validation questions: greedy dialogues, all batched together, the task's metric."""
         cfg = self.cfg
         dialogues = run_dialogues(start(self.validation, self.task.setting), self.backend,
                                   DialogueConfig(cfg.max_turns, cfg.max_new_tokens, 0.0), cfg.seed)
-        scores = [score(self.task.metric, d.final_answer, d.question.golds, options=d.question.options,
-                        tokenizer=self.tokenizer) for d in dialogues]
+        scores = [dialogue_score(d, self.task.metric, self.tokenizer) for d in dialogues]
         return sum(scores) / len(scores), [d.final_answer for d in dialogues]
 
     def unit_optimizer(self):
@@ -171,15 +170,11 @@ class ReferencePath:
         units = make_units(n, cfg.unit_size, cfg.seed)
         f_after, changed = [], []
         for unit in tqdm(units, desc="influence units", unit="unit", file=sys.stderr, dynamic_ncols=True):
-            with torch.no_grad():
-                for p, saved in zip(self.params, theta_star):
-                    p.copy_(saved)
+            self.restore(theta_star)
             self.step(self.unit_optimizer(), unit)
             f, answers = self.validate()
             f_after.append(f)
             changed.append(sum(a != b for a, b in zip(answers, answers_before)))
-        with torch.no_grad():
-            for p, saved in zip(self.params, theta_star):
-                p.copy_(saved)
+        self.restore(theta_star)
         return Estimate(units, f_before, f_after, changed, [q.id for q in self.validation],
                         {"warmup": warmed - started, "units": time.time() - warmed})

@@ -29,7 +29,7 @@ from harness.backends import BACKENDS
 from harness.backends.base import Backend
 from harness.config import SynthConfig
 from harness.errors import HarnessError
-from harness.evaluation import seed_everything
+from harness.evaluation import dialogue_score, seed_everything
 from harness.mas.dialogue import DialogueConfig, run_dialogues, start
 from harness.mas.prompts import system_prompts
 from harness.synth.mcts import Tree
@@ -37,7 +37,7 @@ from harness.synth.pairs import PairRule, extract_pairs
 from harness.synth.reward import RECIPES, RewardConfig, reward
 from tasks import get_task
 from tasks.base import Question
-from tasks.metrics import METRICS, score
+from tasks.metrics import METRICS
 
 log = logging.getLogger(__name__)
 
@@ -226,9 +226,8 @@ class Search:
                 leaf = node
                 for u in d.utterances[node.depth:]:
                     leaf = tree.add(leaf.id, u, cfg.merge_distance)
-                task_score = score(self.metric, d.final_answer, tree.question.golds,
-                                   options=tree.question.options, tokenizer=self.tokenizer)
-                r = reward(task_score, d.utterances, [self.nll[u.text] for u in d.utterances], self.reward_cfg)
+                r = reward(dialogue_score(d, self.metric, self.tokenizer), d.utterances,
+                           [self.nll[u.text] for u in d.utterances], self.reward_cfg)
                 tree.backup(leaf.id, r.total)
                 tree.rollouts.append({"iteration": iteration, "from": node.id, "leaf": leaf.id,
                                       "answer": d.final_answer, "stop": d.stop, **r.as_dict()})
