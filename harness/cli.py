@@ -1,4 +1,4 @@
-"""The `harness` command line: eval, synth, select, data, ls, validate. Commands that run take
+"""The `harness` command line: run, suite, eval, synth, select, train, data, ls, validate. Commands that run take
 `--config FILE` and `key=value` overrides; bad input answers one line and exit status 2."""
 
 from __future__ import annotations
@@ -60,6 +60,79 @@ def cmd_select(args) -> int:
     print(tabulate([[r["rank"], r["pair_id"], f"{r['Q']:.3f}", "-" if r["I"] is None else f"{r['I']:.4f}",
                      f"{r['H']:.4f}"] for r in top], ["rank", "pair", "Q", "I", "H"], tablefmt="github"))
     print(f"{len(selected)} of {len(rows)} pairs selected by {cfg.selector}: {out / 'selected.jsonl'}")
+    return 0
+
+
+def _run_flags(args) -> dict:
+    return {"task": args.task, "model": args.model, "seed": getattr(args, "seed", None), "iterations": args.iterations,
+            "suite": args.suite, "data_dir": args.data_dir, "online": args.online or None, "out": args.out}
+
+
+def cmd_run(args) -> int:
+    from harness.train.loop import execute, make_plan
+
+    plan = make_plan(args.config, args.overrides, selector=args.selector, gamma=args.gamma, **_run_flags(args))
+    _offline(plan.run.online)
+    if args.dry_run:
+        from harness.train.loop import check_pools
+
+        pools = check_pools(plan)
+        print(dry_run_table(plan))
+        print("pools: " + ", ".join(f"{k} {len(v)}" for k, v in pools.items() if k != "source"))
+        return 0
+    results = execute(plan, resume=args.resume, progress=lambda line: print(line, file=sys.stderr))
+    print(run_table(results))
+    print(f"run record: {plan.run_dir}")
+    return 0
+
+
+def dry_run_table(plan) -> str:
+    rows = [[s.label, "shared" if s.shared else "run", "done" if s.path.is_dir() else "to do", s.does]
+            for s in plan.stages]
+    return (f"{plan.run_id}\nrun directory: {plan.run_dir}\nshared stages: {plan.shared_dir}\n"
+            + tabulate(rows, ["stage", "owner", "state", "work"], tablefmt="github"))
+
+
+def run_table(results: dict) -> str:
+    rows = [[r["policy"], "-" if r["iteration"] is None else r["iteration"], r["metric"], f"{r['mean']:.4f}",
+             f"{r['stderr']:.4f}", r["n"], f"{r['tokens_per_dialogue']:.1f}"] for r in results["scores"]]
+    table = tabulate(rows, ["policy", "iteration", "metric", "value", "± stderr", "n", "tokens/dialogue"],
+                     tablefmt="github")
+    walls = " ".join(f"{k}={v:.0f}s" for k, v in results["wall_seconds"].items())
+    return f"{table}\nwall per stage (this or an earlier run of the suite): {walls}"
+
+
+def cmd_suite(args) -> int:
+    from harness.train.loop import split_selectors
+    from harness.train.suite import run_suite, suite_table
+
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [None]
+    flags = _run_flags(args) | {"seed": None}
+    table = run_suite(args.config, args.overrides, split_selectors(args.selectors), seeds, flags,
+                      progress=lambda line: print(line, file=sys.stderr))
+    print(suite_table(table))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from pathlib import Path
+
+    from harness.config import RunConfig
+    from harness.synth.reward import RECIPES
+    from harness.train.trainers import train_dpo, train_sft, write_training
+    from tasks.base import read_jsonl
+
+    cfg = cfgmod.build(RunConfig, args.config, args.overrides, task=args.task, model=args.model, seed=args.seed)
+    _offline(cfg.online)
+    rows = [row for _, row in read_jsonl(Path(args.data))]
+    out = Path(args.out)
+    if args.stage == "sft":
+        stats = write_training(out, lambda tmp: train_sft(cfg.model, rows, cfg, tmp, str(out / "model")))
+    else:
+        beta = cfg.dpo_beta if cfg.dpo_beta is not None else RECIPES[cfg.task].dpo_beta
+        stats = write_training(out, lambda tmp: train_dpo(cfg.model, rows, cfg, beta, tmp, str(out / "model")))
+    print(tabulate([[k, v] for k, v in stats.items() if k != "log"], ["", args.stage], tablefmt="github"))
+    print(f"policy: {out / 'model'}")
     return 0
 
 
@@ -163,18 +236,13 @@ def cmd_ls(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from harness import models
-    from harness.backends import BACKENDS
-    from tasks import get_task
-    from tasks.metrics import METRICS
+    from harness.train.loop import make_plan
 
-    cfg = cfgmod.build(EvalConfig, args.config, args.overrides)
-    task = get_task(cfg.task, context_mode=cfg.context_mode)
-    METRICS.get(cfg.metric or task.metric)
-    BACKENDS.get(cfg.backend)
-    models.check(cfg.model)
-    print(tabulate(sorted(cfgmod.as_dict(cfg).items()), ["key", "value"], tablefmt="github"))
-    print("config is valid")
+    plan = make_plan(args.config, args.overrides)
+    rows = [[section, k, v] for section, values in plan.configs().items() for k, v in sorted(values.items())]
+    print(tabulate(rows, ["section", "key", "value"], tablefmt="github"))
+    print(dry_run_table(plan))
+    print("config is valid (every section, and trl's SFT and DPO configs)")
     return 0
 
 
@@ -186,6 +254,44 @@ def parser() -> argparse.ArgumentParser:
     def common(sp):
         sp.add_argument("--config", help="YAML config file or preset name (harness ls presets)")
         sp.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+
+    def run_common(sp):
+        sp.add_argument("--task")
+        sp.add_argument("--model", help="the initial policy: catalogue name or local model directory")
+        sp.add_argument("--iterations", type=int)
+        sp.add_argument("--suite", help="runs/<suite>/: runs of a suite share their stages before selection")
+        sp.add_argument("--data-dir", dest="data_dir")
+        sp.add_argument("--online", action="store_true", help="allow the Hugging Face hub")
+        sp.add_argument("--out", help="root directory instead of runs/<suite>")
+        sp.add_argument("--config", "--preset", dest="config", default="cpu",
+                        help="preset name or YAML file (default: cpu; harness ls presets)")
+        sp.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="run config overrides; synth.KEY=V, select.KEY=V, eval.KEY=V for those sections")
+
+    r = sub.add_parser("run", help="the self-training experiment: SFT, tree search, selection, DPO, eval")
+    r.add_argument("--selector", help="harness ls selectors; options as dits:gamma=0")
+    r.add_argument("--gamma", type=float)
+    r.add_argument("--seed", type=int)
+    r.add_argument("--resume", action="store_true", help="continue a killed run at its first unfinished stage")
+    r.add_argument("--dry-run", dest="dry_run", action="store_true", help="print the stages and their work")
+    run_common(r)
+    r.set_defaults(fn=cmd_run)
+
+    su = sub.add_parser("suite", help="several selectors (and seeds) on shared stages, one comparison table")
+    su.add_argument("--selectors", required=True, help="comma-separated, e.g. random,qvalue,dits:gamma=0")
+    su.add_argument("--seeds", help="comma-separated seeds (default: the config's)")
+    run_common(su)
+    su.set_defaults(fn=cmd_suite)
+
+    t = sub.add_parser("train", help="one training stage alone: LoRA SFT or DPO on a data file")
+    t.add_argument("--stage", required=True, choices=["sft", "dpo"])
+    t.add_argument("--data", required=True, help="sft: sft_data.jsonl (messages); dpo: pairs (prompt, chosen, rejected)")
+    t.add_argument("--out", required=True, help="directory: the merged policy goes to OUT/model")
+    t.add_argument("--task", help="for the task's DPO beta")
+    t.add_argument("--model")
+    t.add_argument("--seed", type=int)
+    common(t)
+    t.set_defaults(fn=cmd_train)
 
     e = sub.add_parser("eval", help="run the two-agent system on a task split and score it")
     e.add_argument("--task")
@@ -247,8 +353,9 @@ def parser() -> argparse.ArgumentParser:
     ls.add_argument("what", choices=["tasks", "models", "presets", "selectors", "metrics", "cbt-types"])
     ls.set_defaults(fn=cmd_ls)
 
-    v = sub.add_parser("validate", help="check a config without running it")
-    common(v)
+    v = sub.add_parser("validate", help="check a config (every section, and trl's) without running it")
+    v.add_argument("--config", "--preset", dest="config", default="cpu", help="preset name or YAML file")
+    v.add_argument("overrides", nargs="*", metavar="key=value", help="as harness run takes them")
     v.set_defaults(fn=cmd_validate)
     return p
 

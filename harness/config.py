@@ -125,7 +125,50 @@ class SelectConfig:
     context_mode: str = "paragraph"
 
 
-CONFIG_CLASSES = (EvalConfig, SynthConfig, SelectConfig)
+@dataclass
+class RunConfig(RuntimeConfig):
+    """`harness run`: per iteration SFT data, SFT, probe, tree search, selection, DPO, evaluation.
+
+    The tree search and the selection take their knobs from the `synth:` and `select:` sections
+    of the same preset; this section holds the pools, the training recipes and the loop. Training
+    uses LoRA throughout (the reference trains SFT and the final DPO full-parameter), so its learning
+    rates are LoRA's; the reference's full-parameter values are noted beside them.
+    """
+
+    section: ClassVar[str] = "run"
+    selector: str = "dits"
+    gamma: float | None = None  # DITS: H = minmax(I) + gamma * Q; default: the select section's
+    alpha: float | None = None  # fraction of the candidates kept; default: the select section's
+    iterations: int = 3  # DITS's iteration_times
+    suite: str = "default"  # runs/<suite>/: runs of a suite share their stages before selection
+    sft_from_initial: bool = True  # DITS: SFT from the initial model each iteration; False: from the last policy (Optima QA)
+    # Disjoint question pools: train split [0, sft_questions) for SFT data, then the tree search's
+    # synth.questions, then synth.probe_size for the probe; select.val_split for influence; test for eval.
+    sft_questions: int = 64
+    sft_samples: int = 10  # dialogues sampled per SFT question (the reference's explore_count)
+    sft_temperature: float = 0.7
+    sft_keep_fraction: float = 0.7  # questions kept, best reward first (the reference's top 70%)
+    sft_epsilon: float | None = None  # a kept dialogue's reward must reach it; default: the task's recipe
+    sft_lr: float = 2e-4  # LoRA; the reference's full-parameter SFT: 2e-5 (QA), 1e-6 (ARC, MMLU)
+    sft_epochs: int = 1  # the reference's iSFT-DPO: 1-2 (QA), 2-4 (debate)
+    sft_batch_size: int = 4
+    sft_grad_accum: int = 1
+    max_seq_length: int = 2048  # SFT examples longer than this are dropped (and counted)
+    dpo_lr: float = 5e-5  # LoRA (DITS's LoRA DPO recipe); the reference's full-parameter DPO: 5e-7
+    dpo_epochs: int = 1
+    dpo_beta: float | None = None  # default: the task's recipe
+    dpo_batch_size: int = 4
+    dpo_grad_accum: int = 2  # the reference: batch 1 x 8 GPUs x grad accumulation 8
+    max_prompt_length: int = 1024  # pairs whose prompt is longer are dropped (and counted); never truncated
+    lora_r: int = 32
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = 0.1
+    test_questions: int | None = 100  # first N of the test split, for every evaluated policy
+
+
+CONFIG_CLASSES = (EvalConfig, SynthConfig, SelectConfig, RunConfig)
 
 
 def _coerce(cls, key: str, value, source: str):
@@ -181,15 +224,16 @@ def build(cls, file: str | None = None, overrides: list[str] | dict | None = Non
     for key, value in flags.items():
         if value is not None:
             put(key, value, f"--{key.replace('_', '-')}")
+    label = f"{cls.section} override" if hasattr(cls, "section") else "override"
     if isinstance(overrides, dict):
         for key, value in overrides.items():
-            put(key, value, "override")
+            put(key, value, label)
         return cls(**values)
     for item in overrides or []:
         key, sep, value = item.partition("=")
         if not sep:
             raise HarnessError(f"override {item!r}: expected key=value")
-        put(key, value, "override")
+        put(key, value, label)
     return cls(**values)
 
 

@@ -5,7 +5,9 @@
 - ``tiny-random``: a 2-layer Llama with a tokenizer trained in-process, for plumbing tests.
 - ``tiny-fitted``: tiny-random trained for a few seconds on fixture dialogues, so that it really
   answers in ``<A>...</A>`` and end-to-end assertions can fail.
-- any local directory holding ``config.json`` (a Hugging Face model).
+- any local directory holding ``config.json`` (a Hugging Face model);
+- a hub id such as ``meta-llama/Meta-Llama-3-8B-Instruct``: downloaded with ``--online``, else read
+  from the local Hugging Face cache.
 
 Built models live under ``$HARNESS_CACHE`` (default ``~/.cache/harness``), never in the repository.
 """
@@ -17,6 +19,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -45,10 +48,27 @@ def cache_root() -> Path:
     return Path(os.environ.get("HARNESS_CACHE") or Path.home() / ".cache" / "harness")
 
 
+HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
+
+
 def check(name: str) -> None:
-    """Fail early, before any data is read, on a model that is neither a directory nor catalogued."""
-    if not Path(name).expanduser().is_dir():
+    """Fail early, before any data is read, on a model that is neither a directory, nor catalogued,
+    nor a hub id."""
+    if not Path(name).expanduser().is_dir() and not HUB_ID.fullmatch(name):
         MODELS.get(name)
+
+
+def from_hub(repo_id: str) -> Path:
+    """The local snapshot of a hub model: downloaded when online, else the cached one."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt",
+                                                                "*.jinja", "*.tiktoken"]))
+    except LocalEntryNotFoundError:
+        raise HarnessError(f"{repo_id}: not in the local Hugging Face cache and the hub is off; "
+                           "pass --online (or online=true) to download it") from None
 
 
 def resolve(name: str) -> Path:
@@ -58,6 +78,8 @@ def resolve(name: str) -> Path:
         if not (path / "config.json").is_file():
             raise HarnessError(f"{path}: not a Hugging Face model directory (no config.json)")
         return path
+    if name not in MODELS and HUB_ID.fullmatch(name):
+        return from_hub(name)
     entry = MODELS.get(name)
     target = cache_root() / "models" / name / entry.recipe
     if not (target / "harness_model.json").is_file():

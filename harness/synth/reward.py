@@ -26,16 +26,18 @@ class Recipe:
     lambda2: float
     dpo_epsilon: float  # the chosen response's Q must exceed it
     dpo_beta: float  # the DPO temperature of the task's iSFT-DPO recipe
+    sft_epsilon: float  # an SFT dialogue's reward must reach it
 
 
-RECIPES = {
-    "hotpotqa": Recipe(lambda1=-0.6, lambda2=1.0, dpo_epsilon=0.4, dpo_beta=0.1),
-    "2wmh": Recipe(lambda1=-0.6, lambda2=1.0, dpo_epsilon=0.4, dpo_beta=0.5),
-    "triviaqa": Recipe(lambda1=-0.6, lambda2=1.0, dpo_epsilon=0.43, dpo_beta=0.7),
-    "cbt": Recipe(lambda1=-0.6, lambda2=1.0, dpo_epsilon=0.4, dpo_beta=0.7),
-    "arc_c": Recipe(lambda1=-0.5, lambda2=0.6, dpo_epsilon=0.45, dpo_beta=0.1),
-    "mmlu": Recipe(lambda1=-0.6, lambda2=1.0, dpo_epsilon=0.45, dpo_beta=0.1),  # DITS mmlu_DI weights
-    "webwalker": Recipe(lambda1=-0.6, lambda2=1.0, dpo_epsilon=0.4, dpo_beta=0.1),  # no reference recipe: QA's
+RECIPES = {  # sft_epsilon: the reference's initial_episilon of iSFT-DPO
+    "hotpotqa": Recipe(lambda1=-0.6, lambda2=1.0, dpo_epsilon=0.4, dpo_beta=0.1, sft_epsilon=0.5),
+    "2wmh": Recipe(lambda1=-0.6, lambda2=1.0, dpo_epsilon=0.4, dpo_beta=0.5, sft_epsilon=0.5),
+    "triviaqa": Recipe(lambda1=-0.6, lambda2=1.0, dpo_epsilon=0.43, dpo_beta=0.7, sft_epsilon=0.6),
+    "cbt": Recipe(lambda1=-0.6, lambda2=1.0, dpo_epsilon=0.4, dpo_beta=0.7, sft_epsilon=0.5),
+    "arc_c": Recipe(lambda1=-0.5, lambda2=0.6, dpo_epsilon=0.45, dpo_beta=0.1, sft_epsilon=0.6),
+    "mmlu": Recipe(lambda1=-0.6, lambda2=1.0, dpo_epsilon=0.45, dpo_beta=0.1, sft_epsilon=0.7),  # DITS mmlu_DI weights
+    # No reference recipe: QA's.
+    "webwalker": Recipe(lambda1=-0.6, lambda2=1.0, dpo_epsilon=0.4, dpo_beta=0.1, sft_epsilon=0.5),
 }
 
 

@@ -103,11 +103,11 @@ def synthesize(config: SynthConfig | None = None, resume: bool = False, **overri
     tokenizer = getattr(backend, "tokenizer", None)
 
     with runs.resumable_directory(out, resume) as tmp:
-        probe = _probe(tmp / "probe.json", probe_pool, task.setting, backend, cfg)
+        probed = probe(tmp / "probe.json", probe_pool, task.setting, backend, cfg)
         reward_cfg = RewardConfig(
             cfg.lambda1 if cfg.lambda1 is not None else recipe.lambda1,
             cfg.lambda2 if cfg.lambda2 is not None else recipe.lambda2,
-            probe["t_norm"], cfg.min_dialogue_tokens, cfg.max_dialogue_tokens)
+            probed["t_norm"], cfg.min_dialogue_tokens, cfg.max_dialogue_tokens)
         search = Search(cfg, backend, scorer, reward_cfg, metric, tokenizer, task.setting)
         records = search.run(pool, tmp / "trees.jsonl")
         trees = [Tree.from_record(r, q, system_prompts(task.setting, q.question, q.contexts))
@@ -123,10 +123,10 @@ def synthesize(config: SynthConfig | None = None, resume: bool = False, **overri
 
         batch_costs = {r["batch"]: r["batch_cost"] for r in records}
         search_cost = {k: sum(c[k] for c in batch_costs.values()) for k in next(iter(batch_costs.values()))}
-        cost = {"probe": probe["cost"], "search": search_cost,
+        cost = {"probe": probed["cost"], "search": search_cost,
                 "rollouts": search_cost["rollouts"], "wall_seconds_this_process": wall,
                 "resumed_trees": search.resumed}
-        summary = _summary(cfg, trees, pairs, skipped, probe, search_cost)
+        summary = _summary(cfg, trees, pairs, skipped, probed, search_cost)
         run_spec = {
             "run_id": rid, "kind": "synth", "config": cfgmod.as_dict(cfg), "seed": cfg.seed,
             "policy": backend.model_info, "reward_model": scorer.model_info, "reward": vars(reward_cfg),
@@ -143,7 +143,7 @@ def synthesize(config: SynthConfig | None = None, resume: bool = False, **overri
     return SynthResult(out, run_spec, summary, cost, pairs)
 
 
-def _probe(path: Path, questions: list[Question], setting: str, backend: Backend, cfg: SynthConfig) -> dict:
+def probe(path: Path, questions: list[Question], setting: str, backend: Backend, cfg: SynthConfig) -> dict:
     """T_norm: the `probe_percentile`-th percentile of the generated tokens of probe dialogues."""
     if cfg.t_norm:
         return {"t_norm": cfg.t_norm, "source": "config", "cost": {}}
@@ -155,14 +155,19 @@ def _probe(path: Path, questions: list[Question], setting: str, backend: Backend
         dialogues = run_dialogues(start(questions, setting), backend, dialogue_cfg,
                                   derive_seed(cfg.seed, "probe"), bar)
     tokens = [sum(u.completion_tokens for u in d.utterances) for d in dialogues]
-    probe = {
-        "t_norm": int(np.percentile(tokens, cfg.probe_percentile)) + 1, "source": "probe",
+    result = {
+        "t_norm": t_norm_of(tokens, cfg.probe_percentile), "source": "probe",
         "percentile": cfg.probe_percentile, "temperature": cfg.probe_temperature, "tokens": tokens,
         "question_ids": [q.id for q in questions],
         "cost": usage_delta(before, backend.usage.as_dict()) | {"wall_seconds": time.time() - started},
     }
-    runs.write_json(path, probe)
-    return probe
+    runs.write_json(path, result)
+    return result
+
+
+def t_norm_of(tokens: list[int], percentile: float) -> int:
+    """The token normaliser: a percentile of the dialogues' generated tokens, plus one."""
+    return int(np.percentile(tokens, percentile)) + 1
 
 
 class Search:
@@ -246,7 +251,7 @@ class Search:
             self.nll.update(zip(texts, self.scorer.turn_nll(texts)))
 
 
-def _summary(cfg: SynthConfig, trees: list[Tree], pairs: list[dict], skipped: list[str], probe: dict,
+def _summary(cfg: SynthConfig, trees: list[Tree], pairs: list[dict], skipped: list[str], probed: dict,
              search_cost: dict) -> dict:
     by_tree = {t.tree_id: 0 for t in trees}
     for p in pairs:
@@ -260,7 +265,7 @@ def _summary(cfg: SynthConfig, trees: list[Tree], pairs: list[dict], skipped: li
         "trees_without_pairs": sum(n == 0 for n in by_tree.values()), "skipped_questions": len(skipped),
         "nodes": sum(len(t.nodes) for t in trees), "rollouts": search_cost["rollouts"],
         "rollouts_per_second": search_cost["rollouts"] / seconds if seconds else None,
-        "t_norm": probe["t_norm"],
+        "t_norm": probed["t_norm"],
         "q_chosen": _distribution(q_chosen), "q_rejected": _distribution(q_rejected),
         "q_all_nodes": _distribution([n.q for t in trees for n in t.nodes[1:] if n.visits]),
     }

@@ -1,0 +1,79 @@
+"""SFT data as the reference builds it (Optima's ``process_dataloader_for_sft``).
+
+Per question, `sft_samples` dialogues are sampled with the current policy and rewarded with the
+Optima reward, its token normaliser the most tokens any of the question's samples used (samples
+cut at the utterance cap excepted, as the reference's "large" ones); the best one per question is a candidate; the questions are ranked by that reward,
+the top `keep_fraction` kept, and those under `epsilon` dropped. Each kept dialogue gives two
+examples, Alice's memory and Bob's, and SFT trains each on that agent's own utterances only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+from tqdm.auto import tqdm
+
+from harness.backends.base import Backend
+from harness.evaluation import dialogue_score
+from harness.mas.dialogue import NAMES, Dialogue, DialogueConfig, run_dialogues, start
+from harness.synth.reward import RewardConfig, reward
+from tasks.base import Question
+
+
+def keep_best(best_rewards: list[float], keep_fraction: float, epsilon: float) -> list[int]:
+    """Indices of the questions kept: the top `keep_fraction` by reward (ties in pool order), then
+    those whose reward reaches `epsilon`."""
+    order = sorted(range(len(best_rewards)), key=lambda i: -best_rewards[i])
+    return [i for i in order[:int(len(order) * keep_fraction)] if best_rewards[i] >= epsilon]
+
+
+def agent_view(d: Dialogue, agent: int) -> list[dict] | None:
+    """The agent's memory up to its last own utterance (what follows it carries no loss), or
+    None when it never spoke."""
+    messages = d.messages(agent)
+    last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
+    return None if last is None else messages[:last + 1]
+
+
+def sample_dialogues(questions: list[Question], setting: str, backend: Backend, samples: int,
+                     cfg: DialogueConfig, seed: int) -> list[list[Dialogue]]:
+    """`samples` sampled dialogues per question, run `backend.batch_size` dialogues at a time."""
+    flat = [q for q in questions for _ in range(samples)]
+    dialogues: list[Dialogue] = []
+    with tqdm(total=len(flat), desc="sft data", unit="dialogue", file=sys.stderr, dynamic_ncols=True) as bar:
+        for i in range(0, len(flat), backend.batch_size):
+            dialogues += run_dialogues(start(flat[i:i + backend.batch_size], setting), backend, cfg,
+                                       seed * 1000 + i, bar)
+    return [dialogues[i:i + samples] for i in range(0, len(dialogues), samples)]
+
+
+def question_t_norm(group: list[Dialogue]) -> int:
+    """The SFT reward's T_norm for one question: the most tokens of its samples not cut at the cap."""
+    tokens = [(sum(u.completion_tokens for u in d.utterances), any(u.truncated for u in d.utterances)) for d in group]
+    return max(max((t for t, cut in tokens if not cut), default=0) or max(t for t, _ in tokens), 1)
+
+
+def build_sft_data(groups: list[list[Dialogue]], nll: dict[str, float], weights: RewardConfig, metric: str,
+                   tokenizer, keep_fraction: float, epsilon: float) -> tuple[list[dict], list[dict]]:
+    """(examples, one record per question) from each question's sampled dialogues; `weights` gives
+    the reward's weights and caps, its T_norm is set per question."""
+    best, records = [], []
+    for group in groups:
+        reward_cfg = dataclasses.replace(weights, t_norm=question_t_norm(group))
+        rewards = [reward(dialogue_score(d, metric, tokenizer), d.utterances, [nll[u.text] for u in d.utterances],
+                          reward_cfg) for d in group]
+        top = max(range(len(group)), key=lambda i: rewards[i].total)
+        best.append(group[top])
+        records.append({"question_id": group[0].question.id, "t_norm": reward_cfg.t_norm,
+                        "rewards": [r.total for r in rewards],
+                        "best": top, "best_reward": rewards[top].as_dict(), "kept": False})
+    examples = []
+    for i in keep_best([r["best_reward"]["total"] for r in records], keep_fraction, epsilon):
+        records[i]["kept"] = True
+        for agent in (0, 1):
+            view = agent_view(best[i], agent)
+            if view is not None:
+                examples.append({"question_id": records[i]["question_id"], "agent": NAMES[agent],
+                                 "reward": records[i]["best_reward"]["total"], "messages": view})
+    return examples, records

@@ -1,0 +1,181 @@
+"""SFT and DPO with trl and a peft LoRA adapter; the adapter is merged into the saved policy.
+
+The loss masks and the length caps are ours, not trl's: SFT examples arrive tokenized with an
+assistant mask computed from the chat template (any template, no ``{% generation %}`` markers
+needed), and DPO pairs whose prompt exceeds `max_prompt_length` are dropped and counted, with trl's
+`max_length` set to the longest kept pair so nothing is truncated (the reference's `max_length` 512
+below its prompt cap emptied responses; see the Optima/DITS report, section 6.3).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from harness import models, runs
+from harness.config import RunConfig
+from harness.dits.dpo import encode_pair
+from harness.errors import HarnessError
+
+log = logging.getLogger(__name__)
+
+LOGGED = ("loss", "grad_norm", "learning_rate", "rewards/chosen", "rewards/rejected", "rewards/margins",
+          "rewards/accuracies", "logps/chosen", "logps/rejected", "mean_token_accuracy", "num_tokens")
+
+
+def assistant_tokens(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
+    """(input_ids, mask) of a conversation: mask 1 on the tokens of each assistant turn, its end of
+    turn included, as rendered after that turn's generation prompt."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    spans = []
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        head = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
+        upto = tokenizer.apply_chat_template(messages[:i + 1], tokenize=False)
+        if not (upto.startswith(head) and text.startswith(upto)):
+            raise HarnessError("the chat template does not render a conversation as the concatenation of its "
+                               "turns; SFT masks cannot be placed")
+        spans.append((len(head), len(upto)))
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    mask = [int(any(a <= start < b for a, b in spans)) for start, _ in enc["offset_mapping"]]
+    return enc["input_ids"], mask
+
+
+def lora_config(cfg: RunConfig):
+    from peft import LoraConfig
+
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules="all-linear", task_type="CAUSAL_LM")
+
+
+def trainer_args(cfg: RunConfig, kind: str, output_dir: Path) -> dict:
+    """The TrainingArguments both trainers share: the CPU profile (fp32) or the GPU one (bf16)."""
+    gpu = cfg.device.startswith("cuda")
+    return {
+        "output_dir": str(output_dir), "seed": cfg.seed, "data_seed": cfg.seed, "bf16": gpu and cfg.dtype == "bfloat16",
+        "use_cpu": not gpu, "activation_checkpointing": False, "report_to": [], "save_strategy": "no", "logging_steps": 1,
+        "lr_scheduler_type": cfg.lr_scheduler, "warmup_steps": cfg.warmup_ratio,
+        "learning_rate": cfg.sft_lr if kind == "sft" else cfg.dpo_lr,
+        "num_train_epochs": cfg.sft_epochs if kind == "sft" else cfg.dpo_epochs,
+        "per_device_train_batch_size": cfg.sft_batch_size if kind == "sft" else cfg.dpo_batch_size,
+        "gradient_accumulation_steps": cfg.sft_grad_accum if kind == "sft" else cfg.dpo_grad_accum,
+    }
+
+
+def sft_config(cfg: RunConfig, output_dir: Path, max_length: int | None = None):
+    from trl import SFTConfig
+
+    return SFTConfig(**trainer_args(cfg, "sft", output_dir), max_length=max_length or cfg.max_seq_length,
+                     packing=False, dataset_num_proc=None)
+
+
+def dpo_config(cfg: RunConfig, output_dir: Path, beta: float, max_length: int | None = None):
+    from trl import DPOConfig
+
+    return DPOConfig(**trainer_args(cfg, "dpo", output_dir), beta=beta, loss_type=["sigmoid"],
+                     max_length=max_length or cfg.max_prompt_length * 2)
+
+
+def _load(model_name: str, cfg: RunConfig):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = models.resolve(model_name)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, cfg.dtype)).to(cfg.device)
+    return model, tokenizer, path
+
+
+def _save_merged(trainer, tokenizer, out: Path, name: str) -> str:
+    """Merge the adapter, save the policy as a plain model directory, return its weights hash."""
+    merged = trainer.model.merge_and_unload()
+    merged.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    sha = models.weights_hash(out)
+    (out / "harness_model.json").write_text(json.dumps({"name": name, "sha256": sha}, indent=1))
+    return sha
+
+
+def _metrics(trainer) -> list[dict]:
+    return [{k: v for k, v in row.items() if k in LOGGED or k in ("step", "epoch", "train_loss", "train_runtime")}
+            for row in trainer.state.log_history]
+
+
+def train_sft(model_name: str, examples: list[dict], cfg: RunConfig, out: Path, name: str) -> dict:
+    """LoRA SFT of `model_name` on agent views; the merged policy, named `name`, goes to `out/model`."""
+    from datasets import Dataset
+    from trl import SFTTrainer
+
+    model, tokenizer, path = _load(model_name, cfg)
+    rows, too_long = [], 0
+    for ex in examples:
+        ids, mask = assistant_tokens(tokenizer, ex["messages"])
+        if len(ids) > cfg.max_seq_length:
+            too_long += 1
+            continue
+        rows.append({"input_ids": ids, "assistant_masks": mask})
+    if not rows:
+        raise HarnessError(f"SFT: none of the {len(examples)} examples fits max_seq_length {cfg.max_seq_length}")
+    started = time.time()
+    trainer = SFTTrainer(model=model, args=sft_config(cfg, out / "trainer", max(len(r["input_ids"]) for r in rows)),
+                         train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+                         peft_config=lora_config(cfg))
+    result = trainer.train()
+    sha = _save_merged(trainer, tokenizer, out / "model", name)
+    return {"base": str(path), "examples": len(rows), "dropped_too_long": too_long,
+            "trained_tokens": sum(map(sum, (r["assistant_masks"] for r in rows))), "steps": result.global_step,
+            "train_loss": result.training_loss, "wall_seconds": time.time() - started, "policy_sha256": sha,
+            "log": _metrics(trainer)}
+
+
+def train_dpo(model_name: str, pairs: list[dict], cfg: RunConfig, beta: float, out: Path, name: str) -> dict:
+    """LoRA DPO of `model_name` on pairs; the reference is the same model with the adapter off.
+    The merged policy goes to `out/model`."""
+    from datasets import Dataset
+    from trl import DPOTrainer
+
+    model, tokenizer, path = _load(model_name, cfg)
+    rows, lengths, too_long = [], [], 0
+    for p in pairs:
+        enc = encode_pair(tokenizer, p)
+        if len(enc.prompt) > cfg.max_prompt_length:
+            too_long += 1
+            continue
+        lengths.append(len(enc.prompt) + max(len(enc.chosen), len(enc.rejected)))
+        rows.append({"prompt": p["prompt"], "chosen": [{"role": "assistant", "content": p["chosen"]}],
+                     "rejected": [{"role": "assistant", "content": p["rejected"]}]})
+    if not rows:
+        raise HarnessError(f"DPO: every one of the {len(pairs)} selected pairs has a prompt over "
+                           f"max_prompt_length {cfg.max_prompt_length}")
+    if too_long:
+        log.warning("DPO: %d of %d pairs dropped: prompt over max_prompt_length %d", too_long, len(pairs),
+                    cfg.max_prompt_length)
+    started = time.time()
+    # A margin over our count of the longest pair, in case trl's tokenisation of the turn boundary
+    # differs by a token: its truncation must never fire.
+    trainer = DPOTrainer(model=model, ref_model=None, args=dpo_config(cfg, out / "trainer", beta, max(lengths) + 16),
+                         train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+                         peft_config=lora_config(cfg))
+    result = trainer.train()
+    sha = _save_merged(trainer, tokenizer, out / "model", name)
+    return {"base": str(path), "pairs": len(rows), "dropped_prompt_too_long": too_long, "beta": beta,
+            "steps": result.global_step, "train_loss": result.training_loss, "wall_seconds": time.time() - started,
+            "policy_sha256": sha, "log": _metrics(trainer)}
+
+
+def write_training(out: Path, train: Callable[[Path], dict]) -> dict:
+    """Run `train` into a temporary directory that becomes `out` when complete: the merged policy in
+    `model/`, the stats in `stats.json`, trl's log in `train_log.jsonl`."""
+    with runs.run_directory(out) as tmp:
+        stats = train(tmp)
+        shutil.rmtree(tmp / "trainer", ignore_errors=True)
+        runs.write_json(tmp / "stats.json", {k: v for k, v in stats.items() if k != "log"})
+        runs.write_jsonl(tmp / "train_log.jsonl", stats["log"])
+    return stats

@@ -1,0 +1,225 @@
+"""`harness run` / `harness suite`: the SFT data rules and masks on hand-made data, then the smoke
+preset end to end for every selector on shared stages, and a killed run resumed."""
+
+import json
+
+import pytest
+
+from harness.cli import main
+from harness.errors import HarnessError
+from harness.mas.dialogue import Dialogue, Utterance
+from harness.train import loop
+from harness.train.loop import (
+    make_plan,
+    parse_selector,
+    split_overrides,
+    split_selectors,
+)
+from harness.train.sft_data import agent_view, keep_best
+from tasks.base import Question
+
+SELECTORS = ("random", "qvalue", "optima_full", "dits:gamma=0", "dits")
+ARGS = ["--config", "smoke", "--task", "mmlu"]
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("rewards, fraction, epsilon, kept", [
+    ([0.9, 0.2, 0.7, 0.5], 0.5, 0.0, [0, 2]),  # top half by reward
+    ([0.9, 0.2, 0.7, 0.5], 0.75, 0.6, [0, 2]),  # top 3, then the epsilon cut
+    ([0.5, 0.5, 0.5], 0.7, 0.5, [0, 1]),  # int(2.1) = 2; ties keep pool order; epsilon inclusive
+    ([0.1, 0.3], 1.0, 0.5, []),
+])
+def test_keep_best(rewards, fraction, epsilon, kept):
+    assert keep_best(rewards, fraction, epsilon) == kept
+
+
+def _utterance(speaker, text):
+    return Utterance(speaker, text, "", 5, 0, 0, False)
+
+
+def test_agent_views_end_at_the_agents_last_utterance():
+    d = Dialogue(Question("q1", "Who?", ("x",)), ("sys A", "sys B"))
+    for speaker, text in [("Alice", "a1"), ("Bob", "b1"), ("Alice", "a2")]:
+        d.utterances.append(_utterance(speaker, text))
+    alice, bob = agent_view(d, 0), agent_view(d, 1)
+    assert [m["role"] for m in alice] == ["system", "user", "assistant", "user", "assistant"]
+    assert [m["content"] for m in alice if m["role"] == "assistant"] == ["a1", "a2"]
+    assert [(m["role"], m["content"]) for m in bob] == [("system", "sys B"), ("user", "a1"), ("assistant", "b1")]
+    d.utterances = d.utterances[:1]
+    assert agent_view(d, 1) is None  # Bob never spoke: no example
+
+
+def test_sft_reward_normalises_tokens_by_the_longest_uncut_sample():
+    from harness.train.sft_data import question_t_norm
+
+    def dialogue(tokens, cut=False):
+        d = Dialogue(Question("q", "?", ("x",)), ("a", "b"))
+        d.utterances = [Utterance("Alice", "t", "", tokens, 0, 0, cut)]
+        return d
+
+    assert question_t_norm([dialogue(30), dialogue(50), dialogue(90, cut=True)]) == 50
+    assert question_t_norm([dialogue(70, cut=True), dialogue(90, cut=True)]) == 90  # all cut: the longest
+
+
+def test_sft_mask_covers_own_turns_and_their_end_of_turn(tiny_fitted):
+    from harness.train.trainers import assistant_tokens
+
+    tok = tiny_fitted.tokenizer
+    messages = [{"role": "system", "content": "You are Alice."}, {"role": "user", "content": "Question: who?"},
+                {"role": "assistant", "content": "Alice: Bob. <A>Bob</A>"}, {"role": "user", "content": "Bob: ok"},
+                {"role": "assistant", "content": "Alice: done <A>Bob</A>"}]
+    ids, mask = assistant_tokens(tok, messages)
+    assert len(ids) == len(mask) and tok.decode(ids) == tok.apply_chat_template(messages, tokenize=False)
+    trained = tok.decode([i for i, m in zip(ids, mask) if m])
+    eot = tok.apply_chat_template(messages[:3], tokenize=False)[len(tok.apply_chat_template(
+        messages[:2], tokenize=False, add_generation_prompt=True)) + len(messages[2]["content"]):]
+    assert trained == f"Alice: Bob. <A>Bob</A>{eot}Alice: done <A>Bob</A>{eot}"
+    assert "Question" not in trained and "Bob: ok" not in trained
+
+
+def test_selector_specs_and_section_overrides():
+    assert split_selectors("random,dits:gamma=0,alpha=0.3,qvalue") == ["random", "dits:gamma=0,alpha=0.3", "qvalue"]
+    assert parse_selector("dits:gamma=0,alpha=0.3") == ("dits", ["gamma=0", "alpha=0.3"])
+    out = split_overrides(["iterations=2", "synth.explore_time=4", "select.unit_size=3"])
+    assert out[""] == ["iterations=2"] and out["synth"] == ["explore_time=4"] and out["select"] == ["unit_size=3"]
+    with pytest.raises(HarnessError, match="unknown section 'synt'"):
+        split_overrides(["synt.explore_time=4"])
+    plan = make_plan("smoke", ["synth.explore_time=5", "select.unit_size=3"], selector="dits:gamma=0", task="mmlu")
+    assert (plan.synth.explore_time, plan.select.unit_size, plan.select.gamma) == (5, 3, 0.0)
+    assert plan.synth.question_offset == plan.run.sft_questions and plan.eval.limit == plan.run.test_questions
+    # The selection does not change the shared stages; the tree search does.
+    assert make_plan("smoke", [], selector="random", task="mmlu").key != plan.key
+    assert make_plan("smoke", ["synth.explore_time=5"], selector="random", task="mmlu").key == plan.key
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["sft_questions=30"], "the disjoint pools need 42"),
+    (["sft_lr=-1"], "sft_lr must be positive"),
+    (["selector=best"], "unknown selector 'best'"),
+    (["synth.explor_time=3"], "synth override: unknown config key 'explor_time'"),
+])
+def test_bad_run_configs_stop_before_any_work(overrides, message, tmp_path, capsys):
+    assert main(["run", *ARGS, "--out", str(tmp_path), "--dry-run", *overrides]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_search_without_pairs_stops_the_run(tmp_path):
+    plan = make_plan("smoke", [], selector="qvalue", task="mmlu", out=str(tmp_path))
+    (tmp_path / "mcts").mkdir()
+    (tmp_path / "mcts" / "pairs.jsonl").write_text("")
+    stage = loop.Pipeline(plan).select("tiny-fitted", tmp_path / "mcts")
+    with pytest.raises(HarnessError, match="the tree search yielded no pairs"):
+        stage(tmp_path / "select")
+    assert not (tmp_path / "select").exists()
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory):
+    root = tmp_path_factory.mktemp("suite")
+    assert main(["suite", *ARGS, "--selectors", ",".join(SELECTORS), "--out", str(root)]) == 0
+    return root
+
+
+RUN_ID_PREFIX = {"dits": "run:selector=dits,gamma=1.0,", "dits:gamma=0": "run:selector=dits,gamma=0.0,"}
+
+
+def _run_dir(root, spec):
+    prefix = RUN_ID_PREFIX.get(spec, f"run:selector={spec},")
+    (found,) = [p for p in root.iterdir() if p.name.startswith(prefix)]
+    return found
+
+
+def test_every_selector_runs_end_to_end_on_shared_stages(suite):
+    shared = [p for p in (suite / "shared").iterdir()]
+    assert len(shared) == 1  # one set of pre-selection stages for the four runs
+    ledger = read_jsonl(shared[0] / "ledger.jsonl")
+    assert sorted(r["stage"] for r in ledger) == sorted(
+        ["eval", "it0/sft_data", "it0/sft", "it0/eval_sft", "it0/probe", "it0/mcts"])
+    candidates = read_jsonl(shared[0] / "it0" / "mcts" / "pairs.jsonl")
+    assert candidates
+    table = json.loads((suite / "suite.json").read_text())
+    assert [r["policy"] for r in table["rows"]] == ["initial", "sft", *SELECTORS]
+    for selector in SELECTORS:
+        run = _run_dir(suite, selector)
+        spec = json.loads((run / "run_spec.json").read_text())
+        results = json.loads((run / "results.json").read_text())
+        assert json.loads((run / "status.json").read_text())["state"] == "complete"
+        pools = [set(v) for k, v in spec["pools"].items() if k != "source"]
+        assert all(a.isdisjoint(b) for i, a in enumerate(pools) for b in pools[i + 1:])
+        assert [r["policy"] for r in results["scores"]] == ["initial", "sft", "dpo"]
+        selected = read_jsonl(run / "it0" / "select" / "selected.jsonl")
+        expected = len(candidates) if selector == "optima_full" else max(1, int(len(candidates) * 0.5 + 0.5))
+        assert results["training"]["it0"]["dpo_pairs"] <= len(selected)
+        assert len(selected) == expected == results["pairs"]["it0"]["selected"]
+        dpo = json.loads((run / "it0" / "dpo" / "stats.json").read_text())
+        sft = json.loads((shared[0] / "it0" / "sft" / "stats.json").read_text())
+        assert dpo["pairs"] + dpo["dropped_prompt_too_long"] == len(selected)
+        assert dpo["policy_sha256"] != sft["policy_sha256"]  # DPO moved the weights
+        assert dpo["base"] == str(shared[0] / "it0" / "sft" / "model")
+        log = read_jsonl(run / "it0" / "dpo" / "train_log.jsonl")
+        assert "rewards/margins" in log[0] and "loss" in log[0]
+        assert not (run / "it0" / "dpo" / "trainer").exists()
+    sft_log = read_jsonl(shared[0] / "it0" / "sft" / "train_log.jsonl")
+    assert sft_log[0]["loss"] > 0 and json.loads((shared[0] / "it0" / "sft" / "stats.json").read_text())[
+        "trained_tokens"] > 0
+
+
+def test_a_killed_run_resumes_to_the_same_outputs(suite, tmp_path, monkeypatch, capsys):
+    args = ["run", *ARGS, "--selector", "qvalue", "--out", str(tmp_path)]
+
+    def killed(self, base, select_dir):
+        def stage(out):
+            raise KeyboardInterrupt
+        return stage
+
+    with monkeypatch.context() as m:
+        m.setattr(loop.Pipeline, "dpo", killed)
+        assert main(args) == 130
+    run = _run_dir(tmp_path, "qvalue")
+    assert json.loads((run / "status.json").read_text()) | {"time": 0} == {"state": "failed", "stage": "it0/dpo",
+                                                                          "time": 0}
+    assert main(args) == 2 and "--resume continues it" in capsys.readouterr().err
+    assert main([*args, "--resume", "dpo_lr=0.001"]) == 2
+    assert "config changed since the run started (run.dpo_lr)" in capsys.readouterr().err
+    assert main([*args, "--resume"]) == 0
+    reference = _run_dir(suite, "qvalue")
+    # The policy is named by its path, which differs between the two roots; its weights hash does not.
+    def selected(r):
+        return [p | {"policy": p["policy"]["sha256"]} for p in read_jsonl(r / "it0" / "select" / "selected.jsonl")]
+
+    assert selected(run) == selected(reference)
+    f = "it0/eval/per_instance.jsonl"
+    assert (run / f).read_text() == (reference / f).read_text()
+    stats = [json.loads((r / "it0" / "dpo" / "stats.json").read_text()) for r in (run, reference)]
+    assert stats[0]["policy_sha256"] == stats[1]["policy_sha256"]
+
+
+def test_dry_run_shows_finished_and_pending_stages(suite, capsys):
+    assert main(["run", *ARGS, "--selector", "dits:gamma=0.5", "--out", str(suite), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "run:selector=dits,gamma=0.5" in out
+    states = {line.split("|")[1].strip(): line.split("|")[3].strip() for line in out.splitlines()
+              if line.startswith(("| it0", "| eval"))}
+    assert states["it0/mcts"] == "done" and states["it0/select"] == "to do"
+
+
+def test_each_training_stage_runs_alone(suite, tmp_path):
+    shared = next((suite / "shared").iterdir())
+    sft_out, dpo_out = tmp_path / "sft", tmp_path / "dpo"
+    assert main(["train", "--stage", "sft", "--config", "smoke", "--data", str(shared / "it0" / "sft_data" / "sft_data.jsonl"),
+                 "--out", str(sft_out)]) == 0
+    # The same data, config and seed as the run's SFT stage: the same policy.
+    assert json.loads((sft_out / "stats.json").read_text())["policy_sha256"] == json.loads(
+        (shared / "it0" / "sft" / "stats.json").read_text())["policy_sha256"]
+    selected = _run_dir(suite, "qvalue") / "it0" / "select" / "selected.jsonl"
+    assert main(["train", "--stage", "dpo", "--config", "smoke", "--task", "mmlu", "--model", str(sft_out / "model"),
+                 "--data", str(selected), "--out", str(dpo_out), "max_prompt_length=8"]) == 2  # every prompt is longer
+    assert not dpo_out.exists()
+    assert main(["train", "--stage", "dpo", "--config", "smoke", "--task", "mmlu", "--model", str(sft_out / "model"),
+                 "--data", str(selected), "--out", str(dpo_out)]) == 0
+    assert (dpo_out / "model" / "model.safetensors").is_file() and read_jsonl(dpo_out / "train_log.jsonl")
