@@ -140,6 +140,9 @@ def test_every_selector_runs_end_to_end_on_shared_stages(suite):
     ledger = read_jsonl(shared[0] / "ledger.jsonl")
     assert sorted(r["stage"] for r in ledger) == sorted(
         ["eval", "it0/sft_data", "it0/sft", "it0/eval_sft", "it0/probe", "it0/mcts"])
+    costs = {r["stage"]: r["cost"] for r in ledger}
+    assert costs["it0/mcts"]["rollouts"] == 4 * 3 * 2 and costs["it0/sft"]["steps"] > 0
+    assert costs["it0/sft_data"]["completion_tokens"] > 0 and costs["eval"]["dialogues"] == 4
     candidates = read_jsonl(shared[0] / "it0" / "mcts" / "pairs.jsonl")
     assert candidates
     table = json.loads((suite / "suite.json").read_text())

@@ -376,12 +376,27 @@ def execute(plan: Plan, resume: bool = False, progress=print) -> dict:
             _status(plan, "failed", stage.label)
             raise
         ledger = (plan.shared_dir if stage.shared else plan.run_dir) / "ledger.jsonl"
-        runs.append_jsonl(ledger, [{"stage": stage.label, "path": str(stage.path),
-                                    "wall_seconds": time.time() - started, "finished": time.time()}])
+        runs.append_jsonl(ledger, [{"stage": stage.label, "path": str(stage.path), "device": plan.run.device,
+                                    "wall_seconds": time.time() - started, "finished": time.time(),
+                                    "cost": stage_cost(stage)}])
     results = collect(plan)
     runs.write_json(plan.run_dir / "results.json", results)
     _status(plan, "complete", None)
     return results
+
+
+# Where each stage records its work: (file in the stage directory, key in it or None for the top).
+COST_RECORDS = {"eval": ("cost.json", None), "eval_sft": ("cost.json", None), "sft_data": ("stats.json", "cost"),
+                "sft": ("stats.json", None), "probe": ("probe.json", "cost"), "mcts": ("cost.json", "search"),
+                "select": ("run_spec.json", None), "dpo": ("stats.json", None)}
+
+
+def stage_cost(stage: Stage) -> dict:
+    """The numbers a stage recorded about its work (tokens, requests, rollouts, steps, pairs)."""
+    name, key = COST_RECORDS[stage.name]
+    record = json.loads((stage.path / name).read_text())
+    record = record[key] if key else record
+    return {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def _changed(old: dict, new: dict) -> list[str]:
