@@ -5,8 +5,10 @@
 Runs the same search (same questions, budget and fixed T_norm, so no probe) twice: with all trees'
 rollouts advancing together (`trees_per_batch` = the number of questions) and with one tree at a
 time (`trees_per_batch=1`), and prints rollouts, generated tokens and rollouts per second. Sampled
-rollouts draw different tokens in the two schedules, so tokens per second is shown beside
-rollouts per second.
+rollouts draw different tokens in the two schedules (the seeds are per batch), so their rollouts
+differ in length and tokens per second is shown beside rollouts per second; `--temperature 0`
+makes every rollout greedy, so both schedules do the same work (check the generated tokens) and
+rollouts per second compare directly.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ def main() -> None:
     p.add_argument("--explore-time", type=int, default=2)
     p.add_argument("--expand-time", type=int, default=3)
     p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.7, help="rollout temperature (0: greedy)")
     args = p.parse_args()
 
     rows = []
@@ -41,7 +44,8 @@ def main() -> None:
             started = time.perf_counter()
             result = synthesize(task=args.task, model=args.model, data_dir=args.data_dir, questions=args.questions,
                                 explore_time=args.explore_time, expand_time=args.expand_time, t_norm=200,
-                                max_new_tokens=args.max_new_tokens, trees_per_batch=per_batch, out=f"{tmp}/run")
+                                max_new_tokens=args.max_new_tokens, trees_per_batch=per_batch, out=f"{tmp}/run",
+                                rollout_temperature=args.temperature)
             wall = time.perf_counter() - started
             search = result.cost["search"]
             rows.append([name, search["rollouts"], f"{search['wall_seconds']:.1f}", f"{wall:.1f}",
