@@ -85,3 +85,20 @@ def test_turn_nll_scores_the_content_of_one_assistant_turn(tiny_random):
         lp = torch.log_softmax(logits, -1).gather(-1, torch.tensor(ids[1:])[:, None]).squeeze(-1)
         assert nll == pytest.approx(-lp[len(head_ids) - 1:].mean().item(), abs=1e-4)  # batched = alone
     assert nlls[2] != nlls[0] and all(n > 0 for n in nlls)
+
+
+def test_decode_cache_layer_appends_in_place_and_grows_past_its_room():
+    import torch
+
+    from harness.backends.hf import _RoomyLayer
+
+    full = torch.randn(2, 3, 9, 4)
+    buf = torch.zeros(2, 3, 5, 4)
+    buf[:, :, :3] = full[:, :, :3]
+    layer = _RoomyLayer(buf, buf.clone(), 3)
+    for start, stop in ((3, 5), (5, 6), (6, 9)):  # the second step fills the room, the third grows it
+        keys, _ = layer.update(full[:, :, start:stop], full[:, :, start:stop])
+        assert torch.equal(keys, full[:, :, :stop]) and layer.get_seq_length() == stop
+    assert layer.get_mask_sizes(1) == (10, 0)
+    layer.batch_select_indices(torch.tensor([1]))
+    assert torch.equal(layer.keys, full[1:, :, :9])

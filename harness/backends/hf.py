@@ -50,9 +50,9 @@ class _RoomyLayer(DynamicLayer):
 
     def update(self, key_states, value_states, *args, **kwargs):
         n, t = self._n, key_states.shape[-2]
-        if n + t > self._k.shape[2]:
-            grow = lambda buf: torch.cat([buf, buf.new_zeros(*buf.shape[:2], n + t, buf.shape[3])], dim=2)  # noqa: E731
-            self._k, self._v = grow(self._k), grow(self._v)
+        if n + t > self._k.shape[2]:  # out of room: double it (one copy, not one per step)
+            self._k, self._v = (torch.cat([b, b.new_zeros(*b.shape[:2], n + t, b.shape[3])], dim=2)
+                                for b in (self._k, self._v))
         self._k[:, :, n:n + t] = key_states
         self._v[:, :, n:n + t] = value_states
         self._n = n + t
