@@ -118,7 +118,6 @@ def cmd_train(args) -> int:
     from pathlib import Path
 
     from harness.config import RunConfig
-    from harness.synth.reward import RECIPES
     from harness.train.trainers import train_dpo, train_sft, write_training
     from tasks.base import read_jsonl
 
@@ -129,8 +128,7 @@ def cmd_train(args) -> int:
     if args.stage == "sft":
         stats = write_training(out, lambda tmp: train_sft(cfg.model, rows, cfg, tmp, str(out / "model")))
     else:
-        beta = cfg.dpo_beta if cfg.dpo_beta is not None else RECIPES[cfg.task].dpo_beta
-        stats = write_training(out, lambda tmp: train_dpo(cfg.model, rows, cfg, beta, tmp, str(out / "model")))
+        stats = write_training(out, lambda tmp: train_dpo(cfg.model, rows, cfg, tmp, str(out / "model")))
     print(tabulate([[k, v] for k, v in stats.items() if k != "log"], ["", args.stage], tablefmt="github"))
     print(f"policy: {out / 'model'}")
     return 0

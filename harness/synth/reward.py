@@ -50,6 +50,14 @@ class RewardConfig:
     max_tokens: int = 2000  # T above: loss term -1
 
 
+def reward_config(cfg, t_norm: int) -> RewardConfig:
+    """The reward of a `SynthConfig`: its weights, else the task's recipe, with this T_norm."""
+    recipe = RECIPES[cfg.task]
+    return RewardConfig(cfg.lambda1 if cfg.lambda1 is not None else recipe.lambda1,
+                        cfg.lambda2 if cfg.lambda2 is not None else recipe.lambda2,
+                        t_norm, cfg.min_dialogue_tokens, cfg.max_dialogue_tokens)
+
+
 @dataclass(frozen=True)
 class Reward:
     total: float

@@ -34,7 +34,7 @@ from harness.mas.dialogue import DialogueConfig, run_dialogues, start
 from harness.mas.prompts import system_prompts
 from harness.synth.mcts import Tree
 from harness.synth.pairs import PairRule, extract_pairs
-from harness.synth.reward import RECIPES, RewardConfig, reward
+from harness.synth.reward import RECIPES, RewardConfig, reward, reward_config
 from tasks import get_task
 from tasks.base import Question
 from tasks.metrics import METRICS
@@ -104,10 +104,7 @@ def synthesize(config: SynthConfig | None = None, resume: bool = False, **overri
 
     with runs.resumable_directory(out, resume) as tmp:
         probed = probe(tmp / "probe.json", probe_pool, task.setting, backend, cfg)
-        reward_cfg = RewardConfig(
-            cfg.lambda1 if cfg.lambda1 is not None else recipe.lambda1,
-            cfg.lambda2 if cfg.lambda2 is not None else recipe.lambda2,
-            probed["t_norm"], cfg.min_dialogue_tokens, cfg.max_dialogue_tokens)
+        reward_cfg = reward_config(cfg, probed["t_norm"])
         search = Search(cfg, backend, scorer, reward_cfg, metric, tokenizer, task.setting)
         records = search.run(pool, tmp / "trees.jsonl")
         trees = [Tree.from_record(r, q, system_prompts(task.setting, q.question, q.contexts))

@@ -30,7 +30,7 @@ from harness.errors import HarnessError
 from harness.evaluation import evaluate
 from harness.mas.dialogue import DialogueConfig
 from harness.selection import SELECTORS, run_select
-from harness.synth.reward import RECIPES, RewardConfig
+from harness.synth.reward import RECIPES, reward_config
 from harness.synth.synthesis import derive_seed, probe, synthesize
 from harness.train.sft_data import build_sft_data, sample_dialogues
 from harness.train.trainers import (
@@ -117,8 +117,8 @@ def split_overrides(items: list[str] | None) -> dict[str, list[str]]:
 def make_plan(file: str | None, overrides: list[str] | None = None, **flags) -> Plan:
     """Every config of a run, resolved and checked (trl's included) before any work."""
     sections = split_overrides(overrides)
-    name, extra = parse_selector(flags.pop("selector", None) or cfgmod.build(RunConfig, file).selector)
-    run = cfgmod.build(RunConfig, file, sections["run"] + sections[""] + extra, selector=name, **flags)
+    name, extra = parse_selector(flags.pop("selector", None) or "")
+    run = cfgmod.build(RunConfig, file, sections["run"] + sections[""] + extra, selector=name or None, **flags)
     SELECTORS.get(run.selector)
     identity = {k: getattr(run, k) for k in IDENTITY}
 
@@ -154,7 +154,7 @@ def make_plan(file: str | None, overrides: list[str] | None = None, **flags) -> 
     scratch = Path("/nonexistent")
     try:
         sft_config(checked, scratch)
-        dpo_config(checked, scratch, 0.1)
+        dpo_config(checked, scratch)
     except (TypeError, ValueError) as e:
         raise HarnessError(f"trl rejects the training config: {e}") from None
 
@@ -185,7 +185,6 @@ class Pipeline:
     def __init__(self, plan: Plan):
         self.plan = plan
         self.task = get_task(plan.run.task, context_mode=plan.run.context_mode, seed=plan.run.seed)
-        self.recipe = RECIPES[plan.run.task]
 
     def stages(self) -> list[Stage]:
         p, run, synth = self.plan, self.plan.run, self.plan.synth
@@ -259,10 +258,8 @@ class Pipeline:
                                       derive_seed(run.seed, "sft_data", out.parent.name))
             texts = list(dict.fromkeys(u.text for g in groups for d in g for u in d.utterances))
             nll = dict(zip(texts, scorer.turn_nll(texts)))
-            weights = RewardConfig(synth.lambda1 if synth.lambda1 is not None else self.recipe.lambda1,
-                                   synth.lambda2 if synth.lambda2 is not None else self.recipe.lambda2,
-                                   0, synth.min_dialogue_tokens, synth.max_dialogue_tokens)
-            epsilon = run.sft_epsilon if run.sft_epsilon is not None else self.recipe.sft_epsilon
+            weights = reward_config(synth, 0)  # T_norm is set per question
+            epsilon = run.sft_epsilon if run.sft_epsilon is not None else RECIPES[run.task].sft_epsilon
             metric = run.metric or self.task.metric
             examples, records = build_sft_data(groups, nll, weights, metric, backend.tokenizer,
                                                run.sft_keep_fraction, epsilon)
@@ -314,9 +311,7 @@ class Pipeline:
     def dpo(self, base: str, select_dir: Path):
         def stage(out: Path) -> None:
             pairs = [row for _, row in read_jsonl(select_dir / "selected.jsonl")]
-            run = self.plan.run
-            beta = run.dpo_beta if run.dpo_beta is not None else self.recipe.dpo_beta
-            write_training(out, lambda tmp: train_dpo(base, pairs, run, beta, tmp, str(out / "model")))
+            write_training(out, lambda tmp: train_dpo(base, pairs, self.plan.run, tmp, str(out / "model")))
         return stage
 
 

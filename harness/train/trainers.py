@@ -20,6 +20,7 @@ from harness import models, runs
 from harness.config import RunConfig
 from harness.dits.dpo import encode_pair
 from harness.errors import HarnessError
+from harness.synth.reward import RECIPES
 
 log = logging.getLogger(__name__)
 
@@ -74,23 +75,22 @@ def sft_config(cfg: RunConfig, output_dir: Path, max_length: int | None = None):
                      packing=False, dataset_num_proc=None)
 
 
-def dpo_config(cfg: RunConfig, output_dir: Path, beta: float, max_length: int | None = None):
+def dpo_beta(cfg: RunConfig) -> float:
+    return cfg.dpo_beta if cfg.dpo_beta is not None else RECIPES[cfg.task].dpo_beta
+
+
+def dpo_config(cfg: RunConfig, output_dir: Path, max_length: int | None = None):
     from trl import DPOConfig
 
-    return DPOConfig(**trainer_args(cfg, "dpo", output_dir), beta=beta, loss_type=["sigmoid"],
+    return DPOConfig(**trainer_args(cfg, "dpo", output_dir), beta=dpo_beta(cfg), loss_type=["sigmoid"],
                      max_length=max_length or cfg.max_prompt_length * 2)
 
 
 def _load(model_name: str, cfg: RunConfig):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = models.resolve(model_name)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token is None:
+    model, tokenizer, info = models.load(model_name, cfg.device, cfg.dtype)
+    if tokenizer.pad_token is None:  # the collators pad
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, cfg.dtype)).to(cfg.device)
-    return model, tokenizer, path
+    return model, tokenizer, info["path"]
 
 
 def _save_merged(trainer, tokenizer, out: Path, name: str) -> str:
@@ -135,7 +135,7 @@ def train_sft(model_name: str, examples: list[dict], cfg: RunConfig, out: Path, 
             "log": _metrics(trainer)}
 
 
-def train_dpo(model_name: str, pairs: list[dict], cfg: RunConfig, beta: float, out: Path, name: str) -> dict:
+def train_dpo(model_name: str, pairs: list[dict], cfg: RunConfig, out: Path, name: str) -> dict:
     """LoRA DPO of `model_name` on pairs; the reference is the same model with the adapter off.
     The merged policy goes to `out/model`."""
     from datasets import Dataset
@@ -160,12 +160,12 @@ def train_dpo(model_name: str, pairs: list[dict], cfg: RunConfig, beta: float, o
     started = time.time()
     # A margin over our count of the longest pair, in case trl's tokenisation of the turn boundary
     # differs by a token: its truncation must never fire.
-    trainer = DPOTrainer(model=model, ref_model=None, args=dpo_config(cfg, out / "trainer", beta, max(lengths) + 16),
+    trainer = DPOTrainer(model=model, ref_model=None, args=dpo_config(cfg, out / "trainer", max(lengths) + 16),
                          train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                          peft_config=lora_config(cfg))
     result = trainer.train()
     sha = _save_merged(trainer, tokenizer, out / "model", name)
-    return {"base": str(path), "pairs": len(rows), "dropped_prompt_too_long": too_long, "beta": beta,
+    return {"base": str(path), "pairs": len(rows), "dropped_prompt_too_long": too_long, "beta": dpo_beta(cfg),
             "steps": result.global_step, "train_loss": result.training_loss, "wall_seconds": time.time() - started,
             "policy_sha256": sha, "log": _metrics(trainer)}
 
