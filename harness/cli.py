@@ -1,4 +1,5 @@
-"""The `harness` command line: run, suite, eval, synth, select, train, data, ls, validate. Commands that run take
+"""The `harness` command line: run, suite, eval, synth, select, train, report, leaderboard, check, data, ls,
+validate. Commands that run take
 `--config FILE` and `key=value` overrides; bad input answers one line and exit status 2."""
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import time
 from tabulate import tabulate
 
 from harness import config as cfgmod
+from harness import runs
 from harness.config import EvalConfig, SelectConfig, SynthConfig
 from harness.errors import HarnessError
 from tasks.base import SPLITS
@@ -108,9 +110,67 @@ def cmd_suite(args) -> int:
 
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [None]
     flags = _run_flags(args) | {"seed": None}
-    table = run_suite(args.config, args.overrides, split_selectors(args.selectors), seeds, flags,
+    table = run_suite(args.config, args.overrides, split_selectors(args.selectors), seeds, flags, args.budgets,
                       progress=lambda line: print(line, file=sys.stderr))
     print(suite_table(table))
+    return 0
+
+
+def _report(args):
+    from harness.report.build import build
+
+    baselines = tuple(b for b in args.baselines.split(",") if b)
+    return build(args.suite, baselines, args.target, getattr(args, "allow_unfinished", False))
+
+
+def cmd_report(args) -> int:
+    from pathlib import Path
+
+    from harness.report.build import write_into
+
+    report = _report(args)
+    out = Path(args.out) if args.out else report.suite / "report"
+    with runs.run_directory(out) as tmp:
+        names = write_into(report, tmp)
+    shown = report.tables()
+    print(shown["comparison"][1].to_markdown(index=False))
+    print("\ncost per gain (extra training cost over the baseline, per metric point x100)")
+    print(shown["cost_per_gain"][1].to_markdown(index=False) if len(report.cost_per_gain) else "(no baseline)")
+    print(f"\n{len(names)} files: {out}")
+    return 0
+
+
+def cmd_leaderboard(args) -> int:
+    from pathlib import Path
+
+    from harness.report.leaderboard import publish
+
+    report = _report(args)
+    out = Path(args.publish) / report.suite.name if args.publish else report.suite / "leaderboard"
+    names = publish(report, out, with_records=bool(args.publish))
+    print(report.tables()["comparison"][1].to_markdown(index=False))
+    print(f"\nleaderboard: {out / 'leaderboard.html'} ({len(names)} files)")
+    return 0
+
+
+def cmd_check(args) -> int:
+    from pathlib import Path
+
+    from harness.report.check import bless, check, read_reference
+
+    report = _report(args)
+    against = Path(args.against)
+    if args.bless:
+        reference = bless(report.comparison, report.suite.name, against, args.tolerance)
+        print(f"blessed {len(reference['scores'])} scores of {report.suite} into {against}")
+        return 0
+    result = check(report.comparison, read_reference(against))
+    print(result.to_markdown(index=False, floatfmt=".4f"))
+    failed = result[result["status"] != "pass"]
+    if len(failed):
+        print(f"check failed: {len(failed)} of {len(result)} scores below the reference {against}", file=sys.stderr)
+        return 1
+    print(f"check passed: {len(result)} scores at or above the reference {against}")
     return 0
 
 
@@ -278,6 +338,9 @@ def parser() -> argparse.ArgumentParser:
     su = sub.add_parser("suite", help="several selectors (and seeds) on shared stages, one comparison table")
     su.add_argument("--selectors", required=True, help="comma-separated, e.g. random,qvalue,dits:gamma=0")
     su.add_argument("--seeds", help="comma-separated seeds (default: the config's)")
+    su.add_argument("--budgets", action="append", metavar="SECTION.KEY=V1,V2",
+                    help="also run at these synthesis (synth.*) or influence (select.*) budgets, one axis at a "
+                         "time; repeatable, e.g. --budgets synth.questions=4,8 --budgets select.validation_size=4,8")
     run_common(su)
     su.set_defaults(fn=cmd_suite)
 
@@ -324,6 +387,28 @@ def parser() -> argparse.ArgumentParser:
     sel.add_argument("--out", help="run directory")
     common(sel)
     sel.set_defaults(fn=cmd_select)
+
+    def report_common(sp):
+        sp.add_argument("--suite", required=True, help="suite name (runs/<name>) or suite directory")
+        sp.add_argument("--baselines", default="optima_full,random", help="policies the differences are against")
+        sp.add_argument("--target", help="policy whose score the cost-to-target view uses (default: optima_full)")
+
+    rep = sub.add_parser("report", help="a suite's comparison, cost ledger, cost-per-gain tables and plots")
+    report_common(rep)
+    rep.add_argument("--out", help="directory (default: <suite>/report)")
+    rep.add_argument("--allow-unfinished", dest="allow_unfinished", action="store_true",
+                     help="leave unfinished runs out instead of refusing")
+    rep.set_defaults(fn=cmd_report)
+    lb = sub.add_parser("leaderboard", help="leaderboard.md, .json and .html of a suite, with plots")
+    report_common(lb)
+    lb.add_argument("--publish", help="folder to publish into (e.g. results/): <folder>/<suite>/, run records included")
+    lb.set_defaults(fn=cmd_leaderboard)
+    ch = sub.add_parser("check", help="fail when a suite's scores fall below a recorded reference")
+    report_common(ch)
+    ch.add_argument("--against", required=True, help="reference file, e.g. results/reference/smoke-arc_c.json")
+    ch.add_argument("--bless", action="store_true", help="write the suite's scores as the new reference")
+    ch.add_argument("--tolerance", type=float, default=0.01, help="with --bless: how far a score may drop")
+    ch.set_defaults(fn=cmd_check)
 
     data = sub.add_parser("data", help="list, fetch or build task data")
     dsub = data.add_subparsers(dest="data_command", required=True)

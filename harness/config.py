@@ -141,6 +141,7 @@ class RunConfig(RuntimeConfig):
     alpha: float | None = None  # fraction of the candidates kept; default: the select section's
     iterations: int = 3  # DITS's iteration_times
     suite: str = "default"  # runs/<suite>/: runs of a suite share their stages before selection
+    budget: str | None = None  # a budget point of `harness suite --budgets` (its overrides), in the run id
     sft_from_initial: bool = True  # DITS: SFT from the initial model each iteration; False: from the last policy (Optima QA)
     # Disjoint question pools: train split [0, sft_questions) for SFT data, then the tree search's
     # synth.questions, then synth.probe_size for the probe; select.val_split for influence; test for eval.

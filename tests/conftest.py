@@ -29,3 +29,19 @@ def tiny_fitted():
     from harness.backends.hf import HFBackend
 
     return HFBackend("tiny-fitted", batch_size=8)
+
+
+SMOKE_SELECTORS = ("random", "qvalue", "optima_full", "dits:gamma=0", "dits")
+SMOKE_ARGS = ["--config", "smoke", "--task", "arc_c"]
+
+
+@pytest.fixture(scope="session")
+def smoke_suite(tmp_path_factory):
+    """The smoke preset's suite on MMLU: every selector with seeds 0 and 1, and one influence budget
+    point (validation_size 2) for the DITS runs. Shared by the run and report tests."""
+    from harness.cli import main
+
+    root = tmp_path_factory.mktemp("suite")
+    assert main(["suite", *SMOKE_ARGS, "--selectors", ",".join(SMOKE_SELECTORS), "--seeds", "0,1",
+                 "--budgets", "select.validation_size=2", "--out", str(root)]) == 0
+    return root

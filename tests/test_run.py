@@ -2,8 +2,11 @@
 preset end to end for every selector on shared stages, and a killed run resumed."""
 
 import json
+from pathlib import Path
 
 import pytest
+from conftest import SMOKE_ARGS as ARGS
+from conftest import SMOKE_SELECTORS as SELECTORS
 
 from harness.cli import main
 from harness.errors import HarnessError
@@ -17,9 +20,6 @@ from harness.train.loop import (
 )
 from harness.train.sft_data import agent_view, keep_best
 from tasks.base import Question
-
-SELECTORS = ("random", "qvalue", "optima_full", "dits:gamma=0", "dits")
-ARGS = ["--config", "smoke", "--task", "mmlu"]
 
 
 def read_jsonl(path):
@@ -119,24 +119,28 @@ def test_a_search_without_pairs_stops_the_run(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def suite(tmp_path_factory):
-    root = tmp_path_factory.mktemp("suite")
-    assert main(["suite", *ARGS, "--selectors", ",".join(SELECTORS), "--out", str(root)]) == 0
-    return root
+def suite(smoke_suite):
+    return smoke_suite
 
 
 RUN_ID_PREFIX = {"dits": "run:selector=dits,gamma=1.0,", "dits:gamma=0": "run:selector=dits,gamma=0.0,"}
 
 
-def _run_dir(root, spec):
+def _run_dir(root, spec, seed=0):
+    """The run of `spec` and `seed` at the preset's budget."""
     prefix = RUN_ID_PREFIX.get(spec, f"run:selector={spec},")
-    (found,) = [p for p in root.iterdir() if p.name.startswith(prefix)]
+    (found,) = [p for p in root.iterdir() if p.name.startswith(prefix) and f",seed={seed}," in p.name
+                and "budget=" not in p.name]
     return found
 
 
 def test_every_selector_runs_end_to_end_on_shared_stages(suite):
     shared = [p for p in (suite / "shared").iterdir()]
-    assert len(shared) == 1  # one set of pre-selection stages for the four runs
+    assert len(shared) == 2  # one set of pre-selection stages per seed, for all its runs and budgets
+    shared = [json.loads((_run_dir(suite, "random", seed) / "run_spec.json").read_text())["shared_stages"]
+              for seed in (0, 1)]
+    assert len(set(shared)) == 2
+    shared = [suite / "shared" / Path(shared[0]).name]
     ledger = read_jsonl(shared[0] / "ledger.jsonl")
     assert sorted(r["stage"] for r in ledger) == sorted(
         ["eval", "it0/sft_data", "it0/sft", "it0/eval_sft", "it0/probe", "it0/mcts"])
@@ -147,6 +151,9 @@ def test_every_selector_runs_end_to_end_on_shared_stages(suite):
     assert candidates
     table = json.loads((suite / "suite.json").read_text())
     assert [r["policy"] for r in table["rows"]] == ["initial", "sft", *SELECTORS]
+    assert {r["seeds"] for r in table["rows"]} == {2}
+    budget_runs = sorted(p.name for p in suite.iterdir() if "budget=select.validation_size=2" in p.name)
+    assert len(budget_runs) == 4 and all(name.startswith("run:selector=dits") for name in budget_runs)
     for selector in SELECTORS:
         run = _run_dir(suite, selector)
         spec = json.loads((run / "run_spec.json").read_text())

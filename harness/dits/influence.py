@@ -18,7 +18,7 @@ import logging
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -56,6 +56,7 @@ class Estimate:
     changed_answers: list[int]  # validation answers that differ from theta*'s, per unit
     validation_ids: list[str]
     seconds: dict
+    usage: dict = field(default_factory=dict)  # the validation dialogues' tokens and requests
 
     def per_pair(self, values: list[float], n: int) -> list[float]:
         out = [0.0] * n
@@ -177,4 +178,4 @@ class ReferencePath:
             changed.append(sum(a != b for a, b in zip(answers, answers_before)))
         self.restore(theta_star)
         return Estimate(units, f_before, f_after, changed, [q.id for q in self.validation],
-                        {"warmup": warmed - started, "units": time.time() - warmed})
+                        {"warmup": warmed - started, "units": time.time() - warmed}, self.backend.usage.as_dict())

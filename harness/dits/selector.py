@@ -20,7 +20,7 @@ class DITSSelector(Selector):
         per_pair = est.per_pair(unit_i, len(pairs))
         facts = {
             "f_before": est.f_before, "f_after": est.f_after, "units": est.units,
-            "validation_ids": est.validation_ids, "seconds": est.seconds,
+            "validation_ids": est.validation_ids, "seconds": est.seconds, "usage": est.usage,
             # The reference ranks by F(theta') itself; same order, recorded for comparison.
             "reference_rank_value": est.per_pair(est.f_after, len(pairs)),
             "resolution": resolution(est.f_after, est.changed_answers, len(est.validation_ids)),

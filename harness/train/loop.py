@@ -48,7 +48,7 @@ from tasks.metrics import METRICS
 IDENTITY = ("task", "seed", "data_dir", "online", "backend", "device", "dtype", "context_mode", "metric",
             "max_turns", "kv_cache")
 # Run keys that act only from the selection on: they do not change the shared stages.
-SELECTION_KEYS = ("selector", "gamma", "alpha", "iterations", "suite", "out") + tuple(
+SELECTION_KEYS = ("selector", "gamma", "alpha", "iterations", "suite", "out", "budget") + tuple(
     f.name for f in dataclasses.fields(RunConfig) if f.name.startswith("dpo_"))
 
 
@@ -160,7 +160,7 @@ def make_plan(file: str | None, overrides: list[str] | None = None, **flags) -> 
 
     rid = runs.run_id("run", selector=run.selector, gamma=select.gamma if run.selector == "dits" else None,
                       alpha=None if SELECTORS.get(run.selector).keeps_all else select.alpha, task=run.task,
-                      model=run.model, seed=run.seed, iterations=run.iterations)
+                      model=run.model, seed=run.seed, iterations=run.iterations, budget=run.budget)
     root = Path(run.out) if run.out else Path("runs") / run.suite
     shared = {"run": {k: v for k, v in cfgmod.as_dict(run).items() if k not in SELECTION_KEYS},
               "synth": cfgmod.as_dict(synth), "eval": cfgmod.as_dict(evalc), "model": _model_identity(run.model)}
@@ -373,7 +373,7 @@ def execute(plan: Plan, resume: bool = False, progress=print) -> dict:
         ledger = (plan.shared_dir if stage.shared else plan.run_dir) / "ledger.jsonl"
         runs.append_jsonl(ledger, [{"stage": stage.label, "path": str(stage.path), "device": plan.run.device,
                                     "wall_seconds": time.time() - started, "finished": time.time(),
-                                    "cost": stage_cost(stage)}])
+                                    "cost": stage_cost(stage.name, stage.path)}])
     results = collect(plan)
     runs.write_json(plan.run_dir / "results.json", results)
     _status(plan, "complete", None)
@@ -386,10 +386,20 @@ COST_RECORDS = {"eval": ("cost.json", None), "eval_sft": ("cost.json", None), "s
                 "select": ("run_spec.json", None), "dpo": ("stats.json", None)}
 
 
-def stage_cost(stage: Stage) -> dict:
-    """The numbers a stage recorded about its work (tokens, requests, rollouts, steps, pairs)."""
-    name, key = COST_RECORDS[stage.name]
-    record = json.loads((stage.path / name).read_text())
+def stage_cost(name: str, path: Path) -> dict:
+    """The numbers a stage recorded about its work (tokens, requests, rollouts, steps, pairs, units)."""
+    file, key = COST_RECORDS[name]
+    record = json.loads((path / file).read_text())
+    if name == "select":
+        facts = record.get("selector_facts", {})
+        units = len(facts.get("units", []))
+        work = {"candidates": record["candidates"], "selected": record["selected"], "influence_units": units}
+        if units:
+            work |= {"warmup_steps": record["config"]["warmup_steps"],
+                     "validation_dialogues": (units + 1) * len(facts["validation_ids"]),
+                     "influence_seconds": sum(facts["seconds"].values())}
+            work |= {k: v for k, v in facts.get("usage", {}).items() if k.endswith("tokens")}
+        return work
     record = record[key] if key else record
     return {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 

@@ -14,18 +14,43 @@ import statistics
 from tabulate import tabulate
 
 from harness import runs
-from harness.train.loop import execute, make_plan
+from harness.errors import HarnessError
+from harness.train.loop import execute, make_plan, parse_selector
+
+
+def budget_points(axes: list[str]) -> list[tuple[str, str]]:
+    """`["synth.questions=4,8", "select.validation_size=4"]` -> [("synth.questions", "4"), ...]: each
+    axis is swept alone, every other knob at the preset's value."""
+    points = []
+    for axis in axes:
+        key, eq, values = axis.partition("=")
+        section = key.partition(".")[0]
+        if not eq or section not in ("synth", "select") or not values.strip(","):
+            raise HarnessError(f"--budgets {axis!r}: expected synth.KEY=V1,V2 or select.KEY=V1,V2 "
+                               "(a synthesis or an influence budget)")
+        points += [(key, v) for v in values.split(",") if v]
+    return points
 
 
 def run_suite(file: str | None, overrides: list[str] | None, selectors: list[str], seeds: list[int | None],
-              flags: dict, progress=print) -> dict:
+              flags: dict, budgets: list[str] | None = None, progress=print) -> dict:
+    """Every selector and seed, then every budget point; the table compares the runs at the preset's
+    budget (the budget runs are the report's cost curves)."""
+    points = budget_points(budgets or [])
+    plans = [(spec, make_plan(file, overrides, selector=spec, **(flags | {"seed": seed})))
+             for seed in seeds for spec in selectors]
+    swept = [make_plan(file, [*(overrides or []), f"{key}={value}"], selector=spec,
+                       **(flags | {"seed": seed, "budget": f"{key}={value}"}))
+             for seed in seeds for key, value in points for spec in selectors
+             # an influence budget changes only what DITS computes
+             if key.startswith("synth.") or parse_selector(spec)[0] == "dits"]
     results = []
-    for seed in seeds:
-        for spec in selectors:
-            plan = make_plan(file, overrides, selector=spec, **(flags | {"seed": seed}))
-            progress(f"== {plan.run_id}")
-            results.append((spec, execute(plan, resume=True, progress=progress)))
-            root = plan.run_dir.parent
+    for spec, plan in plans + [(None, plan) for plan in swept]:
+        progress(f"== {plan.run_id}")
+        result = execute(plan, resume=True, progress=progress)
+        if spec is not None:
+            results.append((spec, result))
+    root = plans[0][1].run_dir.parent
     table = comparison(results)
     runs.write_json(root / "suite.json", table)
     (root / "suite.md").write_text(suite_table(table) + "\n")

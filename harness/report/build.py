@@ -1,0 +1,84 @@
+"""`harness report`: a suite's tables and pictures, written into one directory at once."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from harness.errors import HarnessError
+from harness.report import costs, plots, tables
+from harness.report.records import Run, check_comparable, load_suite
+
+
+@dataclass
+class Report:
+    suite: Path
+    runs: list[Run]
+    comparison: pd.DataFrame
+    ledger: pd.DataFrame
+    cost_per_gain: pd.DataFrame
+    curve_points: pd.DataFrame
+    cost_to_target: pd.DataFrame
+    target: str
+    plots: list[str] = field(default_factory=list)
+
+    def tables(self) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
+        """Name -> (numbers, readable form)."""
+        totals = self.ledger[self.ledger["stage"] == "total"]
+        return {"comparison": (self.comparison, tables.display(self.comparison)),
+                "cost_ledger": (self.ledger, _rounded(self.ledger)),
+                "cost_totals": (totals, _rounded(totals)),
+                "cost_per_gain": (self.cost_per_gain, _rounded(self.cost_per_gain)),
+                "cost_to_target": (self.cost_to_target, _rounded(self.cost_to_target)),
+                "curve_points": (self.curve_points, _rounded(self.curve_points))}
+
+
+def suite_dir(suite: str) -> Path:
+    """A suite by name (runs/<name>) or by path."""
+    path = Path(suite)
+    return path if path.is_dir() else Path("runs") / suite
+
+
+def build(suite: str, baselines=tables.BASELINES, target: str | None = None,
+          allow_unfinished: bool = False) -> Report:
+    """Every table of a suite. `target`: the policy whose score the cost-to-target view asks for
+    (default: optima_full where the suite has it)."""
+    root = suite_dir(suite)
+    found = load_suite(root, allow_unfinished)
+    check_comparable(found)
+    comparison = tables.comparison(found, baselines)
+    book = costs.ledger(found)
+    points = costs.curve_points(found, book)
+    policies = list(dict.fromkeys(comparison["policy"]))
+    if target is not None and target not in policies:
+        raise HarnessError(f"--target {target}: not a policy of {root} ({', '.join(policies)})")
+    target = target or ("optima_full" if "optima_full" in policies else None)
+    return Report(root, found, comparison, book, costs.cost_per_gain(comparison, book, baselines), points,
+                  costs.cost_to_target(points, target), target or "-")
+
+
+def write_into(report: Report, directory: Path) -> list[str]:
+    """Every table in four formats and every plot, into `directory`; the names written."""
+    names = []
+    for name, (numbers, shown) in report.tables().items():
+        names += [Path(p).name for p in tables.write_formats(numbers, shown, directory / name).values()]
+    metric = dict(zip(report.comparison["task"], report.comparison["metric"]))
+    pictures = plots.metric_against_cost(report.curve_points, metric, directory) + plots.influence_panels(
+        report.runs, directory)
+    report.plots = [p.name for p in pictures]
+    return names + report.plots
+
+
+def _rounded(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.round(4).astype(object).where(frame.notna(), "-")
+
+
+def copy_records(report: Report, dest: Path) -> None:
+    """The suite's run records without weights or trainer checkpoints (what reports read) into `dest`."""
+    def skip(folder, names):
+        return [n for n in names if n in ("model", "trainer") or n.startswith(".") or n.endswith(".safetensors")]
+
+    shutil.copytree(report.suite, dest, ignore=skip)

@@ -1,0 +1,158 @@
+"""A suite's runs read back from their records: specs, results, per-item scores and stage costs.
+
+Reports never recompute anything: every number comes from a file a stage wrote. A run belongs in a
+report only when finished, and runs compared with each other must agree on every key but the ones
+that make them differ on purpose (the selector, its knobs, the seed, a budget point).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+from harness.errors import HarnessError
+from harness.train.loop import SELECTION_KEYS, stage_cost
+from tasks.base import read_jsonl
+
+# Keys every run of a task shares except these: a comparison differs only by them.
+FREE_KEYS = {"run": set(SELECTION_KEYS) | {"seed", "budget"}, "synth": {"seed"}, "eval": {"seed"},
+             "select": {"seed", "selector", "gamma", "alpha"}}
+
+
+@dataclass
+class Run:
+    path: Path
+    spec: dict
+    results: dict
+
+    @property
+    def config(self) -> dict:
+        return self.spec["config"]
+
+    @property
+    def task(self) -> str:
+        return self.results["task"]
+
+    @property
+    def seed(self) -> int:
+        return self.results["seed"]
+
+    @property
+    def selector(self) -> str:
+        return self.results["selector"]
+
+    @property
+    def budget(self) -> str | None:
+        return self.config["run"].get("budget")
+
+    @property
+    def label(self) -> str:
+        """The selector as a suite names it: `dits:gamma=0`, `random`, `qvalue:alpha=0.3`."""
+        select = self.config["select"]
+        knobs = []
+        if self.selector == "dits":
+            knobs.append(f"gamma={select['gamma']:g}")
+        if self.selector != "optima_full" and select["alpha"] != 0.5:
+            knobs.append(f"alpha={select['alpha']:g}")
+        return self.selector + (":" + ",".join(knobs) if knobs else "")
+
+    @property
+    def iterations(self) -> int:
+        return self.config["run"]["iterations"]
+
+    def stage_dir(self, label: str) -> Path:
+        for stage in self.spec["stages"]:
+            if stage["stage"] == label:
+                return self.relocated(stage["path"])
+        raise HarnessError(f"{self.path}: no stage {label!r} in run_spec.json")
+
+    def relocated(self, recorded: str) -> Path:
+        """A path the run recorded, under the suite directory where the run is now (a published copy
+        of a suite keeps its layout, not its absolute paths)."""
+        root = Path(self.spec["shared_stages"]).parent.parent
+        return self.path.parent / Path(recorded).relative_to(root)
+
+    def eval_label(self, policy: str) -> str:
+        return {"initial": "eval", "sft": "it0/eval_sft", "dpo": f"it{self.iterations - 1}/eval"}[policy]
+
+    def item_scores(self, policy: str) -> dict[str, float]:
+        """Test item id -> score of one evaluated policy (initial, sft or the final dpo)."""
+        path = self.stage_dir(self.eval_label(policy)) / "per_instance.jsonl"
+        return {row["id"]: row["score"] for _, row in read_jsonl(path)}
+
+    def score(self, policy: str) -> dict:
+        final = self.iterations - 1 if policy == "dpo" else None
+        return next(r for r in self.results["scores"]
+                    if r["policy"] == policy and (final is None or r["iteration"] == final))
+
+    @cached_property
+    def stages(self) -> list[dict]:
+        """Every stage the run used, shared ones included, with its wall seconds and recorded work."""
+        walls = {}
+        for ledger in (self.relocated(self.spec["shared_stages"]) / "ledger.jsonl", self.path / "ledger.jsonl"):
+            walls.update({row["stage"]: row for _, row in read_jsonl(ledger)} if ledger.exists() else {})
+        out = []
+        for stage in self.spec["stages"]:
+            row = walls.get(stage["stage"])
+            if row is None:
+                raise HarnessError(f"{self.path}: stage {stage['stage']} has no ledger line; the run is unfinished")
+            name = stage["stage"].rpartition("/")[2]
+            out.append({"stage": stage["stage"], "name": name, "shared": stage["shared"],
+                        "device": row.get("device", "cpu"), "wall_seconds": row["wall_seconds"],
+                        "cost": stage_cost(name, self.relocated(stage["path"]))})
+        return out
+
+    def selection_scores(self, iteration: int) -> list[dict]:
+        return [row for _, row in read_jsonl(self.stage_dir(f"it{iteration}/select") / "scores.jsonl")]
+
+
+def load_suite(root: Path, allow_unfinished: bool = False) -> list[Run]:
+    """The runs under `root` (a suite directory), finished ones only; refuses unfinished ones unless
+    `allow_unfinished`, in which case they are left out."""
+    root = Path(root)
+    if not root.is_dir():
+        raise HarnessError(f"{root}: no such suite directory")
+    out = []
+    for spec_path in sorted(root.glob("*/run_spec.json")):
+        spec = json.loads(spec_path.read_text())
+        if spec.get("kind") != "run":
+            continue
+        status_path = spec_path.parent / "status.json"
+        status = json.loads(status_path.read_text()) if status_path.exists() else {"state": "not started"}
+        if status["state"] != "complete":
+            if allow_unfinished:
+                continue
+            where = f" at stage {status['stage']}" if status.get("stage") else ""
+            raise HarnessError(f"{spec_path.parent}: the run is unfinished ({status['state']}{where}); finish it "
+                               "with harness run --resume, or remove it from the suite")
+        out.append(Run(spec_path.parent, spec, json.loads((spec_path.parent / "results.json").read_text())))
+    if not out:
+        raise HarnessError(f"{root}: no finished runs (a suite directory holds one folder per run)")
+    return out
+
+
+def check_comparable(runs: list[Run]) -> None:
+    """Runs of one task must share every key but the free ones; refuses naming the keys that differ."""
+    first: dict[str, Run] = {}
+    for run in runs:
+        ref = first.setdefault(run.task, run)
+        free = {section: keys | _budget_keys(run, section) | _budget_keys(ref, section)
+                for section, keys in FREE_KEYS.items()}
+        differ = sorted(f"{section}.{k}" for section in run.config
+                        for k in set(run.config[section]) | set(ref.config[section])
+                        if k not in free.get(section, set())
+                        and run.config[section].get(k) != ref.config[section].get(k))
+        if differ:
+            raise HarnessError(f"{run.path.name} and {ref.path.name} differ in {', '.join(differ)}: runs of one "
+                               f"report must share their configs but for the selector, seed and budget")
+
+
+def _budget_keys(run: Run, section: str) -> set[str]:
+    keys = set()
+    for item in (run.budget or "").split(","):
+        head, _, rest = item.partition(".")
+        if head == section:
+            keys.add(rest.partition("=")[0])
+    return keys

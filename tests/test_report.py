@@ -1,0 +1,291 @@
+"""Reports: the paired-difference and cost arithmetic on hand-made numbers, then every table, the
+leaderboard (schema, HTML in a real headless Chromium), the refusals and the regression check on the
+smoke suite (tiny-fitted, two seeds, one influence budget point)."""
+
+import json
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import jsonschema
+import pandas as pd
+import pytest
+
+from harness.cli import main
+from harness.errors import HarnessError
+from harness.report import costs, tables
+from harness.report.build import build
+from harness.report.check import check
+from harness.report.leaderboard import SCHEMA, document, validate
+from harness.train.suite import budget_points
+
+REFERENCE = Path(__file__).resolve().parents[1] / "results" / "reference" / "smoke-arc_c.json"
+
+
+@pytest.mark.parametrize("pairs, diff, low, high, n", [
+    ([(1, 0), (1, 0)], 1.0, 1.0, 1.0, 2),  # no spread: a zero-width interval
+    # sd of (1, 0, 0) over sqrt(3) is 1/3; t(0.975, 2) = 4.302653
+    ([(1, 0), (0, 0), (0, 0)], 1 / 3, (1 - 4.302653) / 3, (1 + 4.302653) / 3, 3),
+    ([(0.5, 0.25)], 0.25, None, None, 1),  # one pair: no interval
+    ([], None, None, None, 0),
+])
+def test_paired_difference(pairs, diff, low, high, n):
+    got = tables.paired_difference(pairs)
+    assert got["n"] == n
+    for key, want in (("diff", diff), ("low", low), ("high", high)):
+        assert got[key] == (None if want is None else pytest.approx(want, abs=1e-6))
+
+
+def _book(rows):
+    return pd.DataFrame([{"task": "t", "policy": p, "budget": b, "stage": "total", "cost_tokens": tok,
+                          "cost_device_seconds": sec} for p, b, tok, sec in rows])
+
+
+def test_cost_per_gain_divides_the_extra_cost_by_the_extra_points():
+    table = pd.DataFrame([{"task": "t", "policy": p, "mean": m} for p, m in
+                          (("initial", 0.1), ("optima_full", 0.40), ("dits", 0.45), ("random", 0.38))])
+    # two seeds of dits: the mean cost is used
+    book = _book([("optima_full", "", 1000, 100.0), ("dits", "", 1500, 160.0), ("dits", "", 1700, 180.0),
+                  ("random", "", 800, 90.0)])
+    got = costs.cost_per_gain(table, book, ("optima_full",)).set_index("policy")
+    assert got.loc["dits", "extra_points"] == pytest.approx(5.0)
+    assert got.loc["dits", "extra_tokens"] == pytest.approx(600)
+    assert got.loc["dits", "tokens_per_point"] == pytest.approx(120)
+    assert got.loc["dits", "device_seconds_per_point"] == pytest.approx(14.0)
+    assert got.loc["random", "extra_points"] == pytest.approx(-2.0)
+    assert pd.isna(got.loc["random", "tokens_per_point"])  # no gain: no price per point
+    assert "initial" not in got.index and "optima_full" not in got.index
+
+
+def test_cost_to_target_takes_the_cheapest_point_that_reaches_it():
+    def point(policy, budget, mean, tokens, seconds):
+        return {"task": "t", "policy": policy, "budget": budget, "mean": mean, "cost_tokens": tokens,
+                "cost_device_seconds": seconds}
+
+    points = pd.DataFrame([point("optima_full", "", 0.40, 40, 200.0),
+                           point("dits", "select.validation_size=2", 0.30, 10, 50.0),
+                           point("dits", "select.validation_size=8", 0.42, 20, 80.0),
+                           point("dits", "", 0.45, 30, 120.0),
+                           point("qvalue", "", 0.35, 5, 40.0)])
+    got = costs.cost_to_target(points, "optima_full").set_index("policy")
+    assert got.loc["dits", "budget"] == "select.validation_size=8" and got.loc["dits", "target_score"] == 0.40
+    assert got.loc["dits", "cost_device_seconds"] == 80.0
+    assert got.loc["dits", "device_seconds_share_of_target"] == pytest.approx(0.4)
+    assert got.loc["dits", "tokens_share_of_target"] == pytest.approx(0.5)
+    assert got.loc["optima_full", "device_seconds_share_of_target"] == pytest.approx(1.0)
+    assert not got.loc["qvalue", "reached"] and pd.isna(got.loc["qvalue", "cost_tokens"])
+    assert costs.cost_to_target(points, None).empty
+
+
+@pytest.mark.parametrize("axes, points", [
+    (["synth.questions=2,4"], [("synth.questions", "2"), ("synth.questions", "4")]),
+    (["select.validation_size=4", "synth.explore_time=2"], [("select.validation_size", "4"),
+                                                           ("synth.explore_time", "2")]),
+])
+def test_budget_points(axes, points):
+    assert budget_points(axes) == points
+
+
+@pytest.mark.parametrize("axis", ["questions=4", "run.sft_questions=4", "synth.questions="])
+def test_bad_budget_axes_are_refused(axis):
+    with pytest.raises(HarnessError, match="expected synth.KEY=V1,V2"):
+        budget_points([axis])
+
+
+@pytest.fixture(scope="module")
+def report(smoke_suite):
+    return build(str(smoke_suite))
+
+
+def test_comparison_pairs_the_same_test_items_across_seeds(report):
+    table = report.comparison.set_index("policy")
+    assert list(table.index) == ["initial", "sft", "optima_full", "random", "qvalue", "dits:gamma=0", "dits:gamma=1"]
+    assert set(table["seeds"]) == {2} and set(table["spread_kind"]) == {"sd over seeds"}
+    runs = {(r.label, r.seed): r for r in report.runs if r.budget is None}
+    for policy in ("qvalue", "dits:gamma=0", "initial"):
+        # the mean of paired differences is the difference of the means on the same items
+        mine = [runs[(policy if policy != "initial" else "random", s)].score(
+            "initial" if policy == "initial" else "dpo")["mean"] for s in (0, 1)]
+        base = [runs[("random", s)].score("dpo")["mean"] for s in (0, 1)]
+        assert table.loc[policy, "vs_random"] == pytest.approx(sum(mine) / 2 - sum(base) / 2)
+        assert table.loc[policy, "vs_random_n"] == 2 * table.loc[policy, "questions"]  # 2 seeds x the test items
+        assert table.loc[policy, "vs_random_low"] <= table.loc[policy, "vs_random"] <= table.loc[policy, "vs_random_high"]
+    assert pd.isna(table.loc["random", "vs_random"]) and table.loc["optima_full", "vs_optima_full_n"] == 0
+    assert pd.isna(table.loc["initial", "pairs_trained"]) and table.loc["optima_full", "pairs_trained"] > 0
+
+
+def test_cost_ledger_totals_and_shared_stages(report):
+    book = report.ledger
+    stages = book[book["stage"] != "total"]
+    for (label, seed), rows in stages.groupby(["policy", "seed"]):
+        total = book[(book["stage"] == "total") & (book["policy"] == label) & (book["seed"] == seed)
+                     & (book["budget"] == rows["budget"].iloc[0])]
+        assert len(total) >= 1
+    one = book[(book["policy"] == "dits:gamma=1") & (book["seed"] == 0) & (book["budget"] == "")]
+    total = one[one["stage"] == "total"].iloc[0]
+    parts = one[one["stage"] != "total"]
+    for column in ("generated_tokens", "prompt_tokens", "training_steps", "wall_seconds"):
+        assert total[column] == pytest.approx(parts[column].sum())
+    assert total["cost_device_seconds"] == pytest.approx(parts[parts["training"]]["device_seconds"].sum())
+    categories = dict(zip(parts["stage"], parts["category"]))
+    assert categories["it0/select"] == "influence estimation" and categories["it0/mcts"] == "tree search"
+    select = parts[parts["stage"] == "it0/select"].iloc[0]
+    assert select["influence_units"] > 0 and select["validation_dialogues"] > 0
+    # the stages before selection are shared: the same recorded cost in every run of a seed
+    mcts = stages[(stages["stage"] == "it0/mcts") & (stages["seed"] == 0)]
+    assert mcts["rollouts"].nunique() == 1 and mcts["wall_seconds"].nunique() == 1 and mcts["rollouts"].iloc[0] > 0
+    # gamma 0 and 1 share one cached influence estimate: each is charged its full seconds
+    dits_select = stages[stages["policy"].str.startswith("dits") & (stages["stage"] == "it0/select")
+                         & (stages["seed"] == 0) & (stages["budget"] == "")]
+    assert len(dits_select) == 2 and (dits_select["device_seconds"] >= select["influence_seconds"]).all()
+    assert dits_select["wall_seconds"].min() < select["influence_seconds"]  # one of them reused it
+    random_select = stages[(stages["policy"] == "random") & (stages["stage"] == "it0/select")].iloc[0]
+    assert random_select["category"] == "selection" and random_select["influence_units"] == 0
+
+
+def test_budget_runs_are_curve_points_not_table_rows(report):
+    points = report.curve_points
+    budgets = points[points["budget"] != ""]
+    assert set(budgets["policy"]) == {"dits:gamma=0", "dits:gamma=1"}
+    assert set(budgets["budget"]) == {"select.validation_size=2"} and set(budgets["seeds"]) == {2}
+    assert len(points[points["budget"] == ""]) == 5
+
+
+def test_report_writes_every_table_in_four_formats_and_the_plots(smoke_suite, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert main(["report", "--suite", str(smoke_suite), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "Δ vs optima_full [95% CI]" in printed and "dits:gamma=0" in printed
+    for name in ("comparison", "cost_ledger", "cost_totals", "cost_per_gain", "cost_to_target", "curve_points"):
+        for ext in ("md", "csv", "json", "tex"):
+            assert (out / f"{name}.{ext}").stat().st_size > 0
+    numbers = pd.read_csv(out / "comparison.csv")
+    assert list(numbers["policy"])[:3] == ["initial", "sft", "optima_full"] and numbers["mean"].between(0, 1).all()
+    assert "\\pm" in (out / "comparison.tex").read_text()
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert pngs == ["arc_c_influence_by_iteration.png", "arc_c_metric_vs_cost.png", "arc_c_q_vs_influence.png"]
+    assert all((out / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+
+
+def test_leaderboard_schema_accepts_ours_and_rejects_broken_documents(report):
+    doc = json.loads(json.dumps(document(report)))
+    validate(doc)
+    for broken in ({**doc, "reported": {**doc["reported"], "status": "reproduced"}},
+                   {**doc, "comparison": [{**doc["comparison"][0], "spread": -1}]},
+                   {**doc, "runs": []},
+                   {k: v for k, v in doc.items() if k != "cost_per_gain"}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(broken, SCHEMA)
+
+
+def _copy(suite, tmp_path):
+    return Path(shutil.copytree(suite, tmp_path / suite.name))
+
+
+def test_leaderboard_refuses_unfinished_and_mismatched_runs(smoke_suite, tmp_path, capsys):
+    copy = _copy(smoke_suite, tmp_path)
+    run = next(p for p in copy.iterdir() if p.name.startswith("run:selector=qvalue") and ",seed=1," in p.name)
+    status = run / "status.json"
+    status.write_text(json.dumps({"state": "running", "stage": "it0/dpo", "time": 0}))
+    assert main(["leaderboard", "--suite", str(copy)]) == 2
+    err = capsys.readouterr().err
+    assert "the run is unfinished (running at stage it0/dpo)" in err and not (copy / "leaderboard").exists()
+    status.write_text(json.dumps({"state": "complete", "stage": None, "time": 0}))
+    spec = json.loads((run / "run_spec.json").read_text())
+    spec["config"]["run"]["sft_lr"] = 0.1
+    (run / "run_spec.json").write_text(json.dumps(spec))
+    assert main(["leaderboard", "--suite", str(copy)]) == 2
+    assert "differ in run.sft_lr" in capsys.readouterr().err and not (copy / "leaderboard").exists()
+
+
+class _Rows(HTMLParser):
+    """The cell texts of the rows of one table in a dumped DOM."""
+
+    def __init__(self, table_id):
+        super().__init__()
+        self.table_id, self.inside, self.rows, self.cell = table_id, False, [], None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "table":
+            self.inside = dict(attrs).get("id") == self.table_id
+        elif self.inside and tag == "tr":
+            self.rows.append([])
+        elif self.inside and tag in ("td", "th"):
+            self.cell = ""
+
+    def handle_endtag(self, tag):
+        if tag == "table":
+            self.inside = False
+        elif self.inside and tag in ("td", "th"):
+            self.rows[-1].append(self.cell)
+            self.cell = None
+
+    def handle_data(self, data):
+        if self.cell is not None:
+            self.cell += data
+
+
+def _dump_dom(page: Path, fragment: str) -> str:
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (scripts/install.sh installs it)")
+    result = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={page.parent / '.chromium'}", "--virtual-time-budget=2000", "--dump-dom",
+         page.as_uri() + fragment], capture_output=True, text=True, timeout=120, check=True)
+    return result.stdout
+
+
+def test_leaderboard_page_sorts_in_headless_chromium(smoke_suite, tmp_path, capsys):
+    copy = _copy(smoke_suite, tmp_path)
+    published = tmp_path / "results"
+    assert main(["leaderboard", "--suite", str(copy), "--publish", str(published)]) == 0
+    out = published / copy.name
+    doc = json.loads((out / "leaderboard.json").read_text())
+    validate(doc)
+    assert doc["reported"]["status"] == "reported, not reproduced" and len(doc["plots"]) == 3
+    assert "Reported by the paper (reported, not reproduced)" in (out / "leaderboard.md").read_text()
+    # the run records came along, without weights, and a report can be built from the copy
+    assert not list((out / "runs").rglob("*.safetensors")) and build(str(out / "runs")).comparison.equals(
+        build(str(copy)).comparison)
+    page = out / "leaderboard.html"
+    rows = {}
+    for direction in ("asc", "desc"):
+        parser = _Rows("comparison")
+        parser.feed(_dump_dom(page, f"#sort=policy:{direction}"))
+        header, *body = parser.rows
+        rows[direction] = [row[header.index("policy")] for row in body]
+    assert rows["asc"] == sorted(rows["asc"]) and rows["desc"] == rows["asc"][::-1]
+    assert len(rows["asc"]) == 7
+    parser = _Rows("reported")
+    parser.feed(_dump_dom(page, ""))
+    assert ["CBT" in " ".join(r) or "cbt" in r for r in parser.rows[1:]].count(True) >= 7
+    assert all((out / p).is_file() for p in doc["plots"])
+
+
+def test_check_passes_against_the_recorded_reference_and_fails_below_it(smoke_suite, tmp_path, capsys):
+    assert main(["check", "--suite", str(smoke_suite), "--against", str(REFERENCE)]) == 0
+    assert "check passed" in capsys.readouterr().out
+    reference = json.loads(REFERENCE.read_text())
+    raised = reference | {"scores": [s | {"mean": s["mean"] + 0.5} if s["policy"] == "qvalue" else s
+                                     for s in reference["scores"]]}
+    worse = tmp_path / "worse.json"
+    worse.write_text(json.dumps(raised))
+    assert main(["check", "--suite", str(smoke_suite), "--against", str(worse)]) == 1
+    captured = capsys.readouterr()
+    assert "check failed: 1 of 7 scores" in captured.err and "FAIL" in captured.out
+    blessed = tmp_path / "blessed.json"
+    assert main(["check", "--suite", str(smoke_suite), "--against", str(blessed), "--bless", "--tolerance", "0"]) == 0
+    assert main(["check", "--suite", str(smoke_suite), "--against", str(blessed)]) == 0
+
+
+def test_check_reports_missing_rows_and_bad_reference_files(report, tmp_path, capsys):
+    result = check(report.comparison, [{"task": "arc_c", "policy": "loss_influence", "metric": "accuracy",
+                                        "mean": 0.1, "tolerance": 0.0}])
+    assert list(result["status"]) == ["missing"]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"scores": [{"task": "arc_c", "policy": "random"}]}))
+    assert main(["check", "--suite", str(report.suite), "--against", str(bad)]) == 2
+    assert "scores[0]: missing key 'metric'" in capsys.readouterr().err
