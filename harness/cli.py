@@ -55,8 +55,9 @@ def cmd_synth(args) -> int:
 def cmd_select(args) -> int:
     from harness.selection import run_select
 
+    eta = {"eta_auto": True} if args.eta == "auto" else {"eta": args.eta}
     cfg = cfgmod.build(SelectConfig, args.config, args.overrides, selector=args.selector, pairs=args.pairs,
-                       alpha=args.alpha, gamma=args.gamma, seed=args.seed, out=args.out)
+                       alpha=args.alpha, gamma=args.gamma, seed=args.seed, out=args.out, **eta)
     out, selected, rows = run_select(cfg)
     top = sorted((r for r in rows if r["selected"]), key=lambda r: r["rank"])[:10]
     print(tabulate([[r["rank"], r["pair_id"], f"{r['Q']:.3f}", "-" if r["I"] is None else f"{r['I']:.4f}",
@@ -383,6 +384,8 @@ def parser() -> argparse.ArgumentParser:
     sel.add_argument("--pairs", help="pairs.jsonl written by harness synth")
     sel.add_argument("--alpha", type=float)
     sel.add_argument("--gamma", type=float)
+    sel.add_argument("--eta", help="the unit step's learning rate, or 'auto': calibrated so the median unit changes "
+                                   "eta_target_share of the validation answers")
     sel.add_argument("--seed", type=int)
     sel.add_argument("--out", help="run directory")
     common(sel)

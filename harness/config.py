@@ -110,7 +110,14 @@ class SelectConfig:
     warmup_steps: int = 50  # LoRA DPO steps on the pool before the unit steps (the reference's checkpoint-50)
     warmup_batch: int = 8  # pairs per warm-up step (the reference: batch 1 x grad accumulation 8)
     warmup_lr: float = 5e-5
-    eta: float = 5e-5  # the unit step's learning rate (the reference's 5e-5)
+    eta: float = 5e-5  # the unit step's learning rate (the reference's 5e-5); with eta_auto, where calibration starts
+    # `--eta auto`: from eta up by x3 (at most eta_auto_steps times) until the median of the first
+    # eta_calibration_units units changes eta_target_share of the validation answers; the unit steps
+    # then use that eta. The reference's 5e-5 barely moves a small model (see the selection section).
+    eta_auto: bool = False
+    eta_target_share: float = 0.25
+    eta_calibration_units: int = 3
+    eta_auto_steps: int = 6
     step_optimizer: str = "adamw"  # the unit step: "adamw" (a fresh AdamW's first step, as the reference) or "sgd"
     beta: float | None = None  # DPO beta; default: the task's recipe
     lora_r: int = 32

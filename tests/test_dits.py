@@ -89,3 +89,21 @@ def test_overlap_is_allowed_on_request(pairs_file):
     assert len(chosen) == 3 and len({r["I"] for r in rows}) == 1  # one unit: one influence value
     with pytest.raises(HarnessError, match="training questions"):
         select(pairs, SelectConfig(selector="dits", val_split="train", validation_size=2))
+
+
+def test_eta_auto_grows_eta_until_the_median_unit_changes_the_target_share(pairs_file, tmp_path):
+    out = tmp_path / "auto"
+    assert main(["select", "--selector", "dits", "--pairs", str(pairs_file), "--out", str(out), *KNOBS,
+                 "--eta", "auto", "eta=1e-7", "eta_calibration_units=2", "eta_target_share=0.5"]) == 0
+    spec = json.loads((out / "run_spec.json").read_text())
+    facts = spec["selector_facts"]
+    trials = facts["eta_calibration"]
+    assert [t["eta"] for t in trials] == pytest.approx([1e-7 * 3 ** k for k in range(len(trials))])
+    assert all(len(t["changed_answers"]) == 2 for t in trials)
+    # the first eta that reaches the target is taken (or the last tried), and the influence uses it
+    reached = [t for t in trials if t["median_share"] >= 0.5]
+    assert facts["eta"] == (reached[0] if reached else trials[-1])["eta"]
+    assert len(reached) <= 1 and trials[0]["median_share"] < 0.5  # 1e-7 moves nothing
+    rows = [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()]
+    for r, f in zip(rows, facts["reference_rank_value"]):
+        assert r["I"] == pytest.approx((f - facts["f_before"]) / facts["eta"])

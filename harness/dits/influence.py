@@ -38,7 +38,9 @@ log = logging.getLogger(__name__)
 
 # The knobs an estimate depends on; the cache key hashes them with the pairs and the validation set.
 KNOBS = ("unit_size", "warmup_steps", "warmup_batch", "warmup_lr", "eta", "step_optimizer", "beta", "lora_r",
-         "lora_alpha", "lora_dropout", "max_turns", "max_new_tokens", "context_mode", "seed", "dtype")
+         "lora_alpha", "lora_dropout", "max_turns", "max_new_tokens", "context_mode", "seed", "dtype", "eta_auto",
+         "eta_target_share", "eta_calibration_units", "eta_auto_steps")
+ETA_GROWTH = 3.0
 
 
 # The unit step: a fresh AdamW's first step (about eta * sign(gradient), as the reference), or plain SGD.
@@ -57,6 +59,8 @@ class Estimate:
     validation_ids: list[str]
     seconds: dict
     usage: dict = field(default_factory=dict)  # the validation dialogues' tokens and requests
+    eta: float | None = None  # the unit steps' learning rate (calibrated with eta_auto)
+    calibration: list[dict] = field(default_factory=list)  # eta_auto's trials: eta, changed answers per unit
 
     def per_pair(self, values: list[float], n: int) -> list[float]:
         out = [0.0] * n
@@ -76,6 +80,11 @@ def make_units(n: int, size: int, seed: int) -> list[list[int]]:
 def estimate(pairs: list[dict], cfg: SelectConfig, cache_dir: Path | None) -> Estimate:
     if cfg.step_optimizer not in STEP_OPTIMIZERS:
         raise HarnessError(f"step_optimizer must be one of {', '.join(STEP_OPTIMIZERS)}, got {cfg.step_optimizer!r}")
+    if cfg.eta_auto and not (0 < cfg.eta_target_share <= 1 and cfg.eta_calibration_units >= 1
+                             and cfg.eta_auto_steps >= 0):
+        raise HarnessError("eta auto needs eta_target_share in (0, 1], eta_calibration_units >= 1 and "
+                           f"eta_auto_steps >= 0; got {cfg.eta_target_share}, {cfg.eta_calibration_units}, "
+                           f"{cfg.eta_auto_steps}")
     task_name = pairs[0]["task"]
     task = get_task(task_name, context_mode=cfg.context_mode, seed=cfg.seed)
     policy = cfg.model or pairs[0]["policy"]["name"]
@@ -154,8 +163,32 @@ class ReferencePath:
         scores = [dialogue_score(d, self.task.metric, self.tokenizer) for d in dialogues]
         return sum(scores) / len(scores), [d.final_answer for d in dialogues]
 
-    def unit_optimizer(self):
-        return STEP_OPTIMIZERS[self.cfg.step_optimizer](self.params, self.cfg.eta)
+    def unit_optimizer(self, eta: float):
+        return STEP_OPTIMIZERS[self.cfg.step_optimizer](self.params, eta)
+
+    def unit_step(self, theta_star: list[torch.Tensor], unit: list[int], eta: float,
+                  answers_before: list[str]) -> tuple[float, int]:
+        """F after one step on `unit` from theta*, and how many validation answers it changed."""
+        self.restore(theta_star)
+        self.step(self.unit_optimizer(eta), unit)
+        f, answers = self.validate()
+        return f, sum(a != b for a, b in zip(answers, answers_before))
+
+    def calibrate(self, theta_star, units, answers_before) -> tuple[float, list[dict]]:
+        """The smallest eta x 3^k whose median calibration unit changes the target share of answers."""
+        cfg = self.cfg
+        probe = units[:cfg.eta_calibration_units]
+        trials = []
+        for k in range(cfg.eta_auto_steps + 1):
+            eta = cfg.eta * ETA_GROWTH ** k
+            changed = sorted(self.unit_step(theta_star, unit, eta, answers_before)[1] for unit in probe)
+            share = changed[len(changed) // 2] / len(self.validation)
+            trials.append({"eta": eta, "changed_answers": changed, "median_share": share})
+            if share >= cfg.eta_target_share:
+                return eta, trials
+        log.warning("eta auto: even eta %.3g changed a median %.0f%% of the validation answers (target %.0f%%); "
+                    "using it", trials[-1]["eta"], 100 * trials[-1]["median_share"], 100 * cfg.eta_target_share)
+        return trials[-1]["eta"], trials
 
     def run(self) -> Estimate:
         cfg, n = self.cfg, len(self.pairs)
@@ -169,13 +202,14 @@ class ReferencePath:
         warmed = time.time()
         f_before, answers_before = self.validate()
         units = make_units(n, cfg.unit_size, cfg.seed)
+        eta, trials = self.calibrate(theta_star, units, answers_before) if cfg.eta_auto else (cfg.eta, [])
+        calibrated = time.time()
         f_after, changed = [], []
         for unit in tqdm(units, desc="influence units", unit="unit", file=sys.stderr, dynamic_ncols=True):
-            self.restore(theta_star)
-            self.step(self.unit_optimizer(), unit)
-            f, answers = self.validate()
+            f, n_changed = self.unit_step(theta_star, unit, eta, answers_before)
             f_after.append(f)
-            changed.append(sum(a != b for a, b in zip(answers, answers_before)))
+            changed.append(n_changed)
         self.restore(theta_star)
-        return Estimate(units, f_before, f_after, changed, [q.id for q in self.validation],
-                        {"warmup": warmed - started, "units": time.time() - warmed}, self.backend.usage.as_dict())
+        seconds = {"warmup": warmed - started, "calibration": calibrated - warmed, "units": time.time() - calibrated}
+        return Estimate(units, f_before, f_after, changed, [q.id for q in self.validation], seconds,
+                        self.backend.usage.as_dict(), eta, trials)

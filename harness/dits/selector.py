@@ -16,11 +16,12 @@ class DITSSelector(Selector):
     def score(self, pairs: list[dict], cfg: SelectConfig) -> Scores:
         cache = Path(cfg.pairs).parent / "influence" if cfg.pairs else None
         est = estimate(pairs, cfg, cache)
-        unit_i = influence(est.f_after, est.f_before, cfg.eta)
+        unit_i = influence(est.f_after, est.f_before, est.eta or cfg.eta)
         per_pair = est.per_pair(unit_i, len(pairs))
         facts = {
             "f_before": est.f_before, "f_after": est.f_after, "units": est.units,
             "validation_ids": est.validation_ids, "seconds": est.seconds, "usage": est.usage,
+            "eta": est.eta or cfg.eta, "eta_calibration": est.calibration,
             # The reference ranks by F(theta') itself; same order, recorded for comparison.
             "reference_rank_value": est.per_pair(est.f_after, len(pairs)),
             "resolution": resolution(est.f_after, est.changed_answers, len(est.validation_ids)),

@@ -1,0 +1,2 @@
+"""Reports from run records: comparison tables, cost ledgers, cost-per-gain, plots, leaderboards and
+regression checks (`harness report`, `harness leaderboard`, `harness check`)."""
