@@ -34,6 +34,7 @@ class Scores:
 
 class Selector(ABC):
     keeps_all = False  # optima_full: alpha does not apply
+    influence = False  # DITS and its ablation: gamma weighs Q, and a validation pool is used
 
     @abstractmethod
     def score(self, pairs: list[dict], cfg: SelectConfig) -> Scores:
@@ -46,6 +47,7 @@ for _name, _target in {
     "qvalue": "baselines.qvalue:QValueSelector",
     "optima_full": "baselines.optima_full:OptimaFullSelector",
     "dits": "harness.dits.selector:DITSSelector",
+    "loss_influence": "harness.dits.selector:LossInfluenceSelector",
 }.items():
     SELECTORS.register(_name, _target)
 
@@ -104,7 +106,7 @@ def run_select(cfg: SelectConfig) -> tuple[Path, list[dict], list[dict]]:
     pairs = read_pairs(Path(cfg.pairs))
     selected, rows, scores = select(pairs, cfg)
     rid = runs.run_id("select", selector=cfg.selector, task=pairs[0]["task"], alpha=cfg.alpha,
-                      gamma=cfg.gamma if cfg.selector == "dits" else None, seed=cfg.seed)
+                      gamma=cfg.gamma if SELECTORS.get(cfg.selector).influence else None, seed=cfg.seed)
     out = Path(cfg.out) if cfg.out else Path(cfg.pairs).parent / "select" / runs.dir_name(rid)
     run_spec = {"run_id": rid, "kind": "select", "config": cfgmod.as_dict(cfg), "seed": cfg.seed,
                 "task": pairs[0]["task"], "policy": pairs[0]["policy"], "candidates": len(pairs),

@@ -107,3 +107,18 @@ def test_eta_auto_grows_eta_until_the_median_unit_changes_the_target_share(pairs
     rows = [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()]
     for r, f in zip(rows, facts["reference_rank_value"]):
         assert r["I"] == pytest.approx((f - facts["f_before"]) / facts["eta"])
+
+
+def test_loss_influence_scores_units_by_the_validation_loss_they_remove(pairs_file, tmp_path):
+    out = tmp_path / "loss"
+    assert main(["select", "--selector", "loss_influence", "--pairs", str(pairs_file), "--out", str(out),
+                 *KNOBS]) == 0
+    spec = json.loads((out / "run_spec.json").read_text())
+    facts = spec["selector_facts"]
+    assert facts["influence"] == "loss" and spec["run_id"].startswith("select:selector=loss_influence")
+    # a DPO loss at theta* (after the warm-up), which every unit's step changes
+    assert 0 < facts["f_before"] < 5 and all(f != facts["f_before"] for f in facts["f_after"])
+    rows = [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()]
+    for r, f in zip(rows, facts["reference_rank_value"]):
+        assert r["I"] == pytest.approx((facts["f_before"] - f) / facts["eta"])
+    assert len({r["I"] for r in rows}) == len(facts["units"])  # one value per unit, none tied

@@ -164,7 +164,7 @@ def test_report_writes_every_table_in_four_formats_and_the_plots(smoke_suite, tm
     assert list(numbers["policy"])[:3] == ["initial", "sft", "optima_full"] and numbers["mean"].between(0, 1).all()
     assert "\\pm" in (out / "comparison.tex").read_text()
     pngs = sorted(p.name for p in out.glob("*.png"))
-    assert pngs == ["arc_c_influence_by_iteration.png", "arc_c_metric_vs_cost.png", "arc_c_q_vs_influence.png"]
+    assert pngs == ["arc_c_dits_influence_by_iteration.png", "arc_c_dits_q_vs_influence.png", "arc_c_metric_vs_cost.png"]
     assert all((out / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
 
 

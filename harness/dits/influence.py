@@ -27,10 +27,10 @@ from tqdm.auto import tqdm
 from harness import models, runs
 from harness.backends.hf import HFBackend
 from harness.config import SelectConfig
-from harness.dits.dpo import dpo_loss, encode_pair, response_logps
+from harness.dits.dpo import EncodedPair, dpo_loss, encode_pair, response_logps
 from harness.errors import HarnessError
 from harness.evaluation import dialogue_score, seed_everything
-from harness.mas.dialogue import DialogueConfig, run_dialogues, start
+from harness.mas.dialogue import DialogueConfig, run_dialogues, same_answer, start
 from harness.synth.reward import RECIPES
 from tasks import get_task
 
@@ -53,8 +53,8 @@ STEP_OPTIMIZERS = {
 @dataclass
 class Estimate:
     units: list[list[int]]  # pool indices of each unit's pairs
-    f_before: float  # F(theta*)
-    f_after: list[float]  # F(theta') per unit
+    f_before: float  # F(theta*); loss influence: the validation DPO loss at theta*
+    f_after: list[float]  # F(theta') per unit; loss influence: the loss at theta'
     changed_answers: list[int]  # validation answers that differ from theta*'s, per unit
     validation_ids: list[str]
     seconds: dict
@@ -77,7 +77,28 @@ def make_units(n: int, size: int, seed: int) -> list[list[int]]:
     return [order[i:i + size] for i in range(0, n, size)]
 
 
-def estimate(pairs: list[dict], cfg: SelectConfig, cache_dir: Path | None) -> Estimate:
+def estimate(pairs: list[dict], cfg: SelectConfig, cache_dir: Path | None, kind: str = "metric") -> Estimate:
+    """Per unit of pairs, the validation metric F (kind "metric", DITS) or the validation DPO loss
+    (kind "loss", the ablation) after one step from theta*, and the same before the step."""
+    task, policy, validation = prepare(pairs, cfg)
+    key_data = {"pairs": [[p["pair_id"], p["chosen"], p["rejected"]] for p in pairs],
+                "policy": pairs[0]["policy"]["sha256"], "validation": [q.id for q in validation],
+                "knobs": {k: getattr(cfg, k) for k in KNOBS}, "kind": kind}
+    key = hashlib.sha256(json.dumps(key_data, sort_keys=True).encode()).hexdigest()[:16]
+    cached = cache_dir / f"{key}.json" if cache_dir else None
+    if cached and cached.exists():
+        return Estimate(**json.loads(cached.read_text()))
+
+    result = ReferencePath(pairs, cfg, task, policy, validation).run(kind)
+    if cached:
+        with runs.atomic_file(cached) as tmp:
+            runs.write_json(tmp, asdict(result))
+    return result
+
+
+def prepare(pairs: list[dict], cfg: SelectConfig):
+    """The task, the policy and the validation questions of an estimate, checked: the policy must be
+    the one that grew the pairs, the validation questions disjoint from the pairs' (unless allowed)."""
     if cfg.step_optimizer not in STEP_OPTIMIZERS:
         raise HarnessError(f"step_optimizer must be one of {', '.join(STEP_OPTIMIZERS)}, got {cfg.step_optimizer!r}")
     if cfg.eta_auto and not (0 < cfg.eta_target_share <= 1 and cfg.eta_calibration_units >= 1
@@ -99,21 +120,9 @@ def estimate(pairs: list[dict], cfg: SelectConfig, cache_dir: Path | None) -> Es
     overlap = {p["question_id"] for p in pairs} & {q.id for q in validation}
     if overlap and not cfg.allow_overlap:
         raise HarnessError(f"{len(overlap)} of the {len(validation)} {cfg.val_split} questions are training "
-                           f"questions of the pairs (e.g. {sorted(overlap)[0]}); choose a disjoint val_split "
+                           f"questions of the pairs (e.g. {min(overlap)}); choose a disjoint val_split "
                            "or set allow_overlap=true")
-    key_data = {"pairs": [[p["pair_id"], p["chosen"], p["rejected"]] for p in pairs],
-                "policy": grown_by["sha256"], "validation": [q.id for q in validation],
-                "knobs": {k: getattr(cfg, k) for k in KNOBS}}
-    key = hashlib.sha256(json.dumps(key_data, sort_keys=True).encode()).hexdigest()[:16]
-    cached = cache_dir / f"{key}.json" if cache_dir else None
-    if cached and cached.exists():
-        return Estimate(**json.loads(cached.read_text()))
-
-    result = ReferencePath(pairs, cfg, task, policy, validation).run()
-    if cached:
-        with runs.atomic_file(cached) as tmp:
-            runs.write_json(tmp, asdict(result))
-    return result
+    return task, policy, validation
 
 
 class ReferencePath:
@@ -155,13 +164,39 @@ class ReferencePath:
         for p, saved in zip(self.params, weights):
             p.copy_(saved)
 
-    def validate(self) -> tuple[float, list[str]]:
-        """F on the validation questions: greedy dialogues, all batched together, the task's metric."""
+    def dialogues(self, questions=None):
+        """Greedy dialogues on the validation questions (or `questions`), all batched together."""
         cfg = self.cfg
-        dialogues = run_dialogues(start(self.validation, self.task.setting), self.backend,
-                                  DialogueConfig(cfg.max_turns, cfg.max_new_tokens, 0.0), cfg.seed)
+        return run_dialogues(start(questions or self.validation, self.task.setting), self.backend,
+                             DialogueConfig(cfg.max_turns, cfg.max_new_tokens, 0.0), cfg.seed)
+
+    def validate(self, questions=None) -> tuple[float, list[str]]:
+        """F on the validation questions (or `questions`: the task's metric) and their final answers."""
+        dialogues = self.dialogues(questions)
         scores = [dialogue_score(d, self.task.metric, self.tokenizer) for d in dialogues]
         return sum(scores) / len(scores), [d.final_answer for d in dialogues]
+
+    def validation_pairs(self) -> list[EncodedPair]:
+        """Loss influence's validation pairs, one per validation question: the first speaker's turn
+        giving the gold answer, preferred over the turn theta* gave there (questions theta* already
+        answers right carry no preference and are left out)."""
+        pairs = []
+        for d in self.dialogues():
+            first, gold = d.utterances[0], d.question.golds[0]
+            if first.answer is not None and same_answer(first.answer, gold):
+                continue
+            prompt = start([d.question], self.task.setting)[0].messages(0)
+            pairs.append(encode_pair(self.tokenizer, {"prompt": prompt, "chosen": f"{first.speaker}: <A>{gold}</A>",
+                                                      "rejected": first.text}))
+        if not pairs:
+            raise HarnessError("loss influence: theta* answers every validation question right at its first turn, "
+                               "so there is no validation pair to take a loss on")
+        return pairs
+
+    @torch.no_grad()
+    def validation_loss(self, pairs: list[EncodedPair], reference: torch.Tensor) -> float:
+        pad = self.tokenizer.pad_token_id
+        return dpo_loss(response_logps(self.model, pairs, pad), reference, self.beta).mean().item()
 
     def unit_optimizer(self, eta: float):
         return STEP_OPTIMIZERS[self.cfg.step_optimizer](self.params, eta)
@@ -190,25 +225,51 @@ class ReferencePath:
                     "using it", trials[-1]["eta"], 100 * trials[-1]["median_share"], 100 * cfg.eta_target_share)
         return trials[-1]["eta"], trials
 
-    def run(self) -> Estimate:
+    def warm_up(self) -> list[torch.Tensor]:
+        """LoRA DPO on the pool for warmup_steps: theta*, the point every unit steps from."""
         cfg, n = self.cfg, len(self.pairs)
-        started = time.time()
         warmup = torch.optim.AdamW(self.params, lr=cfg.warmup_lr, weight_decay=0.0)
         order = random.Random(cfg.seed).sample(range(n), n)
         for step in tqdm(range(cfg.warmup_steps), desc="influence warm-up", unit="step", file=sys.stderr,
                          dynamic_ncols=True):
             self.step(warmup, [order[(step * cfg.warmup_batch + j) % n] for j in range(cfg.warmup_batch)])
-        theta_star = [p.detach().clone() for p in self.params]
+        return [p.detach().clone() for p in self.params]
+
+    def loss_probe(self, theta_star) -> tuple[list[EncodedPair], torch.Tensor, float]:
+        """The validation pairs, their reference log-probabilities and the loss at theta*."""
+        self.restore(theta_star)
+        pairs = self.validation_pairs()
+        with torch.no_grad(), self.model.disable_adapter():
+            reference = response_logps(self.model, pairs, self.tokenizer.pad_token_id)
+        return pairs, reference, self.validation_loss(pairs, reference)
+
+    def loss_step(self, theta_star, unit: list[int], eta: float, probe) -> float:
+        """The validation loss after one step on `unit` from theta*."""
+        self.restore(theta_star)
+        self.step(self.unit_optimizer(eta), unit)
+        return self.validation_loss(probe[0], probe[1])
+
+    def run(self, kind: str = "metric") -> Estimate:
+        cfg = self.cfg
+        started = time.time()
+        theta_star = self.warm_up()
         warmed = time.time()
-        f_before, answers_before = self.validate()
-        units = make_units(n, cfg.unit_size, cfg.seed)
+        f_before, answers_before = self.validate() if kind == "metric" or cfg.eta_auto else (None, [])
+        units = make_units(len(self.pairs), cfg.unit_size, cfg.seed)
         eta, trials = self.calibrate(theta_star, units, answers_before) if cfg.eta_auto else (cfg.eta, [])
         calibrated = time.time()
+        if kind == "loss":
+            probe = self.loss_probe(theta_star)
+            f_before = probe[2]
         f_after, changed = [], []
-        for unit in tqdm(units, desc="influence units", unit="unit", file=sys.stderr, dynamic_ncols=True):
-            f, n_changed = self.unit_step(theta_star, unit, eta, answers_before)
-            f_after.append(f)
-            changed.append(n_changed)
+        for unit in tqdm(units, desc=f"{kind} influence units", unit="unit", file=sys.stderr, dynamic_ncols=True):
+            if kind == "loss":
+                f_after.append(self.loss_step(theta_star, unit, eta, probe))
+                changed.append(0)
+            else:
+                f, n_changed = self.unit_step(theta_star, unit, eta, answers_before)
+                f_after.append(f)
+                changed.append(n_changed)
         self.restore(theta_star)
         seconds = {"warmup": warmed - started, "calibration": calibrated - warmed, "units": time.time() - calibrated}
         return Estimate(units, f_before, f_after, changed, [q.id for q in self.validation], seconds,

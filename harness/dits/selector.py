@@ -1,4 +1,5 @@
-"""The DITS selector: H = minmax(I) + gamma * Q over influence units (gamma 0: influence alone)."""
+"""The DITS selector: H = minmax(I) + gamma * Q over influence units (gamma 0: influence alone), and
+its loss-based ablation."""
 
 from __future__ import annotations
 
@@ -11,15 +12,21 @@ from harness.selection import Scores, Selector
 
 
 class DITSSelector(Selector):
-    """The alpha fraction with the best minmax(influence) + gamma * Q (DITS)."""
+    """The alpha fraction with the best minmax(influence) + gamma * Q (DITS): influence on the
+    validation metric."""
+
+    kind = "metric"
+    influence = True
 
     def score(self, pairs: list[dict], cfg: SelectConfig) -> Scores:
         cache = Path(cfg.pairs).parent / "influence" if cfg.pairs else None
-        est = estimate(pairs, cfg, cache)
+        est = estimate(pairs, cfg, cache, self.kind)
         unit_i = influence(est.f_after, est.f_before, est.eta or cfg.eta)
+        if self.kind == "loss":  # a step that lowers the validation loss helps
+            unit_i = [-i for i in unit_i]
         per_pair = est.per_pair(unit_i, len(pairs))
         facts = {
-            "f_before": est.f_before, "f_after": est.f_after, "units": est.units,
+            "influence": self.kind, "f_before": est.f_before, "f_after": est.f_after, "units": est.units,
             "validation_ids": est.validation_ids, "seconds": est.seconds, "usage": est.usage,
             "eta": est.eta or cfg.eta, "eta_calibration": est.calibration,
             # The reference ranks by F(theta') itself; same order, recorded for comparison.
@@ -28,3 +35,10 @@ class DITSSelector(Selector):
         }
         return Scores(h=combined(per_pair, [p["q_chosen"] for p in pairs], cfg.gamma), influence=per_pair,
                       extra=facts)
+
+
+class LossInfluenceSelector(DITSSelector):
+    """The ablation the paper rejects: influence on the validation DPO loss instead of the metric
+    (one step per unit, then the loss on validation pairs: the gold answer over theta*'s turn)."""
+
+    kind = "loss"

@@ -10,6 +10,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from harness.report.records import Run
+from harness.selection import SELECTORS
 
 
 def metric_against_cost(points: pd.DataFrame, metric: dict[str, str], out: Path) -> list[Path]:
@@ -29,29 +30,35 @@ def metric_against_cost(points: pd.DataFrame, metric: dict[str, str], out: Path)
 
 
 def influence_panels(runs: list[Run], out: Path) -> list[Path]:
-    """Per task, for the DITS runs: Q against influence (scatter, one colour per iteration) and the
-    distribution of influence per iteration (box plots)."""
+    """Per task and influence selector (DITS, its loss ablation): Q against influence (scatter, one
+    colour per iteration) and the distribution of influence per iteration (box plots). Runs that
+    differ only by gamma share one estimate, so each pair counts once per seed."""
     paths = []
-    for task in dict.fromkeys(r.task for r in runs):
-        scored = [(run, it, run.selection_scores(it)) for run in runs if run.task == task and run.selector == "dits"
-                  for it in range(run.iterations)]
-        if not scored:
+    for task, selector in dict.fromkeys((r.task, r.selector) for r in runs if SELECTORS.get(r.selector).influence):
+        points: dict[int, dict[tuple, tuple[float, float]]] = {}
+        for run in runs:
+            if run.task == task and run.selector == selector and run.budget is None:
+                for it in range(run.iterations):
+                    for row in run.selection_scores(it):
+                        points.setdefault(it, {})[(run.seed, row["pair_id"])] = (row["I"], row["Q"])
+        if not points:
             continue
+        name = f"{task}_{selector}"
         fig = Figure(figsize=(6, 4))
         ax = fig.subplots()
-        by_iteration: dict[int, list[float]] = {}
-        for it in sorted({it for _, it, _ in scored}):
-            rows = [r for _, i, rows in scored if i == it for r in rows]
-            by_iteration[it] = [r["I"] for r in rows]
-            ax.scatter([r["I"] for r in rows], [r["Q"] for r in rows], s=12, alpha=0.6, label=f"iteration {it}")
-        ax.set(xlabel="influence I (per unit)", ylabel="Q of the chosen response", title=f"{task}: Q against influence")
+        for it, rows in sorted(points.items()):
+            ax.scatter([i for i, _ in rows.values()], [q for _, q in rows.values()], s=12, alpha=0.6,
+                       label=f"iteration {it}")
+        ax.set(xlabel="influence I (per unit)", ylabel="Q of the chosen response",
+               title=f"{task}, {selector}: Q against influence")
         ax.legend(fontsize="small")
-        paths.append(_save(fig, out / f"{task}_q_vs_influence.png"))
+        paths.append(_save(fig, out / f"{name}_q_vs_influence.png"))
         fig = Figure(figsize=(6, 4))
         ax = fig.subplots()
-        ax.boxplot(list(by_iteration.values()), tick_labels=[str(i) for i in by_iteration])
-        ax.set(xlabel="iteration", ylabel="influence I", title=f"{task}: influence per iteration")
-        paths.append(_save(fig, out / f"{task}_influence_by_iteration.png"))
+        ax.boxplot([[i for i, _ in rows.values()] for _, rows in sorted(points.items())],
+                   tick_labels=[str(it) for it in sorted(points)])
+        ax.set(xlabel="iteration", ylabel="influence I", title=f"{task}, {selector}: influence per iteration")
+        paths.append(_save(fig, out / f"{name}_influence_by_iteration.png"))
     return paths
 
 

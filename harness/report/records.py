@@ -13,6 +13,7 @@ from functools import cached_property
 from pathlib import Path
 
 from harness.errors import HarnessError
+from harness.selection import SELECTORS
 from harness.train.loop import SELECTION_KEYS, stage_cost
 from tasks.base import read_jsonl
 
@@ -52,9 +53,9 @@ class Run:
         """The selector as a suite names it: `dits:gamma=0`, `random`, `qvalue:alpha=0.3`."""
         select = self.config["select"]
         knobs = []
-        if self.selector == "dits":
+        if SELECTORS.get(self.selector).influence:
             knobs.append(f"gamma={select['gamma']:g}")
-        if self.selector != "optima_full" and select["alpha"] != 0.5:
+        if not SELECTORS.get(self.selector).keeps_all and select["alpha"] != 0.5:
             knobs.append(f"alpha={select['alpha']:g}")
         return self.selector + (":" + ",".join(knobs) if knobs else "")
 

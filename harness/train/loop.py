@@ -158,7 +158,7 @@ def make_plan(file: str | None, overrides: list[str] | None = None, **flags) -> 
     except (TypeError, ValueError) as e:
         raise HarnessError(f"trl rejects the training config: {e}") from None
 
-    rid = runs.run_id("run", selector=run.selector, gamma=select.gamma if run.selector == "dits" else None,
+    rid = runs.run_id("run", selector=run.selector, gamma=select.gamma if SELECTORS.get(run.selector).influence else None,
                       alpha=None if SELECTORS.get(run.selector).keeps_all else select.alpha, task=run.task,
                       model=run.model, seed=run.seed, iterations=run.iterations, budget=run.budget)
     root = Path(run.out) if run.out else Path("runs") / run.suite
@@ -232,8 +232,8 @@ class Pipeline:
 
     def select_line(self) -> str:
         s = self.plan.select
-        if s.selector == "dits":
-            return (f"dits: {s.warmup_steps} LoRA DPO warm-up steps, then per unit of {s.unit_size} pairs one step "
+        if SELECTORS.get(s.selector).influence:
+            return (f"{s.selector}: {s.warmup_steps} LoRA DPO warm-up steps, then per unit of {s.unit_size} pairs one step "
                     f"and {s.validation_size} greedy validation dialogues; keep alpha={s.alpha}")
         return f"{s.selector}: keep {'every pair' if SELECTORS.get(s.selector).keeps_all else f'alpha={s.alpha}'}"
 
@@ -329,7 +329,7 @@ def check_pools(plan: Plan) -> dict:
     pools = {"sft": train[:run.sft_questions],
              "mcts": train[run.sft_questions:run.sft_questions + synth.questions],
              "probe": train[run.sft_questions + synth.questions:need]}
-    if select.selector == "dits":
+    if SELECTORS.get(select.selector).influence:
         pools["influence_validation"] = task.load(select.val_split, run.data_dir, select.validation_size, run.online)
     pools["test"] = task.load("test", run.data_dir, run.test_questions, run.online)
     for name, pool in pools.items():

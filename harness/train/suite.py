@@ -15,6 +15,7 @@ from tabulate import tabulate
 
 from harness import runs
 from harness.errors import HarnessError
+from harness.selection import SELECTORS
 from harness.train.loop import execute, make_plan, parse_selector
 
 
@@ -43,7 +44,7 @@ def run_suite(file: str | None, overrides: list[str] | None, selectors: list[str
                        **(flags | {"seed": seed, "budget": f"{key}={value}"}))
              for seed in seeds for key, value in points for spec in selectors
              # an influence budget changes only what DITS computes
-             if key.startswith("synth.") or parse_selector(spec)[0] == "dits"]
+             if key.startswith("synth.") or SELECTORS.get(parse_selector(spec)[0]).influence]
     results = []
     for spec, plan in plans + [(None, plan) for plan in swept]:
         progress(f"== {plan.run_id}")
