@@ -1,5 +1,5 @@
-"""The `harness` command line: run, suite, eval, synth, select, train, report, leaderboard, check, data, ls,
-validate. Commands that run take
+"""The `harness` command line: run, suite, eval, synth, select, train, analyze, report, leaderboard, check,
+data, ls, validate. Commands that run take
 `--config FILE` and `key=value` overrides; bad input answers one line and exit status 2."""
 
 from __future__ import annotations
@@ -114,6 +114,24 @@ def cmd_suite(args) -> int:
     table = run_suite(args.config, args.overrides, split_selectors(args.selectors), seeds, flags, args.budgets,
                       progress=lambda line: print(line, file=sys.stderr))
     print(suite_table(table))
+    return 0
+
+
+def cmd_analyze_influence(args) -> int:
+    from pathlib import Path
+
+    from harness.dits.analyze import analyze, write
+    from harness.selection import read_pairs
+
+    cfg = cfgmod.build(SelectConfig, args.config, args.overrides, pairs=args.pairs, seed=args.seed)
+    _offline(cfg.online)
+    result = analyze(read_pairs(Path(args.pairs)), cfg, args.units, args.steps, args.eval_split,
+                     args.eval_size or cfg.validation_size)
+    out = Path(args.out) if args.out else Path(args.pairs).parent / "analyze_influence"
+    write(result, out)
+    print(tabulate([[name, "-" if rho is None else f"{rho:+.3f}"] for name, rho in result["spearman"].items()],
+                   ["estimate", f"Spearman with the true gain ({result['units']} units)"], tablefmt="github"))
+    print(f"analysis: {out}")
     return 0
 
 
@@ -390,6 +408,21 @@ def parser() -> argparse.ArgumentParser:
     sel.add_argument("--out", help="run directory")
     common(sel)
     sel.set_defaults(fn=cmd_select)
+
+    an = sub.add_parser("analyze", help="analyses of a selection's estimates")
+    asub = an.add_subparsers(dest="analyze_command", required=True)
+    ai = asub.add_parser("influence", help="metric influence, loss influence and Q against the true gain of "
+                                           "training on a unit; Spearman and a scatter plot")
+    ai.add_argument("--pairs", required=True, help="pairs.jsonl written by harness synth")
+    ai.add_argument("--units", type=int, required=True, help="how many units (K) to train on and evaluate")
+    ai.add_argument("--steps", type=int, default=4, help="optimizer steps on a unit for its true gain")
+    ai.add_argument("--eval-split", dest="eval_split", default="test",
+                    help="held-out questions for the true gain (disjoint from the validation split)")
+    ai.add_argument("--eval-size", dest="eval_size", type=int, help="default: the validation size")
+    ai.add_argument("--seed", type=int)
+    ai.add_argument("--out", help="directory (default: <pairs dir>/analyze_influence)")
+    common(ai)
+    ai.set_defaults(fn=cmd_analyze_influence)
 
     def report_common(sp):
         sp.add_argument("--suite", required=True, help="suite name (runs/<name>) or suite directory")

@@ -122,3 +122,26 @@ def test_loss_influence_scores_units_by_the_validation_loss_they_remove(pairs_fi
     for r, f in zip(rows, facts["reference_rank_value"]):
         assert r["I"] == pytest.approx((facts["f_before"] - f) / facts["eta"])
     assert len({r["I"] for r in rows}) == len(facts["units"])  # one value per unit, none tied
+
+
+def test_analyze_influence_ranks_estimates_against_the_true_gain(pairs_file, tmp_path, capsys):
+    from scipy import stats
+
+    out = tmp_path / "analysis"
+    assert main(["analyze", "influence", "--pairs", str(pairs_file), "--units", "6", "--steps", "8",
+                 "--eval-size", "12", "--out", str(out), *KNOBS, "unit_size=1"]) == 0
+    assert "Spearman with the true gain (6 units)" in capsys.readouterr().out
+    result = json.loads((out / "analysis.json").read_text())
+    rows = [json.loads(line) for line in (out / "units.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and sorted(i for r in rows for i in r["unit"]) == list(range(6))
+    assert set(result["evaluation_ids"]).isdisjoint(result["validation_ids"])
+    assert all(rho is not None for rho in result["spearman"].values())  # six units rank differently here
+    for name in ("metric_influence", "loss_influence", "q"):
+        xs, gains = [r[name] for r in rows], [r["true_gain"] for r in rows]
+        rho = result["spearman"][name]
+        assert rho is None if len(set(xs)) < 2 or len(set(gains)) < 2 else rho == pytest.approx(
+            stats.spearmanr(xs, gains).statistic)
+    assert (out / "influence_vs_gain.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["analyze", "influence", "--pairs", str(pairs_file), "--units", "3", "--eval-split", "validation",
+                 "--out", str(tmp_path / "bad"), *KNOBS]) == 2
+    assert "must exist and be disjoint" in capsys.readouterr().err and not (tmp_path / "bad").exists()

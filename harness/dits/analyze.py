@@ -1,0 +1,93 @@
+"""`harness analyze influence`: how well each estimate predicts the real gain of training on a unit.
+
+For K units of the pool, from theta* (the warmed-up adapter): the metric influence (DITS: one step,
+then F on the validation questions), the loss influence (one step, then the validation DPO loss),
+and the unit's mean Q; against the true gain: `steps` optimizer steps on the unit, then F on
+held-out evaluation questions (disjoint from the validation ones and the pairs'), minus F at theta*.
+Spearman's rank correlation of each estimate with the true gain, and a scatter plot per estimate
+(the paper's Figure 2a question: does the estimate rank units the way training on them pays?).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+from scipy import stats
+from tqdm.auto import tqdm
+
+from harness import runs
+from harness.config import SelectConfig
+from harness.dits.influence import ReferencePath, make_units, prepare
+from harness.errors import HarnessError
+
+ESTIMATES = ("metric_influence", "loss_influence", "q")
+
+
+def analyze(pairs: list[dict], cfg: SelectConfig, units: int, steps: int, eval_split: str,
+            eval_size: int) -> dict:
+    if units < 2 or steps < 1:
+        raise HarnessError(f"--units must be at least 2 (a correlation needs two points) and --steps at least 1; "
+                           f"got {units} and {steps}")
+    task, policy, validation = prepare(pairs, cfg)
+    evaluation = task.load(eval_split, cfg.data_dir, eval_size, cfg.online)
+    taken = {q.id for q in validation} | {p["question_id"] for p in pairs}
+    if not evaluation or taken & {q.id for q in evaluation}:
+        raise HarnessError(f"{task.name}/{eval_split}: the evaluation questions must exist and be disjoint from the "
+                           f"validation questions ({cfg.val_split}) and the pairs' questions; choose another --eval-split")
+    path = ReferencePath(pairs, cfg, task, policy, validation)
+    theta_star = path.warm_up()
+    f_before, answers_before = path.validate()
+    probe = path.loss_probe(theta_star)
+    g_before, _ = path.validate(evaluation)
+    chosen = make_units(len(pairs), cfg.unit_size, cfg.seed)[:units]
+    rows = []
+    for unit in tqdm(chosen, desc="influence against gain", unit="unit", file=sys.stderr, dynamic_ncols=True):
+        f, _ = path.unit_step(theta_star, unit, cfg.eta, answers_before)
+        loss = path.loss_step(theta_star, unit, cfg.eta, probe)
+        path.restore(theta_star)
+        optimizer = path.unit_optimizer(cfg.eta)
+        for _ in range(steps):
+            path.step(optimizer, unit)
+        g, _ = path.validate(evaluation)
+        rows.append({"unit": unit, "pair_ids": [pairs[i]["pair_id"] for i in unit],
+                     "metric_influence": (f - f_before) / cfg.eta, "loss_influence": (probe[2] - loss) / cfg.eta,
+                     "q": sum(pairs[i]["q_chosen"] for i in unit) / len(unit), "true_gain": g - g_before})
+    path.restore(theta_star)
+    return {"task": task.name, "policy": policy, "units": len(rows), "steps": steps, "eta": cfg.eta,
+            "validation_ids": [q.id for q in validation], "evaluation_ids": [q.id for q in evaluation],
+            "f_before": f_before, "loss_before": probe[2], "evaluation_before": g_before,
+            "spearman": {name: spearman([r[name] for r in rows], [r["true_gain"] for r in rows]) for name in ESTIMATES},
+            "rows": rows}
+
+
+def spearman(x: list[float], y: list[float]) -> float | None:
+    """Spearman's rho, or None where either side is constant (no ranking to compare)."""
+    if len(set(x)) < 2 or len(set(y)) < 2:
+        return None
+    rho = stats.spearmanr(x, y).statistic
+    return None if math.isnan(rho) else float(rho)
+
+
+def plot(result: dict, path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(12, 3.6))
+    axes = fig.subplots(1, len(ESTIMATES))
+    gains = [r["true_gain"] for r in result["rows"]]
+    for ax, name in zip(axes, ESTIMATES):
+        rho = result["spearman"][name]
+        ax.scatter([r[name] for r in result["rows"]], gains, s=18)
+        ax.set(xlabel=name.replace("_", " "), ylabel=f"true gain ({result['steps']} steps)",
+               title=f"Spearman {'-' if rho is None else f'{rho:+.2f}'}")
+    fig.suptitle(f"{result['task']}: estimates against the gain of training on a unit ({result['units']} units)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def write(result: dict, out: Path) -> None:
+    with runs.run_directory(out) as tmp:
+        runs.write_json(tmp / "analysis.json", {k: v for k, v in result.items() if k != "rows"})
+        runs.write_jsonl(tmp / "units.jsonl", result["rows"])
+        plot(result, tmp / "influence_vs_gain.png")
