@@ -232,9 +232,12 @@ class Pipeline:
 
     def select_line(self) -> str:
         s = self.plan.select
-        if SELECTORS.get(s.selector).influence:
-            return (f"{s.selector}: {s.warmup_steps} LoRA DPO warm-up steps, then per unit of {s.unit_size} pairs one step "
-                    f"and {s.validation_size} greedy validation dialogues; keep alpha={s.alpha}")
+        selector = SELECTORS.get(s.selector)
+        if selector.influence:
+            scored = (f"{s.validation_size} greedy validation dialogues" if selector.kind == "metric" else
+                      f"the DPO loss on up to {s.validation_size} validation pairs")
+            return (f"{s.selector}: {s.warmup_steps} LoRA DPO warm-up steps, then per unit of {s.unit_size} pairs one "
+                    f"step and {scored}; keep alpha={s.alpha}")
         return f"{s.selector}: keep {'every pair' if SELECTORS.get(s.selector).keeps_all else f'alpha={s.alpha}'}"
 
     # -- stages ------------------------------------------------------------------------------
