@@ -264,5 +264,13 @@ def as_dict(config) -> dict:
     return dataclasses.asdict(config)
 
 
+def recorded(section: str, values: dict) -> dict:
+    """A section of a recorded config with the keys added to the harness since it was recorded at
+    their defaults: a run record stays comparable (and resumable) when a knob is added."""
+    cls = next(c for c in CONFIG_CLASSES if c.section == section)
+    defaults = {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+    return defaults | values
+
+
 def presets() -> dict[str, Path]:
     return {p.stem: p for p in sorted(CONFIGS.glob("*.yaml"))}

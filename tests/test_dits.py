@@ -145,3 +145,18 @@ def test_analyze_influence_ranks_estimates_against_the_true_gain(pairs_file, tmp
     assert main(["analyze", "influence", "--pairs", str(pairs_file), "--units", "3", "--eval-split", "validation",
                  "--out", str(tmp_path / "bad"), *KNOBS]) == 2
     assert "must exist and be disjoint" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_response_logps_scores_only_the_responses_of_a_padded_batch():
+    import torch
+
+    from harness import models
+    from harness.dits.dpo import EncodedPair, response_logps
+
+    model, tokenizer, _ = models.load("tiny-fitted")
+    pairs = [EncodedPair([5, 6, 7, 8], [9, 10], [11, 12, 13]), EncodedPair([5, 6], [9, 10, 14, 15], [11])]
+    got = response_logps(model, pairs, tokenizer.pad_token_id)
+    with torch.no_grad():  # one unpadded sequence at a time, every position's logits
+        want = [[sum(torch.log_softmax(model(input_ids=torch.tensor([p.prompt + r])).logits[0].float(), -1)[
+            len(p.prompt) - 1 + i, t].item() for i, t in enumerate(r)) for r in (p.chosen, p.rejected)] for p in pairs]
+    assert torch.allclose(got, torch.tensor(want), atol=1e-4)

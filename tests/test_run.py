@@ -233,3 +233,14 @@ def test_each_training_stage_runs_alone(suite, tmp_path):
     assert main(["train", "--stage", "dpo", "--config", "smoke", "--task", "mmlu", "--model", str(sft_out / "model"),
                  "--data", str(selected), "--out", str(dpo_out)]) == 0
     assert (dpo_out / "model" / "model.safetensors").is_file() and read_jsonl(dpo_out / "train_log.jsonl")
+
+
+def test_keys_added_since_a_run_started_are_no_change_at_their_defaults():
+    plan = make_plan("smoke", [], selector="dits", task="arc_c")
+    configs = json.loads(json.dumps(plan.configs()))
+    old = {section: {k: v for k, v in values.items() if k != "eta_auto"} for section, values in configs.items()}
+    assert loop._changed(old, plan.configs()) == []
+    old["select"]["eta"] = 1.0
+    assert loop._changed(old, plan.configs()) == ["select.eta"]
+    new = make_plan("smoke", ["select.eta_auto=true"], selector="dits", task="arc_c").configs()
+    assert loop._changed(configs, new) == ["select.eta_auto"]

@@ -42,16 +42,22 @@ def response_logps(model, pairs: list[EncodedPair], pad_id: int) -> torch.Tensor
     width = max(len(a) + len(b) for a, b in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros_like(ids)
-    scored = torch.zeros(len(seqs), width - 1, dtype=torch.bool)
+    scored = torch.zeros(len(seqs), width, dtype=torch.bool)
     for row, (prompt, resp) in enumerate(seqs):
         n = len(prompt) + len(resp)
         ids[row, :n] = torch.tensor(prompt + resp)
         mask[row, :n] = 1
         scored[row, len(prompt) - 1:n - 1] = True  # position t predicts token t + 1
     device = next(model.parameters()).device
-    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, :-1].float()
-    token_lp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1)
-    return (token_lp * scored.to(device)).sum(-1).view(len(pairs), 2)
+    ids, mask, scored = ids.to(device), mask.to(device), scored.to(device)
+    # Logits of the response positions only: the full (rows, width, vocab) tensor of long prompts and
+    # its softmax took tens of GB in the backward pass (SmolLM2's 49k vocabulary on CBT prompts).
+    logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=scored).logits
+    logits = logits.reshape(-1, logits.shape[-1]).float()  # (scored positions, vocab), row-major
+    targets = torch.roll(ids, -1, dims=1)[scored]
+    token_lp = torch.log_softmax(logits, -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    rows = scored.nonzero()[:, 0]
+    return torch.zeros(len(seqs), device=device, dtype=token_lp.dtype).index_add(0, rows, token_lp).view(len(pairs), 2)
 
 
 def dpo_loss(policy: torch.Tensor, reference: torch.Tensor, beta: float) -> torch.Tensor:

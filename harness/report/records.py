@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+from harness import config as cfgmod
 from harness.errors import HarnessError
 from harness.selection import SELECTORS
 from harness.train.loop import SELECTION_KEYS, stage_cost
@@ -30,7 +31,7 @@ class Run:
 
     @property
     def config(self) -> dict:
-        return self.spec["config"]
+        return {section: cfgmod.recorded(section, values) for section, values in self.spec["config"].items()}
 
     @property
     def task(self) -> str:

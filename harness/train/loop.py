@@ -408,8 +408,9 @@ def stage_cost(name: str, path: Path) -> dict:
 
 
 def _changed(old: dict, new: dict) -> list[str]:
+    old = {section: cfgmod.recorded(section, old.get(section, {})) for section in new}
     return sorted(f"{section}.{k}" for section in new for k in new[section]
-                  if old.get(section, {}).get(k) != json.loads(json.dumps(new[section][k], default=str)))
+                  if old[section].get(k) != json.loads(json.dumps(new[section][k], default=str)))
 
 
 def _status(plan: Plan, state: str, stage: str | None) -> None:
