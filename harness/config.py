@@ -119,6 +119,7 @@ class SelectConfig:
     eta_calibration_units: int = 3
     eta_auto_steps: int = 6
     step_optimizer: str = "adamw"  # the unit step: "adamw" (a fresh AdamW's first step, as the reference) or "sgd"
+    micro_batch: int = 1  # pairs per forward and backward pass in a warm-up or unit step (gradients accumulate)
     beta: float | None = None  # DPO beta; default: the task's recipe
     lora_r: int = 32
     lora_alpha: int = 32
