@@ -145,10 +145,10 @@ def _report(args):
 def cmd_report(args) -> int:
     from pathlib import Path
 
-    from harness.report.build import write_into
+    from harness.report.build import output_dir, write_into
 
     report = _report(args)
-    out = Path(args.out) if args.out else report.suite / "report"
+    out = output_dir(report, Path(args.out) if args.out else report.suite / "report")
     with runs.run_directory(out) as tmp:
         names = write_into(report, tmp)
     shown = report.tables()
@@ -162,10 +162,11 @@ def cmd_report(args) -> int:
 def cmd_leaderboard(args) -> int:
     from pathlib import Path
 
+    from harness.report.build import output_dir
     from harness.report.leaderboard import publish
 
     report = _report(args)
-    out = Path(args.publish) / report.suite.name if args.publish else report.suite / "leaderboard"
+    out = output_dir(report, Path(args.publish) / report.suite.name if args.publish else report.suite / "leaderboard")
     names = publish(report, out, with_records=bool(args.publish))
     print(report.tables()["comparison"][1].to_markdown(index=False))
     print(f"\nleaderboard: {out / 'leaderboard.html'} ({len(names)} files)")
@@ -180,7 +181,7 @@ def cmd_check(args) -> int:
     report = _report(args)
     against = Path(args.against)
     if args.bless:
-        reference = bless(report.comparison, report.suite.name, against, args.tolerance)
+        reference = bless(report.comparison, report.suite.name, against, args.tolerance, args.keep_lowest)
         print(f"blessed {len(reference['scores'])} scores of {report.suite} into {against}")
         return 0
     result = check(report.comparison, read_reference(against))
@@ -444,6 +445,8 @@ def parser() -> argparse.ArgumentParser:
     ch.add_argument("--against", required=True, help="reference file, e.g. results/reference/smoke-arc_c.json")
     ch.add_argument("--bless", action="store_true", help="write the suite's scores as the new reference")
     ch.add_argument("--tolerance", type=float, default=0.01, help="with --bless: how far a score may drop")
+    ch.add_argument("--keep-lowest", dest="keep_lowest", action="store_true",
+                    help="with --bless: merge with the reference, each score the lowest either gave (another CPU's)")
     ch.set_defaults(fn=cmd_check)
 
     data = sub.add_parser("data", help="list, fetch or build task data")

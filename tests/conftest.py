@@ -37,7 +37,7 @@ SMOKE_ARGS = ["--config", "smoke", "--task", "arc_c"]
 
 @pytest.fixture(scope="session")
 def smoke_suite(tmp_path_factory):
-    """The smoke preset's suite on MMLU: every selector with seeds 0 and 1, and one influence budget
+    """The smoke preset's suite on ARC-C: every selector with seeds 0 and 1, and one influence budget
     point (validation_size 2) for the DITS runs. Shared by the run and report tests."""
     from harness.cli import main
 

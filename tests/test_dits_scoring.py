@@ -40,3 +40,18 @@ def test_resolution_counts_distinct_values_ties_and_changed_answers():
     r = resolution([0.2, 0.2, 0.3, 0.25, 0.3], [0, 2, 5, 1, 4], validation_size=20)
     assert (r["distinct_values"], r["tied_units"]) == (3, 4)
     assert (r["changed_answers_median"], r["changed_answers_min"], r["changed_answers_max"]) == (2, 0, 5)
+    assert resolution([0.2, 0.3], [1, 4], validation_size=20)["changed_answers_median"] == 2.5
+    assert "changed_answers_median" not in resolution([0.2, 0.3], [], validation_size=20)  # no dialogues after a step
+
+
+@pytest.mark.parametrize("x, y, rho", [
+    ([1, 2, 3, 4], [10, 20, 30, 40], 1.0),
+    ([1, 2, 3, 4], [4, 3, 2, 1], -1.0),
+    ([1, 2, 3], [1, 3, 2], 0.5),  # 1 - 6 * (0 + 1 + 1) / (3 * 8)
+    ([1, 1, 1], [1, 2, 3], None),  # a constant estimate ranks nothing
+    ([1, 2, 3], [0, 0, 0], None),
+])
+def test_spearman(x, y, rho):
+    from harness.dits.analyze import spearman
+
+    assert spearman(x, y) == (None if rho is None else pytest.approx(rho))

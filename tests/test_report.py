@@ -23,15 +23,15 @@ from harness.train.suite import budget_points
 REFERENCE = Path(__file__).resolve().parents[1] / "results" / "reference" / "smoke-arc_c.json"
 
 
-@pytest.mark.parametrize("pairs, diff, low, high, n", [
-    ([(1, 0), (1, 0)], 1.0, 1.0, 1.0, 2),  # no spread: a zero-width interval
+@pytest.mark.parametrize("diffs, diff, low, high, n", [
+    ([1, 1], 1.0, 1.0, 1.0, 2),  # no spread: a zero-width interval
     # sd of (1, 0, 0) over sqrt(3) is 1/3; t(0.975, 2) = 4.302653
-    ([(1, 0), (0, 0), (0, 0)], 1 / 3, (1 - 4.302653) / 3, (1 + 4.302653) / 3, 3),
-    ([(0.5, 0.25)], 0.25, None, None, 1),  # one pair: no interval
+    ([1, 0, 0], 1 / 3, (1 - 4.302653) / 3, (1 + 4.302653) / 3, 3),
+    ([0.25], 0.25, None, None, 1),  # one item: no interval
     ([], None, None, None, 0),
 ])
-def test_paired_difference(pairs, diff, low, high, n):
-    got = tables.paired_difference(pairs)
+def test_paired_difference(diffs, diff, low, high, n):
+    got = tables.paired_difference(diffs)
     assert got["n"] == n
     for key, want in (("diff", diff), ("low", low), ("high", high)):
         assert got[key] == (None if want is None else pytest.approx(want, abs=1e-6))
@@ -109,7 +109,8 @@ def test_comparison_pairs_the_same_test_items_across_seeds(report):
             "initial" if policy == "initial" else "dpo")["mean"] for s in (0, 1)]
         base = [runs[("random", s)].score("dpo")["mean"] for s in (0, 1)]
         assert table.loc[policy, "vs_random"] == pytest.approx(sum(mine) / 2 - sum(base) / 2)
-        assert table.loc[policy, "vs_random_n"] == 2 * table.loc[policy, "questions"]  # 2 seeds x the test items
+        # the items repeat in both seeds: each item's differences are averaged, items are the draws
+        assert table.loc[policy, "vs_random_n"] == table.loc[policy, "questions"]
         assert table.loc[policy, "vs_random_low"] <= table.loc[policy, "vs_random"] <= table.loc[policy, "vs_random_high"]
     assert pd.isna(table.loc["random", "vs_random"]) and table.loc["optima_full", "vs_optima_full_n"] == 0
     assert pd.isna(table.loc["initial", "pairs_trained"]) and table.loc["optima_full", "pairs_trained"] > 0
@@ -118,10 +119,10 @@ def test_comparison_pairs_the_same_test_items_across_seeds(report):
 def test_cost_ledger_totals_and_shared_stages(report):
     book = report.ledger
     stages = book[book["stage"] != "total"]
-    for (label, seed), rows in stages.groupby(["policy", "seed"]):
+    for (label, seed, budget), rows in stages.groupby(["policy", "seed", "budget"]):
         total = book[(book["stage"] == "total") & (book["policy"] == label) & (book["seed"] == seed)
-                     & (book["budget"] == rows["budget"].iloc[0])]
-        assert len(total) >= 1
+                     & (book["budget"] == budget)]
+        assert len(total) == 1 and total["wall_seconds"].iloc[0] == pytest.approx(rows["wall_seconds"].sum())
     one = book[(book["policy"] == "dits:gamma=1") & (book["seed"] == 0) & (book["budget"] == "")]
     total = one[one["stage"] == "total"].iloc[0]
     parts = one[one["stage"] != "total"]
@@ -139,7 +140,9 @@ def test_cost_ledger_totals_and_shared_stages(report):
     dits_select = stages[stages["policy"].str.startswith("dits") & (stages["stage"] == "it0/select")
                          & (stages["seed"] == 0) & (stages["budget"] == "")]
     assert len(dits_select) == 2 and (dits_select["device_seconds"] >= select["influence_seconds"]).all()
-    assert dits_select["wall_seconds"].min() < select["influence_seconds"]  # one of them reused it
+    # the one that reused it is charged the seconds it took where it was computed
+    extra = sorted(dits_select["device_seconds"] - dits_select["wall_seconds"])
+    assert extra == pytest.approx([0.0, select["influence_seconds"]])
     random_select = stages[(stages["policy"] == "random") & (stages["stage"] == "it0/select")].iloc[0]
     assert random_select["category"] == "selection" and random_select["influence_units"] == 0
 
@@ -163,6 +166,14 @@ def test_report_writes_every_table_in_four_formats_and_the_plots(smoke_suite, tm
     numbers = pd.read_csv(out / "comparison.csv")
     assert list(numbers["policy"])[:3] == ["initial", "sft", "optima_full"] and numbers["mean"].between(0, 1).all()
     assert "\\pm" in (out / "comparison.tex").read_text()
+    # other baselines: their differences instead
+    assert main(["report", "--suite", str(smoke_suite), "--out", str(tmp_path / "vs_q"), "--baselines", "qvalue"]) == 0
+    printed = capsys.readouterr().out
+    assert "Δ vs qvalue [95% CI]" in printed and "Δ vs random" not in printed
+    # a report never writes over the suite's records
+    assert main(["report", "--suite", str(smoke_suite), "--out", str(smoke_suite)]) == 2
+    assert main(["leaderboard", "--suite", str(smoke_suite), "--publish", str(smoke_suite.parent)]) == 2
+    assert "would replace the suite's own records" in capsys.readouterr().err
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert pngs == ["arc_c_dits_influence_by_iteration.png", "arc_c_dits_q_vs_influence.png", "arc_c_metric_vs_cost.png"]
     assert all((out / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
@@ -194,9 +205,10 @@ def test_leaderboard_refuses_unfinished_and_mismatched_runs(smoke_suite, tmp_pat
     status.write_text(json.dumps({"state": "complete", "stage": None, "time": 0}))
     spec = json.loads((run / "run_spec.json").read_text())
     spec["config"]["run"]["sft_lr"] = 0.1
+    spec["config"]["run"]["dpo_lr"] = 0.1  # a training key: not shared stages, but what is compared
     (run / "run_spec.json").write_text(json.dumps(spec))
     assert main(["leaderboard", "--suite", str(copy)]) == 2
-    assert "differ in run.sft_lr" in capsys.readouterr().err and not (copy / "leaderboard").exists()
+    assert "differ in run.dpo_lr, run.sft_lr" in capsys.readouterr().err and not (copy / "leaderboard").exists()
 
 
 class _Rows(HTMLParser):
@@ -279,6 +291,14 @@ def test_check_passes_against_the_recorded_reference_and_fails_below_it(smoke_su
     blessed = tmp_path / "blessed.json"
     assert main(["check", "--suite", str(smoke_suite), "--against", str(blessed), "--bless", "--tolerance", "0"]) == 0
     assert main(["check", "--suite", str(smoke_suite), "--against", str(blessed)]) == 0
+    # another machine's reference, merged: each score the lower of the two, both machines listed
+    assert main(["check", "--suite", str(smoke_suite), "--against", str(worse), "--bless", "--keep-lowest"]) == 0
+    merged = json.loads(worse.read_text())
+    ours = {s["policy"]: s["mean"] for s in json.loads(blessed.read_text())["scores"]}
+    theirs = {s["policy"]: s["mean"] for s in raised["scores"]}
+    assert {s["policy"]: s["mean"] for s in merged["scores"]} == {p: min(ours[p], theirs[p]) for p in ours}
+    assert len(merged["machines"]) == 1 + len(raised.get("machines", []))
+    assert main(["check", "--suite", str(smoke_suite), "--against", str(worse)]) == 0
 
 
 def test_check_reports_missing_rows_and_bad_reference_files(report, tmp_path, capsys):

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from harness import runs
 from harness.config import SelectConfig
 from harness.dits.influence import ReferencePath, make_units, prepare
+from harness.dits.scoring import influence
 from harness.errors import HarnessError
 
 ESTIMATES = ("metric_influence", "loss_influence", "q")
@@ -38,24 +39,28 @@ def analyze(pairs: list[dict], cfg: SelectConfig, units: int, steps: int, eval_s
                            f"validation questions ({cfg.val_split}) and the pairs' questions; choose another --eval-split")
     path = ReferencePath(pairs, cfg, task, policy, validation)
     theta_star = path.warm_up()
-    f_before, answers_before = path.validate()
-    probe = path.loss_probe(theta_star)
+    at_theta_star = path.dialogues()
+    f_before, answers_before = path.score(at_theta_star)
+    probe = path.loss_probe(theta_star, at_theta_star)
     g_before, _ = path.validate(evaluation)
-    chosen = make_units(len(pairs), cfg.unit_size, cfg.seed)[:units]
+    all_units = make_units(len(pairs), cfg.unit_size, cfg.seed)
+    eta = path.calibrate(theta_star, all_units, answers_before)[0] if cfg.eta_auto else cfg.eta
     rows = []
-    for unit in tqdm(chosen, desc="influence against gain", unit="unit", file=sys.stderr, dynamic_ncols=True):
-        f, _ = path.unit_step(theta_star, unit, cfg.eta, answers_before)
-        loss = path.loss_step(theta_star, unit, cfg.eta, probe)
+    for unit in tqdm(all_units[:units], desc="influence against gain", unit="unit", file=sys.stderr,
+                     dynamic_ncols=True):
+        f, _ = path.unit_step(theta_star, unit, eta, answers_before)
+        loss = path.loss_step(theta_star, unit, eta, probe)
         path.restore(theta_star)
-        optimizer = path.unit_optimizer(cfg.eta)
+        optimizer = path.unit_optimizer(eta)
         for _ in range(steps):
             path.step(optimizer, unit)
         g, _ = path.validate(evaluation)
+        (metric,), (lowered,) = influence([f], f_before, eta), influence([probe[2]], loss, eta)
         rows.append({"unit": unit, "pair_ids": [pairs[i]["pair_id"] for i in unit],
-                     "metric_influence": (f - f_before) / cfg.eta, "loss_influence": (probe[2] - loss) / cfg.eta,
+                     "metric_influence": metric, "loss_influence": lowered,
                      "q": sum(pairs[i]["q_chosen"] for i in unit) / len(unit), "true_gain": g - g_before})
     path.restore(theta_star)
-    return {"task": task.name, "policy": policy, "units": len(rows), "steps": steps, "eta": cfg.eta,
+    return {"task": task.name, "policy": policy, "units": len(rows), "steps": steps, "eta": eta,
             "validation_ids": [q.id for q in validation], "evaluation_ids": [q.id for q in evaluation],
             "f_before": f_before, "loss_before": probe[2], "evaluation_before": g_before,
             "spearman": {name: spearman([r[name] for r in rows], [r["true_gain"] for r in rows]) for name in ESTIMATES},

@@ -4,10 +4,11 @@ Faithful to the reference procedure (section 8.2-8.3 of the Optima/DITS report) 
 correctness oracle: a LoRA adapter is warmed up with DPO on the pool (theta*); then, per unit,
 the adapter is restored to theta*, a fresh optimizer takes one step of the DPO loss on the unit
 (theta'), and the V greedy validation dialogues run batched together on theta'. F(theta*) is
-measured too, so I = (F(theta') - F(theta*)) / eta says whether a unit helps.
+measured too, so I = (F(theta') - F(theta*)) / eta says whether a unit helps. The loss ablation
+takes the validation DPO loss instead of F.
 
-Results are cached by (pairs, policy, validation questions, influence knobs): gamma and alpha are
-not in the key, so gamma 0 and gamma 1 of one suite share one estimate.
+Results are cached by (pairs, policy, validation questions, influence knobs, kind): gamma and alpha
+are not in the key, so gamma 0 and gamma 1 of one suite share one estimate.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import hashlib
 import json
 import logging
 import random
+import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -58,9 +60,11 @@ class Estimate:
     changed_answers: list[int]  # validation answers that differ from theta*'s, per unit
     validation_ids: list[str]
     seconds: dict
+    eta: float  # the unit steps' learning rate (calibrated with eta_auto)
+    validation_dialogues: int  # every validation dialogue run: theta*, calibration trials and units
     usage: dict = field(default_factory=dict)  # the validation dialogues' tokens and requests
-    eta: float | None = None  # the unit steps' learning rate (calibrated with eta_auto)
     calibration: list[dict] = field(default_factory=list)  # eta_auto's trials: eta, changed answers per unit
+    reused: bool = False  # read from the cache: computed by an earlier selection (its seconds are not this one's)
 
     def per_pair(self, values: list[float], n: int) -> list[float]:
         out = [0.0] * n
@@ -87,7 +91,7 @@ def estimate(pairs: list[dict], cfg: SelectConfig, cache_dir: Path | None, kind:
     key = hashlib.sha256(json.dumps(key_data, sort_keys=True).encode()).hexdigest()[:16]
     cached = cache_dir / f"{key}.json" if cache_dir else None
     if cached and cached.exists():
-        return Estimate(**json.loads(cached.read_text()))
+        return replace(Estimate(**json.loads(cached.read_text())), reused=True)
 
     result = ReferencePath(pairs, cfg, task, policy, validation).run(kind)
     if cached:
@@ -101,6 +105,8 @@ def prepare(pairs: list[dict], cfg: SelectConfig):
     the one that grew the pairs, the validation questions disjoint from the pairs' (unless allowed)."""
     if cfg.step_optimizer not in STEP_OPTIMIZERS:
         raise HarnessError(f"step_optimizer must be one of {', '.join(STEP_OPTIMIZERS)}, got {cfg.step_optimizer!r}")
+    if cfg.eta <= 0:
+        raise HarnessError(f"eta must be positive (the unit step's learning rate), got {cfg.eta}")
     if cfg.micro_batch < 1:
         raise HarnessError(f"micro_batch must be at least 1, got {cfg.micro_batch}")
     if cfg.eta_auto and not (0 < cfg.eta_target_share <= 1 and cfg.eta_calibration_units >= 1
@@ -142,6 +148,7 @@ class ReferencePath:
         self.backend = HFBackend(loaded=(self.model, self.tokenizer, info), device=cfg.device,
                                  batch_size=cfg.batch_size)
         self.encoded = [encode_pair(self.tokenizer, p) for p in pairs]
+        self.dialogues_run = 0
         with torch.no_grad(), self.model.disable_adapter():
             self.reference = torch.cat([self.logps(range(i, min(i + cfg.batch_size, len(pairs))))
                                         for i in range(0, len(pairs), cfg.batch_size)])
@@ -152,22 +159,18 @@ class ReferencePath:
     def loss(self, indices: list[int]) -> torch.Tensor:
         return dpo_loss(self.logps(indices), self.reference[indices], self.beta).mean()
 
-    def step(self, optimizer, indices: list[int]) -> float:
+    def step(self, optimizer, indices: list[int]) -> None:
         """One optimizer step on the mean DPO loss of `indices`, its gradient accumulated over
         micro-batches: the attention maps of a batch of long dialogue prompts, kept for the backward
         pass, outgrow memory (8 CBT sequences of ~1,000 tokens took SmolLM2 past 18 GB)."""
         self.model.train()
-        total = 0.0
         size = self.cfg.micro_batch
-        for start in range(0, len(indices), size):
-            part = indices[start:start + size]
-            loss = self.loss(part) * (len(part) / len(indices))
-            loss.backward()
-            total += loss.item()
+        for lo in range(0, len(indices), size):
+            part = indices[lo:lo + size]
+            (self.loss(part) * (len(part) / len(indices))).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         self.model.eval()
-        return total
 
     @torch.no_grad()
     def restore(self, weights: list[torch.Tensor]) -> None:
@@ -177,26 +180,32 @@ class ReferencePath:
     def dialogues(self, questions=None):
         """Greedy dialogues on the validation questions (or `questions`), all batched together."""
         cfg = self.cfg
-        return run_dialogues(start(questions or self.validation, self.task.setting), self.backend,
+        questions = questions or self.validation
+        self.dialogues_run += len(questions)
+        return run_dialogues(start(questions, self.task.setting), self.backend,
                              DialogueConfig(cfg.max_turns, cfg.max_new_tokens, 0.0), cfg.seed)
 
-    def validate(self, questions=None) -> tuple[float, list[str]]:
-        """F on the validation questions (or `questions`: the task's metric) and their final answers."""
-        dialogues = self.dialogues(questions)
+    def score(self, dialogues) -> tuple[float, list[str]]:
+        """F of finished dialogues (the task's metric) and their final answers."""
         scores = [dialogue_score(d, self.task.metric, self.tokenizer) for d in dialogues]
         return sum(scores) / len(scores), [d.final_answer for d in dialogues]
 
-    def validation_pairs(self) -> list[EncodedPair]:
-        """Loss influence's validation pairs, one per validation question: the first speaker's turn
-        giving the gold answer, preferred over the turn theta* gave there (questions theta* already
-        answers right carry no preference and are left out)."""
+    def validate(self, questions=None) -> tuple[float, list[str]]:
+        """F on the validation questions (or `questions`) and their final answers."""
+        return self.score(self.dialogues(questions))
+
+    def validation_pairs(self, dialogues) -> list[EncodedPair]:
+        """Loss influence's validation pairs from theta*'s validation dialogues, one per question: the
+        first speaker's turn giving the gold answer, preferred over the turn theta* gave there
+        (questions theta* already answers right carry no preference and are left out)."""
         pairs = []
-        for d in self.dialogues():
-            first, gold = d.utterances[0], d.question.golds[0]
-            if first.answer is not None and same_answer(first.answer, gold):
+        for d in dialogues:
+            first, golds = d.utterances[0], d.question.golds
+            if first.answer is not None and any(same_answer(first.answer, g) for g in golds):
                 continue
             prompt = start([d.question], self.task.setting)[0].messages(0)
-            pairs.append(encode_pair(self.tokenizer, {"prompt": prompt, "chosen": f"{first.speaker}: <A>{gold}</A>",
+            pairs.append(encode_pair(self.tokenizer, {"prompt": prompt,
+                                                      "chosen": f"{first.speaker}: <A>{golds[0]}</A>",
                                                       "rejected": first.text}))
         if not pairs:
             raise HarnessError("loss influence: theta* answers every validation question right at its first turn, "
@@ -227,7 +236,7 @@ class ReferencePath:
         for k in range(cfg.eta_auto_steps + 1):
             eta = cfg.eta * ETA_GROWTH ** k
             changed = sorted(self.unit_step(theta_star, unit, eta, answers_before)[1] for unit in probe)
-            share = changed[len(changed) // 2] / len(self.validation)
+            share = statistics.median(changed) / len(self.validation)
             trials.append({"eta": eta, "changed_answers": changed, "median_share": share})
             if share >= cfg.eta_target_share:
                 return eta, trials
@@ -245,10 +254,11 @@ class ReferencePath:
             self.step(warmup, [order[(step * cfg.warmup_batch + j) % n] for j in range(cfg.warmup_batch)])
         return [p.detach().clone() for p in self.params]
 
-    def loss_probe(self, theta_star) -> tuple[list[EncodedPair], torch.Tensor, float]:
-        """The validation pairs, their reference log-probabilities and the loss at theta*."""
+    def loss_probe(self, theta_star, dialogues) -> tuple[list[EncodedPair], torch.Tensor, float]:
+        """The validation pairs (from theta*'s validation `dialogues`), their reference
+        log-probabilities and the loss at theta*."""
         self.restore(theta_star)
-        pairs = self.validation_pairs()
+        pairs = self.validation_pairs(dialogues)
         with torch.no_grad(), self.model.disable_adapter():
             reference = response_logps(self.model, pairs, self.tokenizer.pad_token_id)
         return pairs, reference, self.validation_loss(pairs, reference)
@@ -264,23 +274,23 @@ class ReferencePath:
         started = time.time()
         theta_star = self.warm_up()
         warmed = time.time()
-        f_before, answers_before = self.validate() if kind == "metric" or cfg.eta_auto else (None, [])
+        at_theta_star = self.dialogues()
+        f_before, answers_before = self.score(at_theta_star)
         units = make_units(len(self.pairs), cfg.unit_size, cfg.seed)
         eta, trials = self.calibrate(theta_star, units, answers_before) if cfg.eta_auto else (cfg.eta, [])
         calibrated = time.time()
         if kind == "loss":
-            probe = self.loss_probe(theta_star)
+            probe = self.loss_probe(theta_star, at_theta_star)
             f_before = probe[2]
         f_after, changed = [], []
         for unit in tqdm(units, desc=f"{kind} influence units", unit="unit", file=sys.stderr, dynamic_ncols=True):
-            if kind == "loss":
+            if kind == "loss":  # no dialogues after the step: no answers to compare
                 f_after.append(self.loss_step(theta_star, unit, eta, probe))
-                changed.append(0)
             else:
                 f, n_changed = self.unit_step(theta_star, unit, eta, answers_before)
                 f_after.append(f)
                 changed.append(n_changed)
         self.restore(theta_star)
         seconds = {"warmup": warmed - started, "calibration": calibrated - warmed, "units": time.time() - calibrated}
-        return Estimate(units, f_before, f_after, changed, [q.id for q in self.validation], seconds,
-                        self.backend.usage.as_dict(), eta, trials)
+        return Estimate(units, f_before, f_after, changed, [q.id for q in self.validation], seconds, eta,
+                        self.dialogues_run, self.backend.usage.as_dict(), trials)

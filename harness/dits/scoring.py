@@ -9,6 +9,7 @@ influence alone.
 
 from __future__ import annotations
 
+import statistics
 from collections import Counter
 
 
@@ -31,14 +32,13 @@ def combined(influences: list[float], q: list[float], gamma: float) -> list[floa
 
 
 def resolution(f_after: list[float], changed_answers: list[int], validation_size: int) -> dict:
-    """How finely a step size resolves the units: distinct F values, units sharing a value, and the
-    share of validation answers each unit's step changed (median and range)."""
+    """How finely a step size resolves the units: distinct F values, units sharing a value, and how
+    many validation answers each unit's step changed (median and range; absent where the estimate
+    ran no dialogues after the steps, as loss influence)."""
     counts = Counter(f_after)
-    changed = sorted(changed_answers)
-    return {
-        "units": len(f_after), "distinct_values": len(counts),
-        "tied_units": sum(n for n in counts.values() if n > 1),
-        "changed_answers_median": changed[len(changed) // 2] if changed else 0,
-        "changed_answers_min": changed[0] if changed else 0, "changed_answers_max": changed[-1] if changed else 0,
-        "validation_size": validation_size,
-    }
+    out = {"units": len(f_after), "distinct_values": len(counts),
+           "tied_units": sum(n for n in counts.values() if n > 1), "validation_size": validation_size}
+    if changed_answers:
+        out |= {"changed_answers_median": statistics.median(changed_answers),
+                "changed_answers_min": min(changed_answers), "changed_answers_max": max(changed_answers)}
+    return out

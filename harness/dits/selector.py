@@ -21,14 +21,15 @@ class DITSSelector(Selector):
     def score(self, pairs: list[dict], cfg: SelectConfig) -> Scores:
         cache = Path(cfg.pairs).parent / "influence" if cfg.pairs else None
         est = estimate(pairs, cfg, cache, self.kind)
-        unit_i = influence(est.f_after, est.f_before, est.eta or cfg.eta)
+        unit_i = influence(est.f_after, est.f_before, est.eta)
         if self.kind == "loss":  # a step that lowers the validation loss helps
             unit_i = [-i for i in unit_i]
         per_pair = est.per_pair(unit_i, len(pairs))
         facts = {
             "influence": self.kind, "f_before": est.f_before, "f_after": est.f_after, "units": est.units,
             "validation_ids": est.validation_ids, "seconds": est.seconds, "usage": est.usage,
-            "eta": est.eta or cfg.eta, "eta_calibration": est.calibration,
+            "eta": est.eta, "eta_calibration": est.calibration,
+            "validation_dialogues": est.validation_dialogues, "reused_estimate": est.reused,
             # The reference ranks by F(theta') itself; same order, recorded for comparison.
             "reference_rank_value": est.per_pair(est.f_after, len(pairs)),
             "resolution": resolution(est.f_after, est.changed_answers, len(est.validation_ids)),

@@ -23,12 +23,13 @@ class Report:
     curve_points: pd.DataFrame
     cost_to_target: pd.DataFrame
     target: str
+    baselines: tuple[str, ...]
     plots: list[str] = field(default_factory=list)
 
     def tables(self) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
         """Name -> (numbers, readable form)."""
         totals = self.ledger[self.ledger["stage"] == "total"]
-        return {"comparison": (self.comparison, tables.display(self.comparison)),
+        return {"comparison": (self.comparison, tables.display(self.comparison, self.baselines)),
                 "cost_ledger": (self.ledger, _rounded(self.ledger)),
                 "cost_totals": (totals, _rounded(totals)),
                 "cost_per_gain": (self.cost_per_gain, _rounded(self.cost_per_gain)),
@@ -57,7 +58,20 @@ def build(suite: str, baselines=tables.BASELINES, target: str | None = None,
         raise HarnessError(f"--target {target}: not a policy of {root} ({', '.join(policies)})")
     target = target or ("optima_full" if "optima_full" in policies else None)
     return Report(root, found, comparison, book, costs.cost_per_gain(comparison, book, baselines), points,
-                  costs.cost_to_target(points, target), target or "-")
+                  costs.cost_to_target(points, target), target or "-", tuple(baselines))
+
+
+def output_dir(report: Report, out: Path) -> Path:
+    """`out`, refused where replacing it would delete the suite's records: the suite itself, a
+    folder above it, or one of its runs or its shared stages."""
+    suite, target = report.suite.resolve(), Path(out).resolve()
+    inside = target.is_relative_to(suite) and target != suite
+    first = suite / target.relative_to(suite).parts[0] if inside else None
+    if not inside and suite.is_relative_to(target) or first is not None and (
+            first.name == "shared" or (first / "run_spec.json").exists()):
+        raise HarnessError(f"{out}: writing there would replace the suite's own records ({report.suite}); "
+                           "choose another directory")
+    return Path(out)
 
 
 def write_into(report: Report, directory: Path) -> list[str]:

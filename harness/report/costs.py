@@ -37,10 +37,8 @@ def category(run: Run, name: str) -> str:
 
 def reused_seconds(stage: dict) -> float:
     """Influence estimates are cached (gamma 0 and 1 share one); a run that reused one is charged
-    the seconds it took where it was computed, so each selector's cost is what it costs alone. A
-    stage that computed its estimate ran at least as long as the estimate took."""
-    computed = stage["cost"].get("influence_seconds", 0.0)
-    return computed if stage["wall_seconds"] < computed else 0.0
+    the seconds it took where it was computed, so each selector's cost is what it costs alone."""
+    return stage["cost"]["influence_seconds"] if stage["cost"].get("reused_estimate") else 0.0
 
 
 def ledger(runs: list[Run]) -> pd.DataFrame:
@@ -60,7 +58,10 @@ def ledger(runs: list[Run]) -> pd.DataFrame:
             mine.append(row)
         total = {k: sum(r[k] for r in mine) for k in (*COLUMNS, "wall_seconds", "device_seconds")}
         training = {f"cost_{k}": sum(r[COSTS[k]] for r in mine if r["training"]) for k in COSTS}
-        rows += mine + [mine[0] | {"stage": "total", "category": "total", "shared": False} | total | training]
+        who = {k: mine[0][k] for k in ("task", "policy", "seed", "budget")}
+        rows += mine + [who | {"stage": "total", "category": "total", "shared": False,
+                               "device": ",".join(sorted({r["device"] for r in mine})), "training": None}
+                        | total | training]
     return pd.DataFrame(rows)
 
 

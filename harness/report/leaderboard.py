@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import html
 import json
-import math
 import time
 from pathlib import Path
 
@@ -42,9 +41,7 @@ def document(report: Report) -> dict:
 
 
 def _records(frame) -> list[dict]:
-    """Rows with NaN as null (JSON has no NaN)."""
-    return [{k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}
-            for row in json.loads(frame.to_json(orient="records"))]
+    return json.loads(frame.to_json(orient="records"))  # NaN as null: JSON has no NaN
 
 
 def validate(doc: dict) -> None:
@@ -67,16 +64,14 @@ def publish(report: Report, out: Path, with_records: bool = False) -> list[str]:
     return sorted(files) + names + (["runs/"] if with_records else [])
 
 
-def reported_frame(task_names: set[str] | None = None):
+def reported_frame():
     import pandas as pd
 
-    rows = [{"table": t["title"], **row} for t in REPORTED["tables"] for row in t["rows"]
-            if task_names is None or row["task"] in task_names]
-    return pd.DataFrame(rows)
+    return pd.DataFrame([{"table": t["title"], **row} for t in REPORTED["tables"] for row in t["rows"]])
 
 
 def markdown(report: Report, doc: dict) -> str:
-    shown = tables.display(report.comparison)
+    shown = tables.display(report.comparison, report.baselines)
     totals = report.ledger[report.ledger["stage"] == "total"]
     parts = [f"# Leaderboard: {doc['suite']}", "",
              f"Generated {doc['generated']} from {len(doc['runs'])} finished runs (git {doc['git_sha']}).", "",
@@ -146,7 +141,7 @@ img { max-width: 48%; margin: 0.5em; border: 1px solid #ddd; }
 
 
 def page(report: Report, doc: dict) -> str:
-    shown = tables.display(report.comparison)
+    shown = tables.display(report.comparison, report.baselines)
     parts = [
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">",
         f"<title>Leaderboard: {html.escape(doc['suite'])}</title><style>{STYLE}</style></head><body>",

@@ -13,13 +13,15 @@ from functools import cached_property
 from pathlib import Path
 
 from harness import config as cfgmod
+from harness.config import SelectConfig
 from harness.errors import HarnessError
 from harness.selection import SELECTORS
-from harness.train.loop import SELECTION_KEYS, stage_cost
+from harness.train.loop import stage_cost
 from tasks.base import read_jsonl
 
 # Keys every run of a task shares except these: a comparison differs only by them.
-FREE_KEYS = {"run": set(SELECTION_KEYS) | {"seed", "budget"}, "synth": {"seed"}, "eval": {"seed"},
+# (Training keys such as dpo_lr do not change the shared stages, but they do change what is compared.)
+FREE_KEYS = {"run": {"selector", "gamma", "alpha", "seed", "budget", "suite", "out"}, "synth": {"seed"}, "eval": {"seed"},
              "select": {"seed", "selector", "gamma", "alpha"}}
 
 
@@ -56,7 +58,7 @@ class Run:
         knobs = []
         if SELECTORS.get(self.selector).influence:
             knobs.append(f"gamma={select['gamma']:g}")
-        if not SELECTORS.get(self.selector).keeps_all and select["alpha"] != 0.5:
+        if not SELECTORS.get(self.selector).keeps_all and select["alpha"] != SelectConfig.alpha:
             knobs.append(f"alpha={select['alpha']:g}")
         return self.selector + (":" + ",".join(knobs) if knobs else "")
 
@@ -110,6 +112,11 @@ class Run:
         return [row for _, row in read_jsonl(self.stage_dir(f"it{iteration}/select") / "scores.jsonl")]
 
 
+def load_run(path: Path) -> Run:
+    """A finished run's records."""
+    return Run(path, json.loads((path / "run_spec.json").read_text()), json.loads((path / "results.json").read_text()))
+
+
 def load_suite(root: Path, allow_unfinished: bool = False) -> list[Run]:
     """The runs under `root` (a suite directory), finished ones only; refuses unfinished ones unless
     `allow_unfinished`, in which case they are left out."""
@@ -129,7 +136,7 @@ def load_suite(root: Path, allow_unfinished: bool = False) -> list[Run]:
             where = f" at stage {status['stage']}" if status.get("stage") else ""
             raise HarnessError(f"{spec_path.parent}: the run is unfinished ({status['state']}{where}); finish it "
                                "with harness run --resume, or remove it from the suite")
-        out.append(Run(spec_path.parent, spec, json.loads((spec_path.parent / "results.json").read_text())))
+        out.append(load_run(spec_path.parent))
     if not out:
         raise HarnessError(f"{root}: no finished runs (a suite directory holds one folder per run)")
     return out

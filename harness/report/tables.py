@@ -1,8 +1,9 @@
 """The comparison table: task x policy, with paired differences against the baselines.
 
 Few seeds are affordable, so a difference between two selectors is measured on the same test items:
-per seed, the selector's score on an item minus the baseline's on that item, pooled over seeds, with
-a Student-t interval on the mean difference. The spread of a row is the standard deviation over seeds
+per seed, the selector's score on an item minus the baseline's on that item; each item's differences
+averaged over the seeds (the items repeat in every seed, so they, not item x seed, are the
+independent draws); a Student-t interval on the mean over items. The spread of a row is the standard deviation over seeds
 when there are several, else the standard error over test items (the column says which).
 """
 
@@ -18,6 +19,7 @@ from harness.errors import HarnessError
 from harness.report.records import Run
 
 BASELINES = ("optima_full", "random")
+CONFIDENCE = 0.95
 FIXED_POLICIES = ("initial", "sft")  # shared by every run of a seed
 # Rows in the paper's ablation order; other policies (DITS variants, new selectors) after, by name.
 ORDER = (*FIXED_POLICIES, "optima_full", "random", "qvalue")
@@ -27,16 +29,15 @@ def _order(policy: str) -> tuple:
     return (ORDER.index(policy), "") if policy in ORDER else (len(ORDER), policy)
 
 
-def paired_difference(pairs: list[tuple[float, float]], confidence: float = 0.95) -> dict:
-    """Mean of a - b over paired items with its t interval; n is the number of pairs."""
-    diffs = [a - b for a, b in pairs]
+def paired_difference(diffs: list[float], confidence: float = CONFIDENCE) -> dict:
+    """Mean of per-item differences with its t interval; n is the number of items."""
     n = len(diffs)
     if n == 0:
         return {"diff": None, "low": None, "high": None, "n": 0}
     mean = statistics.fmean(diffs)
     if n == 1:
         return {"diff": mean, "low": None, "high": None, "n": 1}
-    half = scistats.t.ppf(0.5 + confidence / 2, n - 1) * statistics.stdev(diffs) / math.sqrt(n)
+    half = float(scistats.t.ppf(0.5 + confidence / 2, n - 1) * statistics.stdev(diffs) / math.sqrt(n))
     return {"diff": mean, "low": mean - half, "high": mean + half, "n": n}
 
 
@@ -54,7 +55,7 @@ def _policies(runs: list[Run]) -> dict[str, dict[int, tuple[Run, str]]]:
     return out
 
 
-def comparison(runs: list[Run], baselines=BASELINES, confidence: float = 0.95) -> pd.DataFrame:
+def comparison(runs: list[Run], baselines=BASELINES) -> pd.DataFrame:
     """One row per task and policy (initial, SFT-only, then each selector), numeric columns only.
     Budget-sweep runs are left out: they are the cost curves' points."""
     rows = []
@@ -77,13 +78,14 @@ def comparison(runs: list[Run], baselines=BASELINES, confidence: float = 0.95) -
                 if base not in policies or base == name:
                     row |= {f"vs_{base}": None, f"vs_{base}_low": None, f"vs_{base}_high": None, f"vs_{base}_n": 0}
                     continue
-                pairs = []
+                by_item: dict[str, list[float]] = {}
                 for seed, (run, which) in seeds.items():
                     if seed in policies[base]:
                         brun, bwhich = policies[base][seed]
                         a, b = run.item_scores(which), brun.item_scores(bwhich)
-                        pairs += [(a[i], b[i]) for i in a if i in b]
-                d = paired_difference(pairs, confidence)
+                        for i in a.keys() & b.keys():
+                            by_item.setdefault(i, []).append(a[i] - b[i])
+                d = paired_difference([statistics.fmean(v) for v in by_item.values()])
                 row |= {f"vs_{base}": d["diff"], f"vs_{base}_low": d["low"], f"vs_{base}_high": d["high"],
                         f"vs_{base}_n": d["n"]}
             rows.append(row)
@@ -97,7 +99,7 @@ def display(table: pd.DataFrame, baselines=BASELINES) -> pd.DataFrame:
         "score": [f"{m:.4f} ± {s:.4f}" for m, s in zip(table["mean"], table["spread"])],
         "spread": table["spread_kind"], "seeds": table["seeds"], "questions": table["questions"]})
     for base in baselines:
-        out[f"Δ vs {base} [95% CI]"] = [
+        out[f"Δ vs {base} [{CONFIDENCE:.0%} CI]"] = [
             _diff(d, lo, hi) for d, lo, hi in zip(table[f"vs_{base}"], table[f"vs_{base}_low"],
                                                  table[f"vs_{base}_high"])]
     out["tokens/dialogue"] = [f"{t:.1f}" for t in table["tokens_per_dialogue"]]

@@ -207,6 +207,10 @@ class Search:
 
     def grow(self, questions: list[Question], batch: int, bar) -> list[dict]:
         cfg, backend = self.cfg, self.backend
+        # Utterance NLLs are shared within a batch only: a score depends (at float level, on some
+        # CPUs) on the padded batch it was computed in, so one carried over from an earlier batch
+        # would make a batch regrown after a kill differ from the uninterrupted run's.
+        self.nll = {}
         before, started = backend.usage.as_dict(), time.time()
         scorer_before = self.scorer.usage.as_dict() if self.scorer is not backend else None
         trees = [Tree(self.tree_id(q), q, system_prompts(self.setting, q.question, q.contexts),

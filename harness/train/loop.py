@@ -399,8 +399,9 @@ def stage_cost(name: str, path: Path) -> dict:
         work = {"candidates": record["candidates"], "selected": record["selected"], "influence_units": units}
         if units:
             work |= {"warmup_steps": record["config"]["warmup_steps"],
-                     "validation_dialogues": (units + 1) * len(facts["validation_ids"]),
-                     "influence_seconds": sum(facts["seconds"].values())}
+                     "validation_dialogues": facts["validation_dialogues"],
+                     "influence_seconds": sum(facts["seconds"].values()),
+                     "reused_estimate": facts["reused_estimate"]}
             work |= {k: v for k, v in facts.get("usage", {}).items() if k.endswith("tokens")}
         return work
     record = record[key] if key else record

@@ -2,19 +2,20 @@
 
 Each (selector, seed) is one `harness run` in the same suite directory, so the stages before the
 selection are computed once per seed and every selector starts from the same SFT policy and the
-same candidate pairs. The table has the initial and SFT-only policies first, then one row per
-selector: its mean over seeds and the spread (standard deviation over seeds; with one seed, the
-standard error over test questions).
+same candidate pairs. The table is the reports' comparison (`harness.report.tables`) of the runs at
+the preset's budget.
 """
 
 from __future__ import annotations
 
-import statistics
+import json
 
+import pandas as pd
 from tabulate import tabulate
 
 from harness import runs
 from harness.errors import HarnessError
+from harness.report import records, tables
 from harness.selection import SELECTORS
 from harness.train.loop import execute, make_plan, parse_selector
 
@@ -43,66 +44,30 @@ def run_suite(file: str | None, overrides: list[str] | None, selectors: list[str
     swept = [make_plan(file, [*(overrides or []), f"{key}={value}"], selector=spec,
                        **(flags | {"seed": seed, "budget": f"{key}={value}"}))
              for seed in seeds for key, value in points for spec in selectors
-             # an influence budget changes only what DITS computes
+             # an influence budget changes only what the influence selectors compute
              if key.startswith("synth.") or SELECTORS.get(parse_selector(spec)[0]).influence]
-    results = []
+    walls = {}
     for spec, plan in plans + [(None, plan) for plan in swept]:
         progress(f"== {plan.run_id}")
         result = execute(plan, resume=True, progress=progress)
         if spec is not None:
-            results.append((spec, result))
+            walls[f"{spec} (seed {result['seed']})"] = result["wall_seconds"]
     root = plans[0][1].run_dir.parent
-    table = comparison(results)
-    runs.write_json(root / "suite.json", table)
-    (root / "suite.md").write_text(suite_table(table) + "\n")
-    return table
+    table = tables.comparison([records.load_run(plan.run_dir) for _, plan in plans])
+    summary = {"rows": json.loads(table.to_json(orient="records")), "wall_seconds": walls}
+    runs.write_json(root / "suite.json", summary)
+    (root / "suite.md").write_text(suite_table(summary) + "\n")
+    return summary
 
 
-def _spread(rows: list[dict]) -> tuple[float, float, int]:
-    means = [r["mean"] for r in rows]
-    if len(means) > 1:
-        return statistics.fmean(means), statistics.stdev(means), len(means)
-    return means[0], rows[0]["stderr"], 1
-
-
-def comparison(results: list[tuple[str, dict]]) -> dict:
-    """One row per policy: initial, SFT-only, then each selector's final DPO policy."""
-    by_policy: dict[str, list[dict]] = {}
-    walls: dict[str, dict] = {}
-    seen_seeds: dict[str, set] = {}
-    for spec, res in results:
-        final = max((r for r in res["scores"] if r["policy"] == "dpo"), key=lambda r: r["iteration"])
-        for name, row in (("initial", _one(res, "initial")), ("sft", _one(res, "sft")), (spec, final)):
-            if res["seed"] in seen_seeds.setdefault(name, set()):
-                continue  # initial and SFT-only are shared by the runs of a seed
-            seen_seeds[name].add(res["seed"])
-            by_policy.setdefault(name, []).append(row | {"pairs": res["pairs"]})
-        walls[spec] = res["wall_seconds"]
-    rows = []
-    for name, scored in by_policy.items():
-        mean, spread, n = _spread(scored)
-        rows.append({"policy": name, "metric": scored[0]["metric"], "mean": mean, "spread": spread, "seeds": n,
-                     "questions": scored[0]["n"],
-                     "tokens_per_dialogue": statistics.fmean(r["tokens_per_dialogue"] for r in scored),
-                     "selected_pairs": None if name in ("initial", "sft") else
-                     statistics.fmean(sum(p["selected"] for p in r["pairs"].values()) for r in scored)})
-    return {"rows": rows, "wall_seconds": walls}
-
-
-def _one(res: dict, policy: str) -> dict:
-    return next(r for r in res["scores"] if r["policy"] == policy)
-
-
-def suite_table(table: dict) -> str:
-    rows = [[r["policy"], r["metric"], f"{r['mean']:.4f}", f"{r['spread']:.4f}", r["seeds"], r["questions"],
-             f"{r['tokens_per_dialogue']:.1f}", "-" if r["selected_pairs"] is None else f"{r['selected_pairs']:.0f}"]
-            for r in table["rows"]]
-    out = tabulate(rows, ["policy", "metric", "value", "± spread", "seeds", "questions", "tokens/dialogue",
-                          "pairs trained"], tablefmt="github")
-    stages = sorted({s for w in table["wall_seconds"].values() for s in w}, key=_stage_order)
-    walls = [[spec] + [f"{w[s]:.0f}" if s in w else "-" for s in stages] for spec, w in table["wall_seconds"].items()]
-    return out + "\n\nwall seconds per stage (shared stages ran once, in the first run)\n" + tabulate(
-        walls, ["selector", *stages], tablefmt="github")
+def suite_table(summary: dict) -> str:
+    """The comparison as `harness report` shows it, then the wall seconds of each run's stages."""
+    shown = tables.display(pd.DataFrame(summary["rows"])).to_markdown(index=False)
+    walls = summary["wall_seconds"]
+    stages = sorted({s for w in walls.values() for s in w}, key=_stage_order)
+    rows = [[run] + [f"{w[s]:.0f}" if s in w else "-" for s in stages] for run, w in walls.items()]
+    return shown + "\n\nwall seconds per stage (shared stages ran once, in the first run of a seed)\n" + tabulate(
+        rows, ["run", *stages], tablefmt="github")
 
 
 def _stage_order(label: str) -> tuple:
