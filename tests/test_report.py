@@ -182,12 +182,26 @@ def test_report_writes_every_table_in_four_formats_and_the_plots(smoke_suite, tm
 def test_leaderboard_schema_accepts_ours_and_rejects_broken_documents(report):
     doc = json.loads(json.dumps(document(report)))
     validate(doc)
+    # one test question has no standard error: null, not a refusal
+    validate({**doc, "comparison": [{**doc["comparison"][0], "spread": None}]})
+    with pytest.raises(HarnessError, match="leaderboard.json: comparison/0/spread: -1 is less than"):
+        validate({**doc, "comparison": [{**doc["comparison"][0], "spread": -1}]})
     for broken in ({**doc, "reported": {**doc["reported"], "status": "reproduced"}},
                    {**doc, "comparison": [{**doc["comparison"][0], "spread": -1}]},
                    {**doc, "runs": []},
                    {k: v for k, v in doc.items() if k != "cost_per_gain"}):
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(broken, SCHEMA)
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--baselines", "qvalue,randm", "--baselines randm: not a policy of"),
+    # initial and SFT-only are rows of the comparison, not points of the cost curves
+    ("--target", "sft", "--target sft: not a trained policy of"),
+])
+def test_report_refuses_baselines_and_targets_it_cannot_use(smoke_suite, tmp_path, capsys, flag, value, message):
+    assert main(["report", "--suite", str(smoke_suite), "--out", str(tmp_path / "r"), flag, value]) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "r").exists()
 
 
 def _copy(suite, tmp_path):
@@ -299,6 +313,14 @@ def test_check_passes_against_the_recorded_reference_and_fails_below_it(smoke_su
     assert {s["policy"]: s["mean"] for s in merged["scores"]} == {p: min(ours[p], theirs[p]) for p in ours}
     assert len(merged["machines"]) == 1 + len(raised.get("machines", []))
     assert main(["check", "--suite", str(smoke_suite), "--against", str(worse)]) == 0
+    # merging never drops a row this suite lacks; a first --keep-lowest simply writes the reference
+    extra = {"task": "arc_c", "policy": "loss_influence", "metric": "accuracy", "mean": 0.1, "tolerance": 0.0}
+    worse.write_text(json.dumps(merged | {"scores": [*merged["scores"], extra]}))
+    assert main(["check", "--suite", str(smoke_suite), "--against", str(worse), "--bless", "--keep-lowest"]) == 0
+    assert extra in json.loads(worse.read_text())["scores"]
+    first = tmp_path / "first.json"
+    assert main(["check", "--suite", str(smoke_suite), "--against", str(first), "--bless", "--keep-lowest"]) == 0
+    assert len(json.loads(first.read_text())["scores"]) == 7
 
 
 def test_check_reports_missing_rows_and_bad_reference_files(report, tmp_path, capsys):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +12,8 @@ import pandas as pd
 from harness.errors import HarnessError
 from harness.report import costs, plots, tables
 from harness.report.records import Run, check_comparable, load_suite
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -54,9 +57,15 @@ def build(suite: str, baselines=tables.BASELINES, target: str | None = None,
     book = costs.ledger(found)
     points = costs.curve_points(found, book)
     policies = list(dict.fromkeys(comparison["policy"]))
-    if target is not None and target not in policies:
-        raise HarnessError(f"--target {target}: not a policy of {root} ({', '.join(policies)})")
-    target = target or ("optima_full" if "optima_full" in policies else None)
+    absent = [b for b in baselines if b not in policies]
+    if absent and tuple(baselines) != tables.BASELINES:
+        raise HarnessError(f"--baselines {absent[0]}: not a policy of {root} ({', '.join(policies)})")
+    if absent:
+        log.warning("no difference against %s: not a policy of %s", ", ".join(absent), root)
+    trained = list(dict.fromkeys(points["policy"]))
+    if target is not None and target not in trained:
+        raise HarnessError(f"--target {target}: not a trained policy of {root} ({', '.join(trained)})")
+    target = target or ("optima_full" if "optima_full" in trained else None)
     return Report(root, found, comparison, book, costs.cost_per_gain(comparison, book, baselines), points,
                   costs.cost_to_target(points, target), target or "-", tuple(baselines))
 

@@ -27,8 +27,8 @@ REQUIRED = ("task", "policy", "metric", "mean", "tolerance")
 
 
 def bless(comparison: pd.DataFrame, suite: str, path: Path, tolerance: float, keep_lowest: bool = False) -> dict:
-    """The suite's scores as the reference at `path`; `keep_lowest`: merged with the reference there,
-    each score the lower of the two."""
+    """The suite's scores as the reference at `path`; `keep_lowest`: merged with the reference there
+    (if any), each score the lower of the two, its rows this suite lacks kept."""
     if tolerance < 0:
         raise HarnessError(f"tolerance must be at least 0, got {tolerance}")
     import torch
@@ -37,13 +37,16 @@ def bless(comparison: pd.DataFrame, suite: str, path: Path, tolerance: float, ke
                "git_sha": runsmod.git_sha(), "cpu": platform.processor() or platform.machine(),
                "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
     earlier, machines = {}, []
-    if keep_lowest:
-        earlier = {(r["task"], r["policy"], r["metric"]): r["mean"] for r in read_reference(path)}
+    if keep_lowest and path.is_file():
+        earlier = {(r["task"], r["policy"], r["metric"]): r for r in read_reference(path)}
         old = json.loads(path.read_text())
         machines = old.get("machines", [{k: old[k] for k in ("blessed", "suite", "git_sha") if k in old}])
-    scores = [{"task": r.task, "policy": r.policy, "metric": r.metric,
-               "mean": min(r.mean, earlier.get((r.task, r.policy, r.metric), r.mean)), "seeds": r.seeds,
-               "questions": r.questions, "tolerance": tolerance} for r in comparison.itertuples()]
+    scores = {(r.task, r.policy, r.metric): {
+        "task": r.task, "policy": r.policy, "metric": r.metric,
+        "mean": min(r.mean, earlier.get((r.task, r.policy, r.metric), {}).get("mean", r.mean)),
+        "seeds": r.seeds, "questions": r.questions, "tolerance": tolerance} for r in comparison.itertuples()}
+    # a row this suite lacks stays required: merging never loosens the gate
+    scores = [*scores.values(), *(row for key, row in earlier.items() if key not in scores)]
     reference = {"suite": suite, "blessed": machine["blessed"], "machines": [*machines, machine], "scores": scores}
     with runsmod.atomic_file(path) as tmp:
         runsmod.write_json(tmp, reference)

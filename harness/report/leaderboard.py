@@ -12,11 +12,13 @@ from pathlib import Path
 import jsonschema
 
 from harness import runs as runsmod
+from harness.errors import HarnessError
 from harness.report import tables
 from harness.report.build import Report, _rounded, copy_records, write_into
 
 HERE = Path(__file__).parent
-SCHEMA = json.loads((HERE / "leaderboard.schema.json").read_text())
+SCHEMA_PATH = HERE / "leaderboard.schema.json"
+SCHEMA = json.loads(SCHEMA_PATH.read_text())
 REPORTED = json.loads((HERE / "reported.json").read_text())
 
 
@@ -45,7 +47,11 @@ def _records(frame) -> list[dict]:
 
 
 def validate(doc: dict) -> None:
-    jsonschema.validate(doc, SCHEMA)
+    try:
+        jsonschema.validate(doc, SCHEMA)
+    except jsonschema.ValidationError as e:
+        where = "/".join(str(k) for k in e.absolute_path) or "(top)"
+        raise HarnessError(f"leaderboard.json: {where}: {e.message} (schema {SCHEMA_PATH.name})") from None
 
 
 def publish(report: Report, out: Path, with_records: bool = False) -> list[str]:

@@ -55,8 +55,10 @@ def run_suite(file: str | None, overrides: list[str] | None, selectors: list[str
     root = plans[0][1].run_dir.parent
     table = tables.comparison([records.load_run(plan.run_dir) for _, plan in plans])
     summary = {"rows": json.loads(table.to_json(orient="records")), "wall_seconds": walls}
-    runs.write_json(root / "suite.json", summary)
-    (root / "suite.md").write_text(suite_table(summary) + "\n")
+    with runs.atomic_file(root / "suite.json") as tmp:
+        runs.write_json(tmp, summary)
+    with runs.atomic_file(root / "suite.md") as tmp:
+        tmp.write_text(suite_table(summary) + "\n")
     return summary
 
 
