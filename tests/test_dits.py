@@ -143,10 +143,14 @@ def test_analyze_influence_ranks_estimates_against_the_true_gain(pairs_file, tmp
     rows = [json.loads(line) for line in (out / "units.jsonl").read_text().splitlines()]
     assert len(rows) == 6 and sorted(i for r in rows for i in r["unit"]) == list(range(6))
     assert set(result["evaluation_ids"]).isdisjoint(result["validation_ids"])
-    assert all(rho is not None for rho in result["spearman"].values())  # six units rank differently here
+    # tiny-fitted follows the CPU's kernels: on one machine six units rank differently, on another the
+    # gains tie; a constant side has no rank and is None, never a made-up number
     for name in ("metric_influence", "loss_influence", "q"):
         xs, gains = [r[name] for r in rows], [r["true_gain"] for r in rows]
-        assert result["spearman"][name] == pytest.approx(stats.spearmanr(xs, gains).statistic)
+        if len(set(xs)) < 2 or len(set(gains)) < 2:
+            assert result["spearman"][name] is None
+        else:
+            assert result["spearman"][name] == pytest.approx(stats.spearmanr(xs, gains).statistic)
     assert (out / "influence_vs_gain.png").read_bytes()[:4] == b"\x89PNG"
     assert main(["analyze", "influence", "--pairs", str(pairs_file), "--units", "3", "--eval-split", "validation",
                  "--out", str(tmp_path / "bad"), *KNOBS]) == 2
