@@ -120,6 +120,11 @@ class SelectConfig:
     eta_auto_steps: int = 6
     step_optimizer: str = "adamw"  # the unit step: "adamw" (a fresh AdamW's first step, as the reference) or "sgd"
     micro_batch: int = 1  # pairs per forward and backward pass in a warm-up or unit step (gradients accumulate)
+    # "fast": theta*'s validation dialogues checked as a draft of each unit's, only diverging ones
+    # decoded; "reference": every unit's decoded in full, as the reference code (the oracle).
+    influence_path: str = "fast"
+    # The fast path's diverging dialogues of this many units decode in one batch (one LoRA copy per unit).
+    decode_units: int = 8
     beta: float | None = None  # DPO beta; default: the task's recipe
     lora_r: int = 32
     lora_alpha: int = 32

@@ -102,3 +102,29 @@ def test_decode_cache_layer_appends_in_place_and_grows_past_its_room():
     assert layer.get_mask_sizes(1) == (10, 0)
     layer.batch_select_indices(torch.tensor([1]))
     assert torch.equal(layer.keys, full[1:, :, :9])
+
+
+def test_rows_naming_adapters_decode_as_each_adapter_would_alone():
+    from peft import LoraConfig, get_peft_model
+
+    from harness import models
+    from harness.backends.hf import HFBackend
+
+    model, tokenizer, info = models.load("tiny-random")
+    torch.manual_seed(0)  # random A and B, so that the two adapters answer differently
+    lora = LoraConfig(r=4, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM", init_lora_weights=False)
+    peft = get_peft_model(model, lora)
+    peft.add_adapter("other", lora)
+    peft.eval()
+    backend = HFBackend(loaded=(peft, tokenizer, info))
+    questions = [[{"role": "user", "content": q}] for q in ("Where does the river start?", "Name a colour.")]
+    s = Sampling(max_new_tokens=12)
+    mixed = backend.generate([Request(m, adapter=a) for m in questions for a in ("default", "other")], s)
+    alone = {}
+    for a in ("default", "other"):
+        peft.set_adapter(a)
+        alone[a] = [c.text for c in backend.generate([Request(m) for m in questions], s)]
+    assert alone["default"] != alone["other"]
+    assert [c.text for c in mixed] == [alone[a][i] for i in range(2) for a in ("default", "other")]
+    with pytest.raises(ValueError, match="some requests only"):
+        backend.generate([Request(questions[0], adapter="other"), Request(questions[1])], s)

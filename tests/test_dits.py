@@ -170,3 +170,44 @@ def test_response_logps_scores_only_the_responses_of_a_padded_batch():
         want = [[sum(torch.log_softmax(model(input_ids=torch.tensor([p.prompt + r])).logits[0].float(), -1)[
             len(p.prompt) - 1 + i, t].item() for i, t in enumerate(r)) for r in (p.chosen, p.rejected)] for p in pairs]
     assert torch.allclose(got, torch.tensor(want), atol=1e-4)
+
+
+def test_fast_path_gives_the_reference_paths_influence(pairs_file, tmp_path):
+    facts = {}
+    for path in ("reference", "fast"):
+        out = tmp_path / path
+        # 12 questions and one pair a unit, so the units' F values differ (with 4 questions and units of
+        # 2 pairs the three units tied on an AMD AVX2 CPU)
+        assert main(["select", "--selector", "dits", "--pairs", str(pairs_file), "--out", str(out), *KNOBS,
+                     "validation_size=12", "unit_size=1", f"influence_path={path}"]) == 0
+        facts[path] = json.loads((out / "run_spec.json").read_text())["selector_facts"]
+    ref, fast = facts["reference"], facts["fast"]
+    assert len(set(ref["f_after"])) > 1  # the units differ, so agreement means something
+    drafts = fast["drafts"]
+    assert drafts["verified_dialogues"] + drafts["decoded_dialogues"] == 12 * len(ref["units"])
+    assert drafts["verified_dialogues"] > 0 and drafts["decoded_dialogues"] > 0  # both branches ran
+    assert fast["f_before"] == ref["f_before"]  # theta*'s dialogues are decoded the same way by both
+    # a unit's F can only differ through an argmax within a near-tie, which the fast path counts
+    differing = sum(a != b for a, b in zip(fast["f_after"], ref["f_after"]))
+    assert differing <= drafts["near_ties"]
+    if drafts["near_ties"] == 0:
+        assert fast["resolution"] == ref["resolution"]
+    assert ref["drafts"] == {}
+
+
+def test_a_draft_checked_on_its_own_weights_holds(pairs_file):
+    from harness.dits.influence import FastPath, prepare
+
+    pairs = [json.loads(line) for line in pairs_file.read_text().splitlines()]
+    cfg = SelectConfig(selector="dits", validation_size=4, lora_r=4, lora_alpha=4, max_new_tokens=16)
+    path = FastPath(pairs, cfg, *prepare(pairs, cfg))
+    draft = path.theta_star_dialogues()
+    dialogues, resumed = path.check_drafts()
+    assert dialogues == draft and resumed == []
+    assert path.account["verified_dialogues"] == 4 and path.account["decoded_dialogues"] == 0
+    assert path.account["checked_positions"] == sum(len(t.positions()) for d in path.draft_turns for t in d) > 0
+    # one changed token in a draft turn is found at that turn
+    turns = path.draft_turns[0]
+    t = max(range(len(turns)), key=lambda i: len(turns[i].tokens))
+    turns[t].tokens[-1] = (turns[t].tokens[-1] + 1) % path.tokenizer.vocab_size
+    assert path.divergence(turns) == t

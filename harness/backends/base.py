@@ -19,6 +19,9 @@ class Request:
     messages: list[dict]
     # Requests that share a key extend one conversation: a backend may keep its encoded prefix.
     cache_key: str | None = None
+    # The LoRA adapter to answer with, where the backend's model holds several and decodes a batch
+    # of them together (one adapter per row); None: the model as it is.
+    adapter: str | None = None
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,7 @@ class Completion:
     completion_tokens: int
     finish_reason: str  # "stop" (end of turn or stop string) | "length"
     cached_tokens: int = 0  # prompt tokens reused from the cache instead of encoded
+    token_ids: tuple[int, ...] = ()  # the generated tokens, end of turn excluded, where the backend has them
 
 
 @dataclass

@@ -158,10 +158,14 @@ class HFBackend(Backend):
         slots = [self._slots.get(r.cache_key) if self.kv_cache and r.cache_key else None for r in requests]
         # At least one prompt token is always encoded: its logits start the completion.
         cached = [min(common_prefix(s.ids, ids), len(ids) - 1) if s else 0 for s, ids in zip(slots, prompts)]
+        adapters = [r.adapter for r in requests]
+        if any(adapters) and not all(adapters):
+            raise ValueError("a batch names an adapter for some requests only")
         # Each row's new prompt tokens but the last are encoded alone, unpadded: a padded batch of
         # 600-1,400-token prompts wastes a third of its work on padding and materialises a
         # quadratic mask. The batch then starts from one token a row.
-        slots = [self._prefill(ids, slot, p) for ids, slot, p in zip(prompts, slots, cached)]
+        slots = [self._prefill(ids, slot, p, self._rows([a] if a else []))
+                 for ids, slot, p, a in zip(prompts, slots, cached, adapters)]
         reuse = [len(ids) - 1 for ids in prompts]
         batch, past_len = len(requests), max(reuse)
         input_ids = torch.tensor([[ids[-1]] for ids in prompts])
@@ -179,7 +183,8 @@ class HFBackend(Backend):
         step_ids = input_ids.to(self.device)
         while True:
             result = self.model(input_ids=step_ids, attention_mask=mask.to(self.device),
-                                position_ids=positions.to(self.device), past_key_values=cache, use_cache=True)
+                                position_ids=positions.to(self.device), past_key_values=cache, use_cache=True,
+                                **self._rows([adapters[r] for r in rows] if adapters[0] else []))
             cache = result.past_key_values
             tokens = self._pick(result.logits[:, -1].float(), sampling, generator).tolist()
             keep = []
@@ -217,14 +222,20 @@ class HFBackend(Backend):
             text = self.tokenizer.decode(generated[r], skip_special_tokens=True)
             for s in sampling.stop:
                 text = text.split(s, 1)[0]
-            completions.append(Completion(text, len(ids), len(generated[r]), finish[r], cached[r]))
+            completions.append(Completion(text, len(ids), len(generated[r]), finish[r], cached[r],
+                                          tuple(generated[r])))
             self.usage.requests += 1
             self.usage.prompt_tokens += len(ids)
             self.usage.cached_tokens += cached[r]
             self.usage.completion_tokens += len(generated[r])
         return completions
 
-    def _prefill(self, ids: list[int], slot: _Slot | None, cached: int) -> _Slot | None:
+    @staticmethod
+    def _rows(adapters: list[str]) -> dict:
+        """The forward pass's per-row adapters (peft's mixed-adapter batches), if any are named."""
+        return {"adapter_names": adapters} if adapters else {}
+
+    def _prefill(self, ids: list[int], slot: _Slot | None, cached: int, rows: dict) -> _Slot | None:
         """A slot holding `ids[:-1]`: the first `cached` tokens' keys/values from `slot`, the rest
         encoded now in one unpadded forward pass."""
         from transformers import DynamicCache
@@ -235,7 +246,8 @@ class HFBackend(Backend):
             [(k[:, :, :cached], v[:, :, :cached]) for k, v in slot.kv])
         new = torch.tensor([ids[cached:-1]], device=self.device)
         positions = torch.arange(cached, len(ids) - 1, device=self.device).unsqueeze(0)
-        cache = self.model(input_ids=new, position_ids=positions, past_key_values=past, use_cache=True).past_key_values
+        cache = self.model(input_ids=new, position_ids=positions, past_key_values=past, use_cache=True,
+                           **rows).past_key_values
         return _Slot(ids[:-1], [(layer.keys, layer.values) for layer in cache.layers])
 
     def _padded_cache(self, slots, reuse, past_len, room):

@@ -1,11 +1,20 @@
-"""Influence of candidate units on the validation metric: the reference path.
+"""Influence of candidate units on the validation metric: the reference path and the fast path.
 
-Faithful to the reference procedure (section 8.2-8.3 of the Optima/DITS report) and kept as the
-correctness oracle: a LoRA adapter is warmed up with DPO on the pool (theta*); then, per unit,
-the adapter is restored to theta*, a fresh optimizer takes one step of the DPO loss on the unit
-(theta'), and the V greedy validation dialogues run batched together on theta'. F(theta*) is
-measured too, so I = (F(theta') - F(theta*)) / eta says whether a unit helps. The loss ablation
-takes the validation DPO loss instead of F.
+The reference path is faithful to the reference procedure (section 8.2-8.3 of the Optima/DITS
+report) and kept as the correctness oracle: a LoRA adapter is warmed up with DPO on the pool
+(theta*); then, per unit, the adapter is restored to theta*, a fresh optimizer takes one step of the
+DPO loss on the unit (theta'), and the V greedy validation dialogues run batched together on theta'.
+F(theta*) is measured too, so I = (F(theta') - F(theta*)) / eta says whether a unit helps. The loss
+ablation takes the validation DPO loss instead of F.
+
+The fast path gives the same F(theta') with far fewer decoding steps: under greedy decoding theta*'s
+validation dialogues are a draft of every theta'. A policy that, fed a draft turn whole, predicts each
+token theta* generated and then its end of turn would have generated that turn itself; so one forward
+pass per agent checks a whole dialogue (as speculative decoding checks a draft), a dialogue that holds
+is theta*'s, and only the others are decoded, from the first turn theta' would say differently. The
+one difference from the reference is floating point: a check reads logits computed over the whole
+sequence where decoding computes them a token at a time, so an argmax within a near-tie can differ;
+those positions are counted.
 
 Results are cached by (pairs, policy, validation questions, influence knobs, kind): gamma and alpha
 are not in the key, so gamma 0 and gamma 1 of one suite share one estimate.
@@ -13,6 +22,7 @@ are not in the key, so gamma 0 and gamma 1 of one suite share one estimate.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -20,6 +30,7 @@ import random
 import statistics
 import sys
 import time
+from collections import defaultdict
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -27,6 +38,7 @@ import torch
 from tqdm.auto import tqdm
 
 from harness import models, runs
+from harness.backends.base import Backend
 from harness.backends.hf import HFBackend
 from harness.config import SelectConfig
 from harness.dits.dpo import EncodedPair, dpo_loss, encode_pair, response_logps
@@ -41,8 +53,11 @@ log = logging.getLogger(__name__)
 # The knobs an estimate depends on; the cache key hashes them with the pairs and the validation set.
 KNOBS = ("unit_size", "warmup_steps", "warmup_batch", "warmup_lr", "eta", "step_optimizer", "beta", "lora_r",
          "lora_alpha", "lora_dropout", "max_turns", "max_new_tokens", "context_mode", "seed", "dtype", "eta_auto",
-         "eta_target_share", "eta_calibration_units", "eta_auto_steps", "micro_batch")
+         "eta_target_share", "eta_calibration_units", "eta_auto_steps", "micro_batch", "influence_path")
 ETA_GROWTH = 3.0
+# Top-two logit gaps below this, on a checked draft position, are near-ties: decoding a token at a time
+# could pick the runner-up there (float32 logits of one sequence computed both ways differ by ~1e-5).
+NEAR_TIE = 1e-3
 
 
 # The unit step: a fresh AdamW's first step (about eta * sign(gradient), as the reference), or plain SGD.
@@ -65,6 +80,10 @@ class Estimate:
     usage: dict = field(default_factory=dict)  # the validation dialogues' tokens and requests
     calibration: list[dict] = field(default_factory=list)  # eta_auto's trials: eta, changed answers per unit
     reused: bool = False  # read from the cache: computed by an earlier selection (its seconds are not this one's)
+    # The fast path's account: draft dialogues that held, dialogues decoded again and their turns, and
+    # checked positions within a near-tie (where its outcome could differ from the reference path's).
+    drafts: dict = field(default_factory=dict)
+    unit_seconds: dict = field(default_factory=dict)  # the unit steps' seconds: the steps, the validation
 
     def per_pair(self, values: list[float], n: int) -> list[float]:
         out = [0.0] * n
@@ -72,6 +91,10 @@ class Estimate:
             for i in unit:
                 out[i] = value
         return out
+
+
+def progress(units, desc: str | None):
+    return tqdm(units, desc=desc, unit="unit", file=sys.stderr, dynamic_ncols=True) if desc else units
 
 
 def make_units(n: int, size: int, seed: int) -> list[list[int]]:
@@ -93,7 +116,7 @@ def estimate(pairs: list[dict], cfg: SelectConfig, cache_dir: Path | None, kind:
     if cached and cached.exists():
         return replace(Estimate(**json.loads(cached.read_text())), reused=True)
 
-    result = ReferencePath(pairs, cfg, task, policy, validation).run(kind)
+    result = PATHS[cfg.influence_path](pairs, cfg, task, policy, validation).run(kind)
     if cached:
         with runs.atomic_file(cached) as tmp:
             runs.write_json(tmp, asdict(result))
@@ -107,8 +130,11 @@ def prepare(pairs: list[dict], cfg: SelectConfig):
         raise HarnessError(f"step_optimizer must be one of {', '.join(STEP_OPTIMIZERS)}, got {cfg.step_optimizer!r}")
     if cfg.eta <= 0:
         raise HarnessError(f"eta must be positive (the unit step's learning rate), got {cfg.eta}")
-    if cfg.micro_batch < 1:
-        raise HarnessError(f"micro_batch must be at least 1, got {cfg.micro_batch}")
+    if cfg.influence_path not in PATHS:
+        raise HarnessError(f"influence_path must be one of {', '.join(PATHS)}, got {cfg.influence_path!r}")
+    for knob in ("micro_batch", "decode_units"):
+        if getattr(cfg, knob) < 1:
+            raise HarnessError(f"{knob} must be at least 1, got {getattr(cfg, knob)}")
     if cfg.eta_auto and not (0 < cfg.eta_target_share <= 1 and cfg.eta_calibration_units >= 1
                              and cfg.eta_auto_steps >= 0):
         raise HarnessError("eta auto needs eta_target_share in (0, 1], eta_calibration_units >= 1 and "
@@ -149,6 +175,7 @@ class ReferencePath:
                                  batch_size=cfg.batch_size)
         self.encoded = [encode_pair(self.tokenizer, p) for p in pairs]
         self.dialogues_run = 0
+        self.unit_seconds = {"step": 0.0, "validation": 0.0}
         with torch.no_grad(), self.model.disable_adapter():
             self.reference = torch.cat([self.logps(range(i, min(i + cfg.batch_size, len(pairs))))
                                         for i in range(0, len(pairs), cfg.batch_size)])
@@ -177,13 +204,20 @@ class ReferencePath:
         for p, saved in zip(self.params, weights):
             p.copy_(saved)
 
-    def dialogues(self, questions=None):
-        """Greedy dialogues on the validation questions (or `questions`), all batched together."""
+    def dialogues(self, questions=None, backend: Backend | None = None, dialogues=None):
+        """Greedy dialogues on the validation questions (or `questions`), all batched together;
+        `dialogues` continues dialogues already under way instead."""
         cfg = self.cfg
-        questions = questions or self.validation
-        self.dialogues_run += len(questions)
-        return run_dialogues(start(questions, self.task.setting), self.backend,
+        if dialogues is None:
+            questions = questions or self.validation
+            self.dialogues_run += len(questions)
+            dialogues = start(questions, self.task.setting)
+        return run_dialogues(dialogues, backend or self.backend,
                              DialogueConfig(cfg.max_turns, cfg.max_new_tokens, 0.0), cfg.seed)
+
+    def theta_star_dialogues(self):
+        """The validation dialogues at theta*, which every unit's are compared with."""
+        return self.dialogues()
 
     def score(self, dialogues) -> tuple[float, list[str]]:
         """F of finished dialogues (the task's metric) and their final answers."""
@@ -220,13 +254,25 @@ class ReferencePath:
     def unit_optimizer(self, eta: float):
         return STEP_OPTIMIZERS[self.cfg.step_optimizer](self.params, eta)
 
+    def step_from(self, theta_star: list[torch.Tensor], unit: list[int], eta: float) -> None:
+        """theta': a fresh optimizer's one step on `unit` from theta*."""
+        started = time.perf_counter()
+        self.restore(theta_star)
+        self.step(self.unit_optimizer(eta), unit)
+        self.unit_seconds["step"] += time.perf_counter() - started
+
     def unit_step(self, theta_star: list[torch.Tensor], unit: list[int], eta: float,
                   answers_before: list[str]) -> tuple[float, int]:
         """F after one step on `unit` from theta*, and how many validation answers it changed."""
-        self.restore(theta_star)
-        self.step(self.unit_optimizer(eta), unit)
+        self.step_from(theta_star, unit, eta)
+        started = time.perf_counter()
         f, answers = self.validate()
+        self.unit_seconds["validation"] += time.perf_counter() - started
         return f, sum(a != b for a, b in zip(answers, answers_before))
+
+    def unit_scores(self, theta_star, units, eta: float, answers_before, desc: str | None = None):
+        """Per unit, F after one step on it from theta* and how many validation answers it changed."""
+        return [self.unit_step(theta_star, unit, eta, answers_before) for unit in progress(units, desc)]
 
     def calibrate(self, theta_star, units, answers_before) -> tuple[float, list[dict]]:
         """The smallest eta x 3^k whose median calibration unit changes the target share of answers."""
@@ -235,7 +281,7 @@ class ReferencePath:
         trials = []
         for k in range(cfg.eta_auto_steps + 1):
             eta = cfg.eta * ETA_GROWTH ** k
-            changed = sorted(self.unit_step(theta_star, unit, eta, answers_before)[1] for unit in probe)
+            changed = sorted(c for _, c in self.unit_scores(theta_star, probe, eta, answers_before))
             share = statistics.median(changed) / len(self.validation)
             trials.append({"eta": eta, "changed_answers": changed, "median_share": share})
             if share >= cfg.eta_target_share:
@@ -265,8 +311,7 @@ class ReferencePath:
 
     def loss_step(self, theta_star, unit: list[int], eta: float, probe) -> float:
         """The validation loss after one step on `unit` from theta*."""
-        self.restore(theta_star)
-        self.step(self.unit_optimizer(eta), unit)
+        self.step_from(theta_star, unit, eta)
         return self.validation_loss(probe[0], probe[1])
 
     def run(self, kind: str = "metric") -> Estimate:
@@ -274,7 +319,7 @@ class ReferencePath:
         started = time.time()
         theta_star = self.warm_up()
         warmed = time.time()
-        at_theta_star = self.dialogues()
+        at_theta_star = self.theta_star_dialogues()
         f_before, answers_before = self.score(at_theta_star)
         units = make_units(len(self.pairs), cfg.unit_size, cfg.seed)
         eta, trials = self.calibrate(theta_star, units, answers_before) if cfg.eta_auto else (cfg.eta, [])
@@ -282,15 +327,203 @@ class ReferencePath:
         if kind == "loss":
             probe = self.loss_probe(theta_star, at_theta_star)
             f_before = probe[2]
-        f_after, changed = [], []
-        for unit in tqdm(units, desc=f"{kind} influence units", unit="unit", file=sys.stderr, dynamic_ncols=True):
-            if kind == "loss":  # no dialogues after the step: no answers to compare
-                f_after.append(self.loss_step(theta_star, unit, eta, probe))
-            else:
-                f, n_changed = self.unit_step(theta_star, unit, eta, answers_before)
-                f_after.append(f)
-                changed.append(n_changed)
+        if kind == "loss":  # no dialogues after the step: no answers to compare
+            f_after = [self.loss_step(theta_star, unit, eta, probe) for unit in progress(units, "loss influence units")]
+            changed = []
+        else:
+            scored = self.unit_scores(theta_star, units, eta, answers_before, "metric influence units")
+            f_after, changed = [f for f, _ in scored], [c for _, c in scored]
         self.restore(theta_star)
         seconds = {"warmup": warmed - started, "calibration": calibrated - warmed, "units": time.time() - calibrated}
         return Estimate(units, f_before, f_after, changed, [q.id for q in self.validation], seconds, eta,
-                        self.dialogues_run, self.backend.usage.as_dict(), trials)
+                        self.dialogues_run, self.backend.usage.as_dict(), trials, drafts=self.draft_account(),
+                        unit_seconds=self.unit_seconds)
+
+    def draft_account(self) -> dict:
+        return {}
+
+
+@dataclass
+class DraftTurn:
+    """One turn of a draft dialogue as the backend saw it: the agent's prompt and what it generated."""
+
+    prompt: list[int]
+    tokens: list[int]  # end of turn excluded
+    ended: bool  # by an end-of-turn token; else at the utterance token cap
+
+    @property
+    def sequence(self) -> list[int]:
+        return self.prompt + self.tokens
+
+    def positions(self) -> range:
+        """The positions whose next-token prediction must be this turn's: each generated token, then
+        the end of turn (a capped turn has none: the cap, not the model, ended it)."""
+        return range(len(self.prompt) - 1, len(self.prompt) + len(self.tokens) - (0 if self.ended else 1))
+
+
+class _DraftRecorder:
+    """A backend that keeps each request's prompt tokens and generated tokens, by cache slot in turn
+    order (the dialogue loop names a slot per dialogue and agent)."""
+
+    def __init__(self, backend: HFBackend):
+        self.backend = backend
+        self.turns: dict[str, list[DraftTurn]] = defaultdict(list)
+
+    def generate(self, requests, sampling, seed=0):
+        # Dialogues set no stop strings, so "stop" means an end-of-turn token.
+        out = self.backend.generate(requests, sampling, seed)
+        for r, c in zip(requests, out):
+            self.turns[r.cache_key].append(DraftTurn(self.backend.encode(r.messages), list(c.token_ids),
+                                                     c.finish_reason == "stop"))
+        return out
+
+    def __getattr__(self, name):
+        return getattr(self.backend, name)
+
+
+def chains(turns: list[DraftTurn]) -> list[tuple[list[int], list[int]]]:
+    """One agent's turns grouped so that one forward pass checks each group: a turn joins the group
+    before it when that group's sequence is a prefix of its own (its memory re-encodes the earlier
+    turns token for token, as chat templates usually do). (sequence, turn indices) per group."""
+    groups: list[tuple[list[int], list[int]]] = []
+    for i, turn in enumerate(turns):
+        seq = turn.sequence
+        if groups and seq[:len(groups[-1][0])] == groups[-1][0]:
+            groups[-1] = (seq, groups[-1][1] + [i])
+        else:
+            groups.append((seq, [i]))
+    return groups
+
+
+class FastPath(ReferencePath):
+    """The reference path's influence, checking theta*'s validation dialogues as a draft of each
+    unit's instead of decoding them again (see the module's docstring). The dialogues that diverge,
+    from all the units of a group, then decode in one batch, each row on its own unit's LoRA weights
+    (peft's mixed-adapter batches)."""
+
+    def __init__(self, *args):
+        from peft.tuners.lora import LoraLayer
+
+        super().__init__(*args)
+        self.lora_layers = [m for m in self.model.modules() if isinstance(m, LoraLayer)]
+        self.account = {"verified_dialogues": 0, "decoded_dialogues": 0, "decoded_turns": 0, "draft_turns": 0,
+                        "checked_positions": 0, "near_ties": 0, "check_seconds": 0.0, "decode_seconds": 0.0}
+
+    def theta_star_dialogues(self):
+        recorder = _DraftRecorder(self.backend)
+        self.draft = self.dialogues(backend=recorder)
+        self.draft_turns = [[recorder.turns[f"{d.key}/{t % 2}"][t // 2] for t in range(len(d.utterances))]
+                            for d in self.draft]
+        return self.draft
+
+    def unit_scores(self, theta_star, units, eta: float, answers_before, desc: str | None = None):
+        scored = []
+        bar = tqdm(total=len(units), desc=desc, disable=desc is None, unit="unit", file=sys.stderr,
+                   dynamic_ncols=True)
+        group_size = self.cfg.decode_units
+        for lo in range(0, len(units), group_size):
+            outcomes, diverged = [], []
+            for j, unit in enumerate(units[lo:lo + group_size]):
+                self.step_from(theta_star, unit, eta)
+                started = time.perf_counter()
+                dialogues, resumed = self.check_drafts()
+                if resumed:
+                    name = f"unit{j}"
+                    self.keep_adapter(name)
+                    for d in resumed:
+                        d.adapter = name
+                outcomes.append(dialogues)
+                diverged += resumed
+                self.unit_seconds["validation"] += time.perf_counter() - started
+            started = time.perf_counter()
+            if diverged:
+                done = [len(d.utterances) for d in diverged]
+                self.dialogues(dialogues=diverged)
+                self.account["decoded_dialogues"] += len(diverged)
+                self.account["decoded_turns"] += sum(len(d.utterances) - n for d, n in zip(diverged, done))
+            seconds = time.perf_counter() - started
+            self.account["decode_seconds"] += seconds
+            self.unit_seconds["validation"] += seconds
+            for dialogues in outcomes:
+                f, answers = self.score(dialogues)
+                scored.append((f, sum(a != b for a, b in zip(answers, answers_before))))
+                bar.update(1)
+        bar.close()
+        return scored
+
+    def check_drafts(self):
+        """The validation dialogues of the current weights: theta*'s where the draft holds, and those
+        that diverge restarted at the turn they diverge (to decode). (all dialogues, restarted ones)"""
+        started = time.perf_counter()
+        outcome, resumed = [], []
+        for d, turns in zip(self.draft, self.draft_turns):
+            k = self.divergence(turns)
+            self.account["draft_turns"] += len(turns)
+            if k is None:
+                self.account["verified_dialogues"] += 1
+                outcome.append(d)
+                continue
+            again = start([d.question], self.task.setting)[0]
+            for u in d.utterances[:k]:  # theta' says these turns as theta* did
+                again.add(u, self.cfg.max_turns)
+            outcome.append(again)
+            resumed.append(again)
+        self.dialogues_run += len(self.validation)
+        self.account["check_seconds"] += time.perf_counter() - started
+        return outcome, resumed
+
+    @torch.no_grad()
+    def keep_adapter(self, name: str) -> None:
+        """A copy of the current LoRA weights as adapter `name`, for a decoding batch to name per row."""
+        if name not in self.model.peft_config:
+            # The "default" adapter stays the active, trainable one.
+            self.model.add_adapter(name, copy.deepcopy(self.model.peft_config["default"]))
+        for layer in self.lora_layers:
+            layer.lora_A[name].weight.copy_(layer.lora_A["default"].weight)
+            layer.lora_B[name].weight.copy_(layer.lora_B["default"].weight)
+
+    @torch.no_grad()
+    def divergence(self, turns: list[DraftTurn]) -> int | None:
+        """The first turn the current weights would not generate as theta* did, or None."""
+        first = None
+        for agent in (0, 1):
+            own = list(range(agent, len(turns), 2))
+            for sequence, members in chains([turns[t] for t in own]):
+                if first is not None and own[members[0]] >= first:
+                    break
+                failed = self.check(sequence, [turns[own[m]] for m in members])
+                if failed is not None:
+                    t = own[members[failed]]
+                    first = t if first is None else min(first, t)
+                    break
+        return first
+
+    def check(self, sequence: list[int], turns: list[DraftTurn]) -> int | None:
+        """One forward pass over `sequence`: the index of the first of `turns` (all prefixes of it)
+        whose tokens or end of turn the current weights would not generate, or None."""
+        positions = [p for turn in turns for p in turn.positions()]
+        eos = -1  # any of the backend's end-of-turn tokens
+        targets = [tok for turn in turns for tok in turn.tokens + ([eos] if turn.ended else [])]
+        device = next(self.model.parameters()).device
+        self.backend.usage.scored_tokens += len(sequence)
+        logits = self.model(input_ids=torch.tensor([sequence], device=device),
+                            logits_to_keep=torch.tensor(positions, device=device)).logits[0].float()
+        top = logits.topk(2, dim=-1)
+        picked = top.indices[:, 0].tolist()
+        ok = [p == t if t != eos else p in self.backend.eos_ids for p, t in zip(picked, targets)]
+        bad = ok.index(False) if False in ok else len(ok)
+        gaps = (top.values[:bad, 0] - top.values[:bad, 1]).tolist()
+        self.account["checked_positions"] += bad
+        self.account["near_ties"] += sum(g < NEAR_TIE for g in gaps)
+        if bad == len(ok):
+            return None
+        bounds = [0]
+        for turn in turns:
+            bounds.append(bounds[-1] + len(turn.positions()))
+        return next(i for i in range(len(turns)) if bounds[i] <= bad < bounds[i + 1])
+
+    def draft_account(self) -> dict:
+        return dict(self.account)
+
+
+PATHS = {"reference": ReferencePath, "fast": FastPath}

@@ -28,7 +28,7 @@ class DITSSelector(Selector):
         facts = {
             "influence": self.kind, "f_before": est.f_before, "f_after": est.f_after, "units": est.units,
             "validation_ids": est.validation_ids, "seconds": est.seconds, "usage": est.usage,
-            "eta": est.eta, "eta_calibration": est.calibration,
+            "eta": est.eta, "eta_calibration": est.calibration, "drafts": est.drafts, "unit_seconds": est.unit_seconds,
             "validation_dialogues": est.validation_dialogues, "reused_estimate": est.reused,
             # The reference ranks by F(theta') itself; same order, recorded for comparison.
             "reference_rank_value": est.per_pair(est.f_after, len(pairs)),

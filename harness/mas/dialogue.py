@@ -69,6 +69,7 @@ class Dialogue:
     final_answer: str = ""
     stop: str = ""  # "agreement" | "turn_cap"
     key: str = field(default_factory=lambda: f"dlg{next(_keys)}")
+    adapter: str | None = None  # the LoRA adapter both agents speak with (Request.adapter)
 
     @property
     def done(self) -> bool:
@@ -126,7 +127,8 @@ def run_dialogues(dialogues: list[Dialogue], backend: Backend, cfg: DialogueConf
         if progress is not None:
             progress.set_postfix(turn=step + 1, active=len(active))
         agents = [d.next_agent for d in active]
-        requests = [Request(d.messages(a), cache_key=f"{d.key}/{a}") for d, a in zip(active, agents)]
+        requests = [Request(d.messages(a), cache_key=f"{d.key}/{a}", adapter=d.adapter)
+                    for d, a in zip(active, agents)]
         completions = backend.generate(requests, sampling, seed=seed * 1000 + step)
         for d, a, c in zip(active, agents, completions):
             d.add(Utterance.from_completion(NAMES[a], c), cfg.max_turns)
