@@ -176,6 +176,7 @@ class ReferencePath:
         self.encoded = [encode_pair(self.tokenizer, p) for p in pairs]
         self.dialogues_run = 0
         self.unit_seconds = {"step": 0.0, "validation": 0.0}
+        self.account: dict = {}  # the fast path's account of its drafts; none on this path
         with torch.no_grad(), self.model.disable_adapter():
             self.reference = torch.cat([self.logps(range(i, min(i + cfg.batch_size, len(pairs))))
                                         for i in range(0, len(pairs), cfg.batch_size)])
@@ -336,11 +337,8 @@ class ReferencePath:
         self.restore(theta_star)
         seconds = {"warmup": warmed - started, "calibration": calibrated - warmed, "units": time.time() - calibrated}
         return Estimate(units, f_before, f_after, changed, [q.id for q in self.validation], seconds, eta,
-                        self.dialogues_run, self.backend.usage.as_dict(), trials, drafts=self.draft_account(),
+                        self.dialogues_run, self.backend.usage.as_dict(), trials, drafts=dict(self.account),
                         unit_seconds=self.unit_seconds)
-
-    def draft_account(self) -> dict:
-        return {}
 
 
 @dataclass
@@ -502,6 +500,7 @@ class FastPath(ReferencePath):
         """One forward pass over `sequence`: the index of the first of `turns` (all prefixes of it)
         whose tokens or end of turn the current weights would not generate, or None."""
         positions = [p for turn in turns for p in turn.positions()]
+        owner = [i for i, turn in enumerate(turns) for _ in turn.positions()]  # the turn of each position
         eos = -1  # any of the backend's end-of-turn tokens
         targets = [tok for turn in turns for tok in turn.tokens + ([eos] if turn.ended else [])]
         device = next(self.model.parameters()).device
@@ -515,15 +514,7 @@ class FastPath(ReferencePath):
         gaps = (top.values[:bad, 0] - top.values[:bad, 1]).tolist()
         self.account["checked_positions"] += bad
         self.account["near_ties"] += sum(g < NEAR_TIE for g in gaps)
-        if bad == len(ok):
-            return None
-        bounds = [0]
-        for turn in turns:
-            bounds.append(bounds[-1] + len(turn.positions()))
-        return next(i for i in range(len(turns)) if bounds[i] <= bad < bounds[i + 1])
-
-    def draft_account(self) -> dict:
-        return dict(self.account)
+        return None if bad == len(ok) else owner[bad]
 
 
 PATHS = {"reference": ReferencePath, "fast": FastPath}
