@@ -97,6 +97,8 @@ def main() -> None:
     print(f"reference F(theta'): {[round(f, 4) for f in ref.f_after]}, changed answers {ref.changed_answers}")
     print(f"fast F(theta'):      {[round(f, 4) for f in fast.f_after]}, changed answers {fast.changed_answers}")
     print(f"fast path drafts: {json.dumps({k: round(v, 1) for k, v in fast.drafts.items()})}")
+    print(f"fast path decoding: {fast.usage['completion_tokens']} tokens generated in all (theta*'s drafts "
+          f"included), {fast.usage['guessed_tokens']} of them taken from lookahead guesses")
 
 
 if __name__ == "__main__":

@@ -125,6 +125,9 @@ class SelectConfig:
     influence_path: str = "fast"
     # The fast path's diverging dialogues of this many units decode in one batch (one LoRA copy per unit).
     decode_units: int = 8
+    # ...and guess up to this many tokens a decoding step from their own text (prompt lookup: SmolLM2's
+    # agents copy their information and repeat each other), keeping those greedy decoding would pick.
+    decode_lookahead: int = 8
     beta: float | None = None  # DPO beta; default: the task's recipe
     lora_r: int = 32
     lora_alpha: int = 32

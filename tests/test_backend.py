@@ -1,4 +1,6 @@
-"""The hf backend on the tiny random model: the key/value cache must change nothing but speed."""
+"""The hf backend on the tiny models: the key/value cache and lookahead guesses must change nothing but speed."""
+
+from dataclasses import replace
 
 import pytest
 import torch
@@ -28,6 +30,23 @@ def test_kv_cache_gives_the_same_dialogues_and_reuses_prompt_tokens(tiny_random)
     assert cached == fresh
     assert reused > 0
     assert not tiny_random._slots  # finished dialogues release their slots
+
+
+@pytest.mark.parametrize("model", ["tiny_random", "tiny_fitted"])
+def test_lookahead_decodes_what_one_token_a_step_does(model, request):
+    backend = request.getfixturevalue(model)
+    task = get_task("hotpotqa")
+    qs = task.load("test", limit=4)
+    plain = _dialogue_texts(backend, qs, task.setting, max_turns=4)
+    before = backend.usage.guessed_tokens
+    guessed = _dialogue_texts(backend, qs, task.setting, max_turns=4, lookahead=6)
+    assert guessed == plain
+    assert backend.usage.guessed_tokens > before  # guesses were taken, so the comparison means something
+    req = [Request([{"role": "user", "content": "Say something, and say it again."}])]
+    full = backend.generate(req, Sampling(max_new_tokens=20))[0]
+    stop = full.text[4:7]
+    for s in (Sampling(max_new_tokens=20, lookahead=4), Sampling(max_new_tokens=20, lookahead=4, stop=(stop,))):
+        assert backend.generate(req, s)[0].text == backend.generate(req, replace(s, lookahead=0))[0].text
 
 
 def test_sampled_generation_is_seeded(tiny_random):

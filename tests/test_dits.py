@@ -76,6 +76,7 @@ def test_dits_scores_every_pair_and_gamma_runs_share_one_estimate(pairs_file, tm
     (["model=tiny-random"], "the pairs were grown by tiny-fitted"),
     (["step_optimizer=adam"], "step_optimizer must be one of adamw, sgd"),
     (["eta=0"], "eta must be positive"),
+    (["decode_lookahead=-1"], "decode_lookahead must be at least 0, got -1"),
 ])
 def test_bad_influence_input_is_one_line(pairs_file, tmp_path, capsys, overrides, message):
     out = tmp_path / "sel"
@@ -170,6 +171,35 @@ def test_response_logps_scores_only_the_responses_of_a_padded_batch():
         want = [[sum(torch.log_softmax(model(input_ids=torch.tensor([p.prompt + r])).logits[0].float(), -1)[
             len(p.prompt) - 1 + i, t].item() for i, t in enumerate(r)) for r in (p.chosen, p.rejected)] for p in pairs]
     assert torch.allclose(got, torch.tensor(want), atol=1e-4)
+
+
+def test_shared_prompt_logps_equal_the_padded_batchs_with_their_gradient():
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from harness import models
+    from harness.dits.dpo import EncodedPair, response_logps, shared_prompt_logps
+
+    model, tokenizer, _ = models.load("tiny-fitted")
+    torch.manual_seed(0)
+    model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", lora_dropout=0.0))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:  # B starts at zero, where the gradient of A is zero too
+            p.data.normal_(0, 0.1)
+    pairs = [EncodedPair([5, 6, 7, 8, 9], [9, 10], [11, 12, 13, 16]), EncodedPair([5, 6], [9, 10, 14, 15], [11])]
+    results = []
+    for logps in (lambda: response_logps(model, pairs, tokenizer.pad_token_id),
+                  lambda: shared_prompt_logps(model, pairs)):
+        model.zero_grad()
+        values = logps()
+        (values * torch.tensor([[1.0, -2.0]])).sum().backward()
+        results.append((values.detach(), [p.grad.clone() for p in model.parameters() if p.requires_grad]))
+    (padded, padded_grads), (shared, shared_grads) = results
+    assert torch.allclose(padded, shared, atol=1e-4)
+    scale = max(g.abs().max().item() for g in padded_grads)
+    assert scale > 1e-3  # the gradient is not zero: comparing it means something
+    # float32 sums in another order: 1.4e-4 at a scale of 16 measured on tiny-fitted
+    assert all(torch.allclose(a, b, rtol=0, atol=1e-4 * scale) for a, b in zip(padded_grads, shared_grads))
 
 
 def test_fast_path_gives_the_reference_paths_influence(pairs_file, tmp_path):

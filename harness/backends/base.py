@@ -12,6 +12,9 @@ class Sampling:
     top_p: float = 1.0
     max_new_tokens: int = 256
     stop: tuple[str, ...] = ()  # as OpenAI: generation ends before the first stop string
+    # Greedy only: each decoding step may also feed up to this many tokens guessed from the row's
+    # own text (prompt lookup) and keep those the model would have generated; 0 = one token a step.
+    lookahead: int = 0
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,8 @@ class Usage:
     cached_tokens: int = 0
     completion_tokens: int = 0
     scored_tokens: int = 0  # tokens read by `logprobs` and `turn_nll`
+    guessed_tokens: int = 0  # completion tokens taken from lookahead guesses (`Sampling.lookahead`)
+    guess_near_ties: int = 0  # tokens picked within a near-tie in a step that fed guesses
     generate_calls: int = 0
     seconds: float = 0.0
     extra: dict = field(default_factory=dict)

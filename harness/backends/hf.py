@@ -8,7 +8,9 @@ on that slot encodes only the tokens past the longest common prefix with what it
 A request's new prompt tokens (all but the last) are encoded alone, unpadded, on top of its slot;
 then the batch decodes together from one token a row, the slots left-padded to a common length
 with the attention mask hiding the padding and explicit position ids, so every row computes
-exactly what a fresh encoding would.
+exactly what a fresh encoding would. Greedy decoding may guess tokens ahead (`Sampling.lookahead`):
+a step then feeds each row's token and its guesses, keeps the guesses the model would have
+generated, and masks the others out of the cache.
 """
 
 from __future__ import annotations
@@ -66,6 +68,23 @@ class _RoomyLayer(DynamicLayer):
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         self._k, self._v = self._k[indices], self._v[indices]
+
+
+# Top-two logit gaps below this are near-ties: the same logits computed another way (a whole sequence
+# in one pass, or a token at a time; float32 differences ~1e-5) could pick the runner-up.
+NEAR_TIE = 1e-3
+
+
+def lookup(history: list[int], k: int, longest: int = 3) -> list[int]:
+    """Up to `k` tokens guessed to come next: those that followed the latest earlier occurrence of the
+    history's last n tokens, n from `longest` down to 1 (prompt lookup decoding). Dialogue agents
+    copy their information and each other's messages, so the guesses often hold."""
+    for n in range(min(longest, len(history) - 1), 0, -1):
+        tail = history[-n:]
+        for start in range(len(history) - n - 1, -1, -1):
+            if history[start:start + n] == tail:
+                return history[start + n:start + n + k]
+    return []
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -168,30 +187,49 @@ class HFBackend(Backend):
                  for ids, slot, p, a in zip(prompts, slots, cached, adapters)]
         reuse = [len(ids) - 1 for ids in prompts]
         batch, past_len = len(requests), max(reuse)
-        input_ids = torch.tensor([[ids[-1]] for ids in prompts])
-        positions = torch.tensor([[p] for p in reuse])
-        mask = torch.zeros(batch, past_len + 1, dtype=torch.long)
+        mask = torch.zeros(batch, past_len, dtype=torch.long)
         for b, p in enumerate(reuse):
             mask[b, past_len - p:] = 1
-        cache = self._padded_cache(slots, reuse, past_len, sampling.max_new_tokens + 1)
+        lookahead = sampling.lookahead if sampling.temperature <= 0 else 0
+        cache = self._padded_cache(slots, reuse, past_len, sampling.max_new_tokens + 1 + lookahead)
 
         rows = list(range(batch))  # batch row -> request index, shrinks as requests finish
+        last = [ids[-1] for ids in prompts]  # each row's token to feed next
+        pos = torch.tensor(reuse)  # and its position
         generated: list[list[int]] = [[] for _ in requests]
         texts = [""] * batch
         finish: list[str | None] = [None] * batch
-        next_pos = positions[:, -1] + 1
-        step_ids = input_ids.to(self.device)
         while True:
-            result = self.model(input_ids=step_ids, attention_mask=mask.to(self.device),
-                                position_ids=positions.to(self.device), past_key_values=cache, use_cache=True,
+            # Guessed tokens ride behind each row's token; a guess the model rejects stays in the cache
+            # with its mask column off (padding inside a row, as the left padding before it).
+            room = [sampling.max_new_tokens - len(generated[r]) - 1 for r in rows]
+            guesses = [lookup(prompts[r] + generated[r], min(lookahead, n)) if lookahead else []
+                       for r, n in zip(rows, room)]
+            width = max(map(len, guesses))
+            step_ids = torch.tensor([[t] + g + [t] * (width - len(g)) for t, g in zip(last, guesses)])
+            mask = torch.cat([mask, torch.ones(len(rows), 1 + width, dtype=torch.long)], dim=1)
+            result = self.model(input_ids=step_ids.to(self.device), attention_mask=mask.to(self.device),
+                                position_ids=(pos.unsqueeze(1) + torch.arange(1 + width)).to(self.device),
+                                past_key_values=cache, use_cache=True,
                                 **self._rows([adapters[r] for r in rows] if adapters[0] else []))
             cache = result.past_key_values
-            tokens = self._pick(result.logits[:, -1].float(), sampling, generator).tolist()
+            if width:
+                top = result.logits.float().topk(2, dim=-1)
+                picked, gaps = top.indices[..., 0].tolist(), (top.values[..., 0] - top.values[..., 1]).tolist()
+            else:
+                picked = self._pick(result.logits[:, -1].float(), sampling, generator).unsqueeze(1).tolist()
             keep = []
-            for j, (r, t) in enumerate(zip(rows, tokens)):
-                if t in self.eos_ids:
-                    finish[r] = "stop"
-                else:
+            for j, r in enumerate(rows):
+                g, out = guesses[j], picked[j]
+                accepted = 0
+                while accepted < len(g) and g[accepted] == out[accepted]:
+                    accepted += 1
+                used = 0  # tokens taken from `out`: the accepted guesses' and the one after them
+                for t in out[:accepted + 1]:
+                    used += 1
+                    if t in self.eos_ids:
+                        finish[r] = "stop"
+                        break
                     generated[r].append(t)
                     if sampling.stop:
                         texts[r] = self.tokenizer.decode(generated[r], skip_special_tokens=True)
@@ -199,6 +237,14 @@ class HFBackend(Backend):
                             finish[r] = "stop"
                     if finish[r] is None and len(generated[r]) >= sampling.max_new_tokens:
                         finish[r] = "length"
+                    if finish[r] is not None:
+                        break
+                mask[j, mask.shape[1] - width + used - 1:] = 0  # the guesses fed but not taken
+                self.usage.guessed_tokens += min(accepted, used)
+                if width:  # picked from a pass over several positions, not one: near-ties could pick otherwise
+                    self.usage.guess_near_ties += sum(gap < NEAR_TIE for gap in gaps[j][:used])
+                pos[j] += used
+                last[j] = t
                 if finish[r] is None:
                     keep.append(j)
                 elif requests[r].cache_key and self.kv_cache:
@@ -209,13 +255,9 @@ class HFBackend(Backend):
             if len(keep) < len(rows):
                 index = torch.tensor(keep)
                 cache.batch_select_indices(index.to(self.device))
-                mask, next_pos = mask[index], next_pos[index]
-                tokens = [tokens[j] for j in keep]
+                mask, pos = mask[index], pos[index]
+                last = [last[j] for j in keep]
                 rows = [rows[j] for j in keep]
-            step_ids = torch.tensor(tokens, device=self.device).unsqueeze(1)
-            mask = torch.cat([mask, torch.ones(len(rows), 1, dtype=torch.long)], dim=1)
-            positions = next_pos.unsqueeze(1)
-            next_pos = next_pos + 1
 
         completions = []
         for r, ids in enumerate(prompts):

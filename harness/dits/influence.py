@@ -12,9 +12,13 @@ validation dialogues are a draft of every theta'. A policy that, fed a draft tur
 token theta* generated and then its end of turn would have generated that turn itself; so one forward
 pass per agent checks a whole dialogue (as speculative decoding checks a draft), a dialogue that holds
 is theta*'s, and only the others are decoded, from the first turn theta' would say differently. The
-one difference from the reference is floating point: a check reads logits computed over the whole
+checks run on a plain copy of the model with theta' merged into its weights, each agent's opening
+(its instructions, alike in every dialogue) encoded once per unit; the unit's step encodes each
+pair's prompt once for both responses; the dialogues that diverge decode several tokens a step where
+their own text guesses them right (prompt lookup, each guess checked as the drafts are). The one
+difference from the reference is floating point: a check reads logits computed over the whole
 sequence where decoding computes them a token at a time, so an argmax within a near-tie can differ;
-those positions are counted.
+the checked positions within one are counted.
 
 Results are cached by (pairs, policy, validation questions, influence knobs, kind): gamma and alpha
 are not in the key, so gamma 0 and gamma 1 of one suite share one estimate.
@@ -39,9 +43,9 @@ from tqdm.auto import tqdm
 
 from harness import models, runs
 from harness.backends.base import Backend
-from harness.backends.hf import HFBackend
+from harness.backends.hf import NEAR_TIE, HFBackend, common_prefix
 from harness.config import SelectConfig
-from harness.dits.dpo import EncodedPair, dpo_loss, encode_pair, response_logps
+from harness.dits.dpo import EncodedPair, dpo_loss, encode_pair, response_logps, shared_prompt_logps
 from harness.errors import HarnessError
 from harness.evaluation import dialogue_score, seed_everything
 from harness.mas.dialogue import DialogueConfig, run_dialogues, same_answer, start
@@ -53,11 +57,9 @@ log = logging.getLogger(__name__)
 # The knobs an estimate depends on; the cache key hashes them with the pairs and the validation set.
 KNOBS = ("unit_size", "warmup_steps", "warmup_batch", "warmup_lr", "eta", "step_optimizer", "beta", "lora_r",
          "lora_alpha", "lora_dropout", "max_turns", "max_new_tokens", "context_mode", "seed", "dtype", "eta_auto",
-         "eta_target_share", "eta_calibration_units", "eta_auto_steps", "micro_batch", "influence_path")
+         "eta_target_share", "eta_calibration_units", "eta_auto_steps", "micro_batch", "influence_path",
+         "decode_lookahead")
 ETA_GROWTH = 3.0
-# Top-two logit gaps below this, on a checked draft position, are near-ties: decoding a token at a time
-# could pick the runner-up there (float32 logits of one sequence computed both ways differ by ~1e-5).
-NEAR_TIE = 1e-3
 
 
 # The unit step: a fresh AdamW's first step (about eta * sign(gradient), as the reference), or plain SGD.
@@ -80,8 +82,10 @@ class Estimate:
     usage: dict = field(default_factory=dict)  # the validation dialogues' tokens and requests
     calibration: list[dict] = field(default_factory=list)  # eta_auto's trials: eta, changed answers per unit
     reused: bool = False  # read from the cache: computed by an earlier selection (its seconds are not this one's)
-    # The fast path's account: draft dialogues that held, dialogues decoded again and their turns, and
-    # checked positions within a near-tie (where its outcome could differ from the reference path's).
+    # The fast path's account: draft dialogues that held, dialogues decoded again and their turns,
+    # near-ties (checked positions, and tokens decoded in steps that fed guesses, whose top two logits
+    # are within NEAR_TIE: where its outcome could differ from the reference path's), tokens the
+    # checks encoded and those they read from the agents' openings encoded once a unit.
     drafts: dict = field(default_factory=dict)
     unit_seconds: dict = field(default_factory=dict)  # the unit steps' seconds: the steps, the validation
 
@@ -132,9 +136,9 @@ def prepare(pairs: list[dict], cfg: SelectConfig):
         raise HarnessError(f"eta must be positive (the unit step's learning rate), got {cfg.eta}")
     if cfg.influence_path not in PATHS:
         raise HarnessError(f"influence_path must be one of {', '.join(PATHS)}, got {cfg.influence_path!r}")
-    for knob in ("micro_batch", "decode_units"):
-        if getattr(cfg, knob) < 1:
-            raise HarnessError(f"{knob} must be at least 1, got {getattr(cfg, knob)}")
+    for knob, least in (("micro_batch", 1), ("decode_units", 1), ("decode_lookahead", 0)):
+        if getattr(cfg, knob) < least:
+            raise HarnessError(f"{knob} must be at least {least}, got {getattr(cfg, knob)}")
     if cfg.eta_auto and not (0 < cfg.eta_target_share <= 1 and cfg.eta_calibration_units >= 1
                              and cfg.eta_auto_steps >= 0):
         raise HarnessError("eta auto needs eta_target_share in (0, 1], eta_calibration_units >= 1 and "
@@ -182,20 +186,33 @@ class ReferencePath:
                                         for i in range(0, len(pairs), cfg.batch_size)])
 
     def logps(self, indices) -> torch.Tensor:
+        """Chosen and rejected as two padded rows of one batch, as trl's DPO forward pass."""
         return response_logps(self.model, [self.encoded[i] for i in indices], self.tokenizer.pad_token_id)
 
-    def loss(self, indices: list[int]) -> torch.Tensor:
-        return dpo_loss(self.logps(indices), self.reference[indices], self.beta).mean()
+    def shared_logps(self, indices) -> torch.Tensor:
+        """The same with each prompt encoded once for both responses (about half the work), where
+        that is the same computation: LoRA dropout would draw one mask where the two rows draw two."""
+        if self.cfg.lora_dropout:
+            return self.logps(indices)
+        return shared_prompt_logps(self.model, [self.encoded[i] for i in indices])
 
-    def step(self, optimizer, indices: list[int]) -> None:
-        """One optimizer step on the mean DPO loss of `indices`, its gradient accumulated over
-        micro-batches: the attention maps of a batch of long dialogue prompts, kept for the backward
-        pass, outgrow memory (8 CBT sequences of ~1,000 tokens took SmolLM2 past 18 GB)."""
+    def unit_logps(self, indices) -> torch.Tensor:
+        """What a unit's step takes its loss on: on this path, the padded rows, as trl."""
+        return self.logps(indices)
+
+    def loss(self, indices: list[int], logps) -> torch.Tensor:
+        return dpo_loss(logps(indices), self.reference[indices], self.beta).mean()
+
+    def step(self, optimizer, indices: list[int], logps=None) -> None:
+        """One optimizer step on the mean DPO loss of `indices` (log-probabilities from `logps`, by
+        default `shared_logps`), its gradient accumulated over micro-batches: the attention maps of a
+        batch of long dialogue prompts, kept for the backward pass, outgrow memory (8 CBT sequences of
+        ~1,000 tokens took SmolLM2 past 18 GB)."""
         self.model.train()
         size = self.cfg.micro_batch
         for lo in range(0, len(indices), size):
             part = indices[lo:lo + size]
-            (self.loss(part) * (len(part) / len(indices))).backward()
+            (self.loss(part, logps or self.shared_logps) * (len(part) / len(indices))).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         self.model.eval()
@@ -205,7 +222,7 @@ class ReferencePath:
         for p, saved in zip(self.params, weights):
             p.copy_(saved)
 
-    def dialogues(self, questions=None, backend: Backend | None = None, dialogues=None):
+    def dialogues(self, questions=None, backend: Backend | None = None, dialogues=None, lookahead: int = 0):
         """Greedy dialogues on the validation questions (or `questions`), all batched together;
         `dialogues` continues dialogues already under way instead."""
         cfg = self.cfg
@@ -214,7 +231,7 @@ class ReferencePath:
             self.dialogues_run += len(questions)
             dialogues = start(questions, self.task.setting)
         return run_dialogues(dialogues, backend or self.backend,
-                             DialogueConfig(cfg.max_turns, cfg.max_new_tokens, 0.0), cfg.seed)
+                             DialogueConfig(cfg.max_turns, cfg.max_new_tokens, 0.0, lookahead=lookahead), cfg.seed)
 
     def theta_star_dialogues(self):
         """The validation dialogues at theta*, which every unit's are compared with."""
@@ -259,7 +276,7 @@ class ReferencePath:
         """theta': a fresh optimizer's one step on `unit` from theta*."""
         started = time.perf_counter()
         self.restore(theta_star)
-        self.step(self.unit_optimizer(eta), unit)
+        self.step(self.unit_optimizer(eta), unit, self.unit_logps)
         self.unit_seconds["step"] += time.perf_counter() - started
 
     def unit_step(self, theta_star: list[torch.Tensor], unit: list[int], eta: float,
@@ -399,20 +416,40 @@ class FastPath(ReferencePath):
     from all the units of a group, then decode in one batch, each row on its own unit's LoRA weights
     (peft's mixed-adapter batches)."""
 
-    def __init__(self, *args):
+    def __init__(self, pairs, cfg: SelectConfig, task, policy: str, validation):
         from peft.tuners.lora import LoraLayer
 
-        super().__init__(*args)
-        self.lora_layers = [m for m in self.model.modules() if isinstance(m, LoraLayer)]
+        super().__init__(pairs, cfg, task, policy, validation)
+        # The checks run on a plain copy of the policy with the unit's LoRA weights merged in: no
+        # adapter branch beside every linear layer (a tenth of a forward pass at r = 32).
+        self.checker = models.load(policy, cfg.device, cfg.dtype)[0].requires_grad_(False)
+        targets = dict(self.checker.named_modules())
+        # (the policy's LoRA layer, the checker's linear layer it merges into)
+        self.lora_layers = [(m, targets[name.removeprefix("base_model.model.")])
+                            for name, m in self.model.named_modules() if isinstance(m, LoraLayer)]
         self.account = {"verified_dialogues": 0, "decoded_dialogues": 0, "decoded_turns": 0, "draft_turns": 0,
-                        "checked_positions": 0, "near_ties": 0, "check_seconds": 0.0, "decode_seconds": 0.0}
+                        "checked_positions": 0, "near_ties": 0, "encoded_tokens": 0, "opening_tokens": 0,
+                        "check_seconds": 0.0, "decode_seconds": 0.0}
 
     def theta_star_dialogues(self):
         recorder = _DraftRecorder(self.backend)
         self.draft = self.dialogues(backend=recorder)
         self.draft_turns = [[recorder.turns[f"{d.key}/{t % 2}"][t // 2] for t in range(len(d.utterances))]
                             for d in self.draft]
+        # Each agent's prompts open alike in every dialogue (its instructions: 50-190 tokens), so each
+        # unit encodes that opening once per agent; it ends before any position a check reads.
+        self.openings = []
+        for agent in (0, 1):
+            own = [t for turns in self.draft_turns for t in turns[agent::2]]
+            if not own:
+                self.openings.append([])
+                continue
+            n = min(min(len(t.prompt) for t in own) - 1, *(common_prefix(own[0].sequence, t.sequence) for t in own))
+            self.openings.append(own[0].sequence[:n])
         return self.draft
+
+    def unit_logps(self, indices) -> torch.Tensor:
+        return self.shared_logps(indices)
 
     def unit_scores(self, theta_star, units, eta: float, answers_before, desc: str | None = None):
         scored = []
@@ -436,7 +473,9 @@ class FastPath(ReferencePath):
             started = time.perf_counter()
             if diverged:
                 done = [len(d.utterances) for d in diverged]
-                self.dialogues(dialogues=diverged)
+                ties = self.backend.usage.guess_near_ties
+                self.dialogues(dialogues=diverged, lookahead=self.cfg.decode_lookahead)
+                self.account["near_ties"] += self.backend.usage.guess_near_ties - ties
                 self.account["decoded_dialogues"] += len(diverged)
                 self.account["decoded_turns"] += sum(len(d.utterances) - n for d, n in zip(diverged, done))
             seconds = time.perf_counter() - started
@@ -453,6 +492,8 @@ class FastPath(ReferencePath):
         """The validation dialogues of the current weights: theta*'s where the draft holds, and those
         that diverge restarted at the turn they diverge (to decode). (all dialogues, restarted ones)"""
         started = time.perf_counter()
+        self.merge()
+        self.opening_kv = [self.encode_opening(ids) for ids in self.openings]
         outcome, resumed = [], []
         for d, turns in zip(self.draft, self.draft_turns):
             k = self.divergence(turns)
@@ -476,7 +517,7 @@ class FastPath(ReferencePath):
         if name not in self.model.peft_config:
             # The "default" adapter stays the active, trainable one.
             self.model.add_adapter(name, copy.deepcopy(self.model.peft_config["default"]))
-        for layer in self.lora_layers:
+        for layer, _ in self.lora_layers:
             layer.lora_A[name].weight.copy_(layer.lora_A["default"].weight)
             layer.lora_B[name].weight.copy_(layer.lora_B["default"].weight)
 
@@ -489,24 +530,50 @@ class FastPath(ReferencePath):
             for sequence, members in chains([turns[t] for t in own]):
                 if first is not None and own[members[0]] >= first:
                     break
-                failed = self.check(sequence, [turns[own[m]] for m in members])
+                failed = self.check(agent, sequence, [turns[own[m]] for m in members])
                 if failed is not None:
                     t = own[members[failed]]
                     first = t if first is None else min(first, t)
                     break
         return first
 
-    def check(self, sequence: list[int], turns: list[DraftTurn]) -> int | None:
-        """One forward pass over `sequence`: the index of the first of `turns` (all prefixes of it)
-        whose tokens or end of turn the current weights would not generate, or None."""
+    @torch.no_grad()
+    def merge(self) -> None:
+        """The checker's weights: the policy's base weights plus the current LoRA update."""
+        for layer, target in self.lora_layers:
+            torch.addmm(layer.base_layer.weight, layer.lora_B["default"].weight, layer.lora_A["default"].weight,
+                        alpha=layer.scaling["default"], out=target.weight)
+
+    @torch.no_grad()
+    def encode_opening(self, ids: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The checker's keys/values of an agent's opening tokens."""
+        if not ids:
+            return []
+        self.backend.usage.scored_tokens += len(ids)
+        self.account["encoded_tokens"] += len(ids)
+        device = next(self.checker.parameters()).device
+        cache = self.checker(input_ids=torch.tensor([ids], device=device), use_cache=True).past_key_values
+        return [(layer.keys, layer.values) for layer in cache.layers]
+
+    def check(self, agent: int, sequence: list[int], turns: list[DraftTurn]) -> int | None:
+        """One forward pass over `sequence` (after the agent's opening, encoded once per unit): the
+        index of the first of `turns` (all prefixes of it) whose tokens or end of turn the current
+        weights would not generate, or None."""
+        from transformers import DynamicCache
+
         positions = [p for turn in turns for p in turn.positions()]
         owner = [i for i, turn in enumerate(turns) for _ in turn.positions()]  # the turn of each position
         eos = -1  # any of the backend's end-of-turn tokens
         targets = [tok for turn in turns for tok in turn.tokens + ([eos] if turn.ended else [])]
-        device = next(self.model.parameters()).device
-        self.backend.usage.scored_tokens += len(sequence)
-        logits = self.model(input_ids=torch.tensor([sequence], device=device),
-                            logits_to_keep=torch.tensor(positions, device=device)).logits[0].float()
+        device = next(self.checker.parameters()).device
+        n = len(self.openings[agent])
+        self.backend.usage.scored_tokens += len(sequence) - n
+        self.account["encoded_tokens"] += len(sequence) - n
+        self.account["opening_tokens"] += n
+        logits = self.checker(input_ids=torch.tensor([sequence[n:]], device=device),
+                              position_ids=torch.arange(n, len(sequence), device=device).unsqueeze(0),
+                              past_key_values=DynamicCache(self.opening_kv[agent]) if n else None,
+                              logits_to_keep=torch.tensor(positions, device=device) - n).logits[0].float()
         top = logits.topk(2, dim=-1)
         picked = top.indices[:, 0].tolist()
         ok = [p == t if t != eos else p in self.backend.eos_ids for p, t in zip(picked, targets)]

@@ -43,6 +43,7 @@ class DialogueConfig:
     max_new_tokens: int = 256  # the utterance token cap; the reward's length override fires at it
     temperature: float = 0.0
     top_p: float = 1.0
+    lookahead: int = 0  # Sampling.lookahead
 
 
 @dataclass
@@ -119,7 +120,8 @@ def run_dialogues(dialogues: list[Dialogue], backend: Backend, cfg: DialogueConf
     a turn only encodes the tokens added since that agent last spoke. `release=False` keeps the
     slots for the caller's next dialogues on the same keys, which share their system prompts.
     """
-    sampling = Sampling(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
+    sampling = Sampling(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
+                        lookahead=cfg.lookahead)
     for step in itertools.count():
         active = [d for d in dialogues if not d.done]
         if not active:
