@@ -75,6 +75,13 @@ class _RoomyLayer(DynamicLayer):
 NEAR_TIE = 1e-3
 
 
+def top_two(logits: torch.Tensor) -> tuple[list, list]:
+    """The argmax of logits over their last dimension, and the gap to the runner-up (near-ties have
+    gaps under NEAR_TIE), as nested lists of the leading dimensions."""
+    top = logits.float().topk(2, dim=-1)
+    return top.indices[..., 0].tolist(), (top.values[..., 0] - top.values[..., 1]).tolist()
+
+
 def lookup(history: list[int], k: int, longest: int = 3) -> list[int]:
     """Up to `k` tokens guessed to come next: those that followed the latest earlier occurrence of the
     history's last n tokens, n from `longest` down to 1 (prompt lookup decoding). Dialogue agents
@@ -214,8 +221,7 @@ class HFBackend(Backend):
                                 **self._rows([adapters[r] for r in rows] if adapters[0] else []))
             cache = result.past_key_values
             if width:
-                top = result.logits.float().topk(2, dim=-1)
-                picked, gaps = top.indices[..., 0].tolist(), (top.values[..., 0] - top.values[..., 1]).tolist()
+                picked, gaps = top_two(result.logits)
             else:
                 picked = self._pick(result.logits[:, -1].float(), sampling, generator).unsqueeze(1).tolist()
             keep = []

@@ -18,7 +18,8 @@ pair's prompt once for both responses; the dialogues that diverge decode several
 their own text guesses them right (prompt lookup, each guess checked as the drafts are). The one
 difference from the reference is floating point: a check reads logits computed over the whole
 sequence where decoding computes them a token at a time, so an argmax within a near-tie can differ;
-the checked positions within one are counted.
+the checked positions within one are counted, as are tokens decoded within one in steps that fed
+guesses.
 
 Results are cached by (pairs, policy, validation questions, influence knobs, kind): gamma and alpha
 are not in the key, so gamma 0 and gamma 1 of one suite share one estimate.
@@ -43,7 +44,7 @@ from tqdm.auto import tqdm
 
 from harness import models, runs
 from harness.backends.base import Backend
-from harness.backends.hf import NEAR_TIE, HFBackend, common_prefix
+from harness.backends.hf import NEAR_TIE, HFBackend, common_prefix, top_two
 from harness.config import SelectConfig
 from harness.dits.dpo import EncodedPair, dpo_loss, encode_pair, response_logps, shared_prompt_logps
 from harness.errors import HarnessError
@@ -544,13 +545,16 @@ class FastPath(ReferencePath):
             torch.addmm(layer.base_layer.weight, layer.lora_B["default"].weight, layer.lora_A["default"].weight,
                         alpha=layer.scaling["default"], out=target.weight)
 
+    def count_encoded(self, tokens: int) -> None:
+        self.backend.usage.scored_tokens += tokens
+        self.account["encoded_tokens"] += tokens
+
     @torch.no_grad()
     def encode_opening(self, ids: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The checker's keys/values of an agent's opening tokens."""
         if not ids:
             return []
-        self.backend.usage.scored_tokens += len(ids)
-        self.account["encoded_tokens"] += len(ids)
+        self.count_encoded(len(ids))
         device = next(self.checker.parameters()).device
         cache = self.checker(input_ids=torch.tensor([ids], device=device), use_cache=True).past_key_values
         return [(layer.keys, layer.values) for layer in cache.layers]
@@ -567,20 +571,17 @@ class FastPath(ReferencePath):
         targets = [tok for turn in turns for tok in turn.tokens + ([eos] if turn.ended else [])]
         device = next(self.checker.parameters()).device
         n = len(self.openings[agent])
-        self.backend.usage.scored_tokens += len(sequence) - n
-        self.account["encoded_tokens"] += len(sequence) - n
+        self.count_encoded(len(sequence) - n)
         self.account["opening_tokens"] += n
         logits = self.checker(input_ids=torch.tensor([sequence[n:]], device=device),
                               position_ids=torch.arange(n, len(sequence), device=device).unsqueeze(0),
                               past_key_values=DynamicCache(self.opening_kv[agent]) if n else None,
-                              logits_to_keep=torch.tensor(positions, device=device) - n).logits[0].float()
-        top = logits.topk(2, dim=-1)
-        picked = top.indices[:, 0].tolist()
+                              logits_to_keep=torch.tensor(positions, device=device) - n).logits[0]
+        picked, gaps = top_two(logits)
         ok = [p == t if t != eos else p in self.backend.eos_ids for p, t in zip(picked, targets)]
         bad = ok.index(False) if False in ok else len(ok)
-        gaps = (top.values[:bad, 0] - top.values[:bad, 1]).tolist()
         self.account["checked_positions"] += bad
-        self.account["near_ties"] += sum(g < NEAR_TIE for g in gaps)
+        self.account["near_ties"] += sum(g < NEAR_TIE for g in gaps[:bad])
         return None if bad == len(ok) else owner[bad]
 
 
