@@ -147,3 +147,40 @@ def test_rows_naming_adapters_decode_as_each_adapter_would_alone():
     assert [c.text for c in mixed] == [alone[a][i] for i in range(2) for a in ("default", "other")]
     with pytest.raises(ValueError, match="some requests only"):
         backend.generate([Request(questions[0], adapter="other"), Request(questions[1])], s)
+
+
+@pytest.mark.parametrize("cached,new", [(0, 1), (0, 9), (6, 1), (6, 9), (40, 33)])
+def test_causal_after_cache_attention_is_lower_right_causal(cached, new):
+    from types import SimpleNamespace
+
+    from transformers.integrations.sdpa_attention import repeat_kv
+
+    from harness.backends.hf import causal_after_cache
+
+    torch.manual_seed(cached + new)
+    query = torch.randn(1, 6, new, 8)
+    key, value = torch.randn(2, 1, 3, cached + new, 8).unbind(0)  # 3 key/value heads for 6 query heads
+    out, _ = causal_after_cache(SimpleNamespace(num_key_value_groups=2), query, key, value, None, scaling=0.3)
+    mask = torch.ones(new, cached + new, dtype=torch.bool).tril(cached)  # query i sees keys up to cached + i
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        query, repeat_kv(key, 2), repeat_kv(value, 2), attn_mask=mask, scale=0.3).transpose(1, 2)
+    assert out.shape == expected.shape and torch.allclose(out, expected, atol=1e-6)
+
+
+def test_a_model_on_causal_after_cache_attention_continues_a_cache_as_one_pass_would():
+    from transformers import DynamicCache
+
+    from harness import models
+    from harness.backends.hf import CAUSAL_AFTER_CACHE
+
+    model = models.load("tiny-random")[0].eval()
+    ids = torch.randint(0, model.config.vocab_size, (1, 30), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        whole = model(input_ids=ids).logits
+        model.set_attn_implementation(CAUSAL_AFTER_CACHE)
+        past = model(input_ids=ids[:, :12], use_cache=True).past_key_values
+        rest = model(input_ids=ids[:, 12:], position_ids=torch.arange(12, 30)[None],
+                     past_key_values=DynamicCache([(layer.keys, layer.values) for layer in past.layers])).logits
+        with pytest.raises(ValueError, match="no attention mask"):
+            model(input_ids=ids, attention_mask=torch.ones_like(ids)[None, None].expand(1, 1, 30, 30).bool())
+    assert torch.allclose(rest, whole[:, 12:], atol=1e-5)

@@ -10,15 +10,18 @@ then the batch decodes together from one token a row, the slots left-padded to a
 with the attention mask hiding the padding and explicit position ids, so every row computes
 exactly what a fresh encoding would. Greedy decoding may guess tokens ahead (`Sampling.lookahead`):
 a step then feeds each row's token and its guesses, keeps the guesses the model would have
-generated, and masks the others out of the cache.
+generated, and masks the others out of the cache. Rows may each answer with their own LoRA adapter
+of a peft model (`Request.adapter`).
 """
 
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+from transformers import AttentionInterface
 from transformers.cache_utils import DynamicLayer
 
 from harness import models
@@ -70,6 +73,45 @@ class _RoomyLayer(DynamicLayer):
         self._k, self._v = self._k[indices], self._v[indices]
 
 
+class _RowAdapters:
+    """Forward passes in which row i answers with the peft model's LoRA adapter names[i] (none
+    named: the model as it is). peft's mixed-adapter batches run half a dozen small ops per adapter
+    in every adapted layer, more time than the layer's own matmul at one token a row; here the
+    adapters are off and each adapted layer's output gains its rows' updates in two batched matmuls,
+    x A_i^T (s_i B_i^T). The stacked weights are kept per list of names, so one instance serves one
+    batch (the adapters' weights may change between batches). Decoding runs in eval mode: no LoRA
+    dropout applies."""
+
+    def __init__(self, model):
+        self.model = model
+        self.stacks: dict[tuple[str, ...], list] = {}
+
+    @contextmanager
+    def __call__(self, names: list[str]):
+        from peft.tuners.lora import LoraLayer
+
+        if not names:
+            yield
+            return
+        if self.model.training:
+            raise ValueError("rows naming adapters decode in eval mode")
+        key = tuple(names)
+        if key not in self.stacks:
+            self.stacks[key] = [(layer, torch.stack([layer.lora_A[n].weight.T for n in names]),
+                                 torch.stack([layer.lora_B[n].weight.T * layer.scaling[n] for n in names]))
+                                for layer in self.model.modules() if isinstance(layer, LoraLayer)]
+        hooks = []
+        try:
+            for layer, down, up in self.stacks[key]:
+                hooks.append(layer.base_layer.register_forward_hook(
+                    lambda _, inputs, out, down=down, up=up: out.baddbmm_(inputs[0].bmm(down), up)))
+            with self.model.disable_adapter():
+                yield
+        finally:
+            for hook in hooks:
+                hook.remove()
+
+
 # Top-two logit gaps below this are near-ties: the same logits computed another way (a whole sequence
 # in one pass, or a token at a time; float32 differences ~1e-5) could pick the runner-up.
 NEAR_TIE = 1e-3
@@ -92,6 +134,38 @@ def lookup(history: list[int], k: int, longest: int = 3) -> list[int]:
             if history[start:start + n] == tail:
                 return history[start + n:start + n + k]
     return []
+
+
+CAUSAL_AFTER_CACHE = "causal_after_cache"
+
+
+def causal_after_cache(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Attention for one unpadded row whose queries follow the keys/values already cached: every
+    query sees all the cached positions and the new ones up to its own. sdpa's causal flag aligns
+    the mask to the first key, so transformers passes an explicit mask once a cache holds keys, and
+    CPU flash attention then computes every block of it; here the cached keys and the new ones are
+    two flash passes (the second causal, skipping the blocks above the diagonal), joined by their
+    log-sum-exps. Other devices get the lower-right causal mask, which their kernels take as is."""
+    from torch.nn.attention.bias import causal_lower_right
+    from transformers.integrations.sdpa_attention import repeat_kv
+
+    if attention_mask is not None:
+        raise ValueError(f"{CAUSAL_AFTER_CACHE} attention takes unpadded single rows, no attention mask")
+    key, value = repeat_kv(key, module.num_key_value_groups), repeat_kv(value, module.num_key_value_groups)
+    q, n = query.shape[2], key.shape[2] - query.shape[2]
+    if query.device.type != "cpu":
+        out = torch.nn.functional.scaled_dot_product_attention(
+            query, key, value, attn_mask=causal_lower_right(q, q + n), scale=scaling)
+    else:
+        flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+        out, lse = flash(query, key[:, :, n:], value[:, :, n:], 0.0, True, scale=scaling)
+        if n:
+            cached, cached_lse = flash(query, key[:, :, :n], value[:, :, :n], 0.0, False, scale=scaling)
+            out = out + (cached - out) * torch.sigmoid(cached_lse - lse).unsqueeze(-1).to(out.dtype)
+    return out.transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(CAUSAL_AFTER_CACHE, causal_after_cache)
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -190,7 +264,8 @@ class HFBackend(Backend):
         # Each row's new prompt tokens but the last are encoded alone, unpadded: a padded batch of
         # 600-1,400-token prompts wastes a third of its work on padding and materialises a
         # quadratic mask. The batch then starts from one token a row.
-        slots = [self._prefill(ids, slot, p, self._rows([a] if a else []))
+        answering = _RowAdapters(self.model)
+        slots = [self._prefill(ids, slot, p, answering([a] if a else []))
                  for ids, slot, p, a in zip(prompts, slots, cached, adapters)]
         reuse = [len(ids) - 1 for ids in prompts]
         batch, past_len = len(requests), max(reuse)
@@ -215,10 +290,10 @@ class HFBackend(Backend):
             width = max(map(len, guesses))
             step_ids = torch.tensor([[t] + g + [t] * (width - len(g)) for t, g in zip(last, guesses)])
             mask = torch.cat([mask, torch.ones(len(rows), 1 + width, dtype=torch.long)], dim=1)
-            result = self.model(input_ids=step_ids.to(self.device), attention_mask=mask.to(self.device),
-                                position_ids=(pos.unsqueeze(1) + torch.arange(1 + width)).to(self.device),
-                                past_key_values=cache, use_cache=True,
-                                **self._rows([adapters[r] for r in rows] if adapters[0] else []))
+            with answering([adapters[r] for r in rows] if adapters[0] else []):
+                result = self.model(input_ids=step_ids.to(self.device), attention_mask=mask.to(self.device),
+                                    position_ids=(pos.unsqueeze(1) + torch.arange(1 + width)).to(self.device),
+                                    past_key_values=cache, use_cache=True)
             cache = result.past_key_values
             if width:
                 picked, gaps = top_two(result.logits)
@@ -278,14 +353,9 @@ class HFBackend(Backend):
             self.usage.completion_tokens += len(generated[r])
         return completions
 
-    @staticmethod
-    def _rows(adapters: list[str]) -> dict:
-        """The forward pass's per-row adapters (peft's mixed-adapter batches), if any are named."""
-        return {"adapter_names": adapters} if adapters else {}
-
-    def _prefill(self, ids: list[int], slot: _Slot | None, cached: int, rows: dict) -> _Slot | None:
+    def _prefill(self, ids: list[int], slot: _Slot | None, cached: int, answering) -> _Slot | None:
         """A slot holding `ids[:-1]`: the first `cached` tokens' keys/values from `slot`, the rest
-        encoded now in one unpadded forward pass."""
+        encoded now in one unpadded forward pass (within `answering`, the row's adapter)."""
         from transformers import DynamicCache
 
         if len(ids) - 1 <= cached:
@@ -294,8 +364,9 @@ class HFBackend(Backend):
             [(k[:, :, :cached], v[:, :, :cached]) for k, v in slot.kv])
         new = torch.tensor([ids[cached:-1]], device=self.device)
         positions = torch.arange(cached, len(ids) - 1, device=self.device).unsqueeze(0)
-        cache = self.model(input_ids=new, position_ids=positions, past_key_values=past, use_cache=True,
-                           **rows).past_key_values
+        with answering:
+            cache = self.model(input_ids=new, position_ids=positions, past_key_values=past,
+                               use_cache=True).past_key_values
         return _Slot(ids[:-1], [(layer.keys, layer.values) for layer in cache.layers])
 
     def _padded_cache(self, slots, reuse, past_len, room):

@@ -13,9 +13,10 @@ token theta* generated and then its end of turn would have generated that turn i
 pass per agent checks a whole dialogue (as speculative decoding checks a draft), a dialogue that holds
 is theta*'s, and only the others are decoded, from the first turn theta' would say differently. The
 checks run on a plain copy of the model with theta' merged into its weights, each agent's opening
-(its instructions, alike in every dialogue) encoded once per unit; the unit's step encodes each
-pair's prompt once for both responses; the dialogues that diverge decode several tokens a step where
-their own text guesses them right (prompt lookup, each guess checked as the drafts are). The one
+(its instructions, alike in every dialogue) encoded once per unit and attended to beside a causal
+pass over the rest; the unit's step encodes each pair's prompt once for both responses; the
+dialogues that diverge decode several tokens a step where their own text guesses them right
+(prompt lookup, each guess checked as the drafts are). The one
 difference from the reference is floating point: a check reads logits computed over the whole
 sequence where decoding computes them a token at a time, so an argmax within a near-tie can differ;
 the checked positions within one are counted, as are tokens decoded within one in steps that fed
@@ -44,7 +45,7 @@ from tqdm.auto import tqdm
 
 from harness import models, runs
 from harness.backends.base import Backend
-from harness.backends.hf import NEAR_TIE, HFBackend, common_prefix, top_two
+from harness.backends.hf import CAUSAL_AFTER_CACHE, NEAR_TIE, HFBackend, common_prefix, top_two
 from harness.config import SelectConfig
 from harness.dits.dpo import EncodedPair, dpo_loss, encode_pair, response_logps, shared_prompt_logps
 from harness.errors import HarnessError
@@ -415,7 +416,7 @@ class FastPath(ReferencePath):
     """The reference path's influence, checking theta*'s validation dialogues as a draft of each
     unit's instead of decoding them again (see the module's docstring). The dialogues that diverge,
     from all the units of a group, then decode in one batch, each row on its own unit's LoRA weights
-    (peft's mixed-adapter batches)."""
+    (the backend's per-row adapters)."""
 
     def __init__(self, pairs, cfg: SelectConfig, task, policy: str, validation):
         from peft.tuners.lora import LoraLayer
@@ -424,6 +425,7 @@ class FastPath(ReferencePath):
         # The checks run on a plain copy of the policy with the unit's LoRA weights merged in: no
         # adapter branch beside every linear layer (a tenth of a forward pass at r = 32).
         self.checker = models.load(policy, cfg.device, cfg.dtype)[0].requires_grad_(False)
+        self.checker.set_attn_implementation(CAUSAL_AFTER_CACHE)  # checks start after a cached opening
         targets = dict(self.checker.named_modules())
         # (the policy's LoRA layer, the checker's linear layer it merges into)
         self.lora_layers = [(m, targets[name.removeprefix("base_model.model.")])
