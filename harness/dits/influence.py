@@ -16,11 +16,10 @@ checks run on a plain copy of the model with theta' merged into its weights, eac
 (its instructions, alike in every dialogue) encoded once per unit and attended to beside a causal
 pass over the rest; the unit's step encodes each pair's prompt once for both responses; the
 dialogues that diverge decode several tokens a step where their own text guesses them right
-(prompt lookup, each guess checked as the drafts are). The one
-difference from the reference is floating point: a check reads logits computed over the whole
-sequence where decoding computes them a token at a time, so an argmax within a near-tie can differ;
-the checked positions within one are counted, as are tokens decoded within one in steps that fed
-guesses.
+(prompt lookup, each guess checked as the drafts are). The one difference from the reference is
+floating point: a check reads logits computed over the whole sequence where decoding computes them a
+token at a time, so an argmax within a near-tie can differ; the checked positions within one are
+counted, as are tokens decoded within one in steps that fed guesses.
 
 Results are cached by (pairs, policy, validation questions, influence knobs, kind): gamma and alpha
 are not in the key, so gamma 0 and gamma 1 of one suite share one estimate.
@@ -425,6 +424,7 @@ class FastPath(ReferencePath):
         # The checks run on a plain copy of the policy with the unit's LoRA weights merged in: no
         # adapter branch beside every linear layer (a tenth of a forward pass at r = 32).
         self.checker = models.load(policy, cfg.device, cfg.dtype)[0].requires_grad_(False)
+        self.checker_device = next(self.checker.parameters()).device
         self.checker.set_attn_implementation(CAUSAL_AFTER_CACHE)  # checks start after a cached opening
         targets = dict(self.checker.named_modules())
         # (the policy's LoRA layer, the checker's linear layer it merges into)
@@ -557,7 +557,7 @@ class FastPath(ReferencePath):
         if not ids:
             return []
         self.count_encoded(len(ids))
-        device = next(self.checker.parameters()).device
+        device = self.checker_device
         cache = self.checker(input_ids=torch.tensor([ids], device=device), use_cache=True).past_key_values
         return [(layer.keys, layer.values) for layer in cache.layers]
 
@@ -571,7 +571,7 @@ class FastPath(ReferencePath):
         owner = [i for i, turn in enumerate(turns) for _ in turn.positions()]  # the turn of each position
         eos = -1  # any of the backend's end-of-turn tokens
         targets = [tok for turn in turns for tok in turn.tokens + ([eos] if turn.ended else [])]
-        device = next(self.checker.parameters()).device
+        device = self.checker_device
         n = len(self.openings[agent])
         self.count_encoded(len(sequence) - n)
         self.account["opening_tokens"] += n
