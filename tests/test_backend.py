@@ -138,7 +138,8 @@ def test_rows_naming_adapters_decode_as_each_adapter_would_alone():
     backend = HFBackend(loaded=(peft, tokenizer, info))
     questions = [[{"role": "user", "content": q}] for q in ("Where does the river start?", "Name a colour.")]
     s = Sampling(max_new_tokens=12)
-    mixed = backend.generate([Request(m, adapter=a) for m in questions for a in ("default", "other")], s)
+    mixed = backend.generate([Request(m, adapter=a) for m in questions for a in ("default", "other")],
+                             replace(s, lookahead=4))
     alone = {}
     for a in ("default", "other"):
         peft.set_adapter(a)
@@ -147,6 +148,40 @@ def test_rows_naming_adapters_decode_as_each_adapter_would_alone():
     assert [c.text for c in mixed] == [alone[a][i] for i in range(2) for a in ("default", "other")]
     with pytest.raises(ValueError, match="some requests only"):
         backend.generate([Request(questions[0], adapter="other"), Request(questions[1])], s)
+
+
+def test_a_slot_started_from_keys_and_values_computed_elsewhere_is_reused(tiny_random):
+    messages = [{"role": "user", "content": "Where does the river start?"}]
+    fresh = tiny_random.generate([Request(messages, cache_key="fresh/0")], Sampling(max_new_tokens=12))[0]
+    ids = tiny_random.encode(messages)
+    with torch.no_grad():
+        past = tiny_random.model(input_ids=torch.tensor([ids]), use_cache=True).past_key_values
+    tiny_random.keep("kept/0", ids, [(layer.keys, layer.values) for layer in past.layers])
+    kept = tiny_random.generate([Request(messages, cache_key="kept/0")], Sampling(max_new_tokens=12))[0]
+    tiny_random.release("fresh/")
+    tiny_random.release("kept/")
+    assert kept.text == fresh.text and fresh.cached_tokens == 0 and kept.cached_tokens == len(ids) - 1
+    assert tiny_random.model.config._attn_implementation == "sdpa"  # generation's grouped attention undone
+
+
+@pytest.mark.parametrize("rows,queries,keys", [(1, 1, 7), (2, 5, 12), (3, 9, 40)])
+def test_grouped_sdpa_is_transformers_sdpa_without_copied_heads(rows, queries, keys):
+    from types import SimpleNamespace
+
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from harness.backends.hf import grouped_sdpa
+
+    torch.manual_seed(rows + queries)
+    query = torch.randn(rows, 6, queries, 8)
+    key, value = torch.randn(2, rows, 3, keys, 8).unbind(0)  # 3 key/value heads for 6 query heads
+    mask = torch.ones(rows, 1, queries, keys, dtype=torch.bool).tril(keys - queries)
+    mask[0, :, :, :2] = False  # the first row left-padded
+    module = SimpleNamespace(num_key_value_groups=2, is_causal=True)
+    for m in (mask, None):
+        out, _ = grouped_sdpa(module, query, key, value, m, scaling=0.3)
+        expected, _ = sdpa_attention_forward(module, query, key, value, m, scaling=0.3)
+        assert out.shape == expected.shape and torch.allclose(out, expected, atol=1e-6)
 
 
 @pytest.mark.parametrize("cached,new", [(0, 1), (0, 9), (6, 1), (6, 9), (40, 33)])

@@ -3,15 +3,17 @@
 Agent prompts of 600-1,000 tokens are re-read at every turn of a dialogue; on CPU that prompt
 processing dominates. So each request may name a cache slot (`Request.cache_key`): after a request
 the slot keeps the token ids and the keys/values the model computed for them, and the next request
-on that slot encodes only the tokens past the longest common prefix with what it keeps.
+on that slot encodes only the tokens past the longest common prefix with what it keeps. A slot may
+also start from keys/values computed elsewhere with the same weights (`keep`).
 
 A request's new prompt tokens (all but the last) are encoded alone, unpadded, on top of its slot;
 then the batch decodes together from one token a row, the slots left-padded to a common length
 with the attention mask hiding the padding and explicit position ids, so every row computes
 exactly what a fresh encoding would. Greedy decoding may guess tokens ahead (`Sampling.lookahead`):
 a step then feeds each row's token and its guesses, keeps the guesses the model would have
-generated, and masks the others out of the cache. Rows may each answer with their own LoRA adapter
-of a peft model (`Request.adapter`).
+generated, and masks the others out of the cache (those masked passes of several queries attend on
+the grouped key/value heads: `grouped_sdpa`). Rows may each answer with their own LoRA adapter of a
+peft model (`Request.adapter`).
 """
 
 from __future__ import annotations
@@ -19,10 +21,13 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from transformers import AttentionInterface
 from transformers.cache_utils import DynamicLayer
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 from harness import models
 from harness.backends.base import Backend, Completion, Request, Sampling, Usage
@@ -74,42 +79,47 @@ class _RoomyLayer(DynamicLayer):
 
 
 class _RowAdapters:
-    """Forward passes in which row i answers with the peft model's LoRA adapter names[i] (none
-    named: the model as it is). peft's mixed-adapter batches run half a dozen small ops per adapter
-    in every adapted layer, more time than the layer's own matmul at one token a row; here the
-    adapters are off and each adapted layer's output gains its rows' updates in two batched matmuls,
-    x A_i^T (s_i B_i^T). The stacked weights are kept per list of names, so one instance serves one
-    batch (the adapters' weights may change between batches). Decoding runs in eval mode: no LoRA
-    dropout applies."""
+    """Forward passes in which row i answers with the peft model's LoRA adapter names[i], for the
+    names of the latest `rows` call. peft's mixed-adapter batches run half a dozen small ops per
+    adapter in every adapted layer, more time than the layer's own matmul at one token a row; here,
+    while installed, the adapters are off and each adapted layer's output gains its rows' updates in
+    two batched matmuls, x A_i^T (s_i B_i^T). Installing is done once a batch: peft switches its
+    adapters off and on by walking every adapter's parameters (about 0.17 s on SmolLM2 with 9
+    adapters, more than a decoding step). The stacked weights are kept per list of names, so one
+    instance serves one batch (the adapters' weights may change between batches). Decoding runs in
+    eval mode: no LoRA dropout applies."""
 
     def __init__(self, model):
-        self.model = model
-        self.stacks: dict[tuple[str, ...], list] = {}
-
-    @contextmanager
-    def __call__(self, names: list[str]):
         from peft.tuners.lora import LoraLayer
 
-        if not names:
-            yield
-            return
+        self.model = model
+        self.layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+        self.stacks: dict[tuple[str, ...], list] = {}
+        self.current: list = []
+
+    @contextmanager
+    def installed(self):
         if self.model.training:
             raise ValueError("rows naming adapters decode in eval mode")
-        key = tuple(names)
-        if key not in self.stacks:
-            self.stacks[key] = [(layer, torch.stack([layer.lora_A[n].weight.T for n in names]),
-                                 torch.stack([layer.lora_B[n].weight.T * layer.scaling[n] for n in names]))
-                                for layer in self.model.modules() if isinstance(layer, LoraLayer)]
-        hooks = []
+        hooks = [layer.base_layer.register_forward_hook(partial(self._add, i)) for i, layer in enumerate(self.layers)]
         try:
-            for layer, down, up in self.stacks[key]:
-                hooks.append(layer.base_layer.register_forward_hook(
-                    lambda _, inputs, out, down=down, up=up: out.baddbmm_(inputs[0].bmm(down), up)))
             with self.model.disable_adapter():
-                yield
+                yield self
         finally:
             for hook in hooks:
                 hook.remove()
+
+    def rows(self, names: list[str]) -> None:
+        key = tuple(names)
+        if key not in self.stacks:
+            self.stacks[key] = [(torch.stack([layer.lora_A[n].weight.T for n in names]),
+                                 torch.stack([layer.lora_B[n].weight.T * layer.scaling[n] for n in names]))
+                                for layer in self.layers]
+        self.current = self.stacks[key]
+
+    def _add(self, i: int, module, inputs, out):
+        down, up = self.current[i]
+        return out.baddbmm_(inputs[0].bmm(down), up)
 
 
 # Top-two logit gaps below this are near-ties: the same logits computed another way (a whole sequence
@@ -168,6 +178,42 @@ def causal_after_cache(module, query, key, value, attention_mask, scaling=None, 
 AttentionInterface.register(CAUSAL_AFTER_CACHE, causal_after_cache)
 
 
+GROUPED_SDPA = "grouped_sdpa"
+
+
+def grouped_sdpa(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """transformers' sdpa attention, except that a masked pass of several queries attends to the
+    grouped key/value heads as they are (torch's enable_gqa), where transformers copies them once per
+    query head (repeat_kv): the lookahead's decoding steps and the prefills on a cached prefix. On CPU
+    that copy was half of such a call (4 rows of 26 queries over 1,400 keys: 8.3 ms against 4.7 ms a
+    layer on SmolLM2's heads), and the outputs are the same to the bit. Single queries (transformers
+    folds their heads) and unmasked passes (flash's causal kernel) are left to transformers."""
+    if (attention_mask is None or query.shape[2] == 1 or module.num_key_value_groups == 1
+            or kwargs.get("position_bias") is not None):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
+                                      **kwargs)
+    out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask,
+                                                           dropout_p=dropout, scale=scaling, enable_gqa=True)
+    return out.transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(GROUPED_SDPA, grouped_sdpa)
+ALL_MASK_ATTENTION_FUNCTIONS.register(GROUPED_SDPA, sdpa_mask)
+
+
+@contextmanager
+def grouped_attention(model):
+    """`model` on grouped_sdpa for the duration, where it runs on sdpa (switching takes ~3 ms)."""
+    if model.config._attn_implementation != "sdpa":
+        yield
+        return
+    model.set_attn_implementation(GROUPED_SDPA)
+    try:
+        yield
+    finally:
+        model.set_attn_implementation("sdpa")
+
+
 def common_prefix(a: list[int], b: list[int]) -> int:
     n = min(len(a), len(b))
     i = 0
@@ -203,7 +249,7 @@ class HFBackend(Backend):
         start = time.perf_counter()
         generator = torch.Generator(device=self.device).manual_seed(seed)
         out: list[Completion] = []
-        with torch.inference_mode():
+        with torch.inference_mode(), grouped_attention(self.model):
             for i in range(0, len(requests), self.batch_size):
                 out += self._generate_batch(requests[i:i + self.batch_size], sampling, generator)
         self.usage.generate_calls += 1
@@ -248,25 +294,40 @@ class HFBackend(Backend):
                 self.usage.scored_tokens += int(mask.sum())
         return out
 
+    def keep(self, cache_key: str, ids: list[int], kv: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Start slot `cache_key` from keys/values of `ids` computed elsewhere with this model's
+        weights (per layer, each (1, kv_heads, len(ids), head_dim)); a request on the slot reuses
+        them up to its common prefix with `ids`."""
+        self._slots[cache_key] = _Slot(list(ids), kv)
+
     def release(self, cache_key_prefix: str) -> None:
         for key in [k for k in self._slots if k.startswith(cache_key_prefix)]:
             del self._slots[key]
 
     # -- generation --------------------------------------------------------------------------
     def _generate_batch(self, requests: list[Request], sampling: Sampling, generator) -> list[Completion]:
+        adapters = [r.adapter for r in requests]
+        if any(adapters) and not all(adapters):
+            raise ValueError("a batch names an adapter for some requests only")
+        if not adapters[0]:
+            return self._decode(requests, sampling, generator)
+        answering = _RowAdapters(self.model)
+        with answering.installed():
+            return self._decode(requests, sampling, generator, answering)
+
+    def _decode(self, requests: list[Request], sampling: Sampling, generator,
+                answering: _RowAdapters | None = None) -> list[Completion]:
         prompts = [self.encode(r.messages) for r in requests]
         slots = [self._slots.get(r.cache_key) if self.kv_cache and r.cache_key else None for r in requests]
         # At least one prompt token is always encoded: its logits start the completion.
         cached = [min(common_prefix(s.ids, ids), len(ids) - 1) if s else 0 for s, ids in zip(slots, prompts)]
-        adapters = [r.adapter for r in requests]
-        if any(adapters) and not all(adapters):
-            raise ValueError("a batch names an adapter for some requests only")
         # Each row's new prompt tokens but the last are encoded alone, unpadded: a padded batch of
         # 600-1,400-token prompts wastes a third of its work on padding and materialises a
         # quadratic mask. The batch then starts from one token a row.
-        answering = _RowAdapters(self.model)
-        slots = [self._prefill(ids, slot, p, answering([a] if a else []))
-                 for ids, slot, p, a in zip(prompts, slots, cached, adapters)]
+        for i, (ids, p) in enumerate(zip(prompts, cached)):
+            if answering:
+                answering.rows([requests[i].adapter])
+            slots[i] = self._prefill(ids, slots[i], p)
         reuse = [len(ids) - 1 for ids in prompts]
         batch, past_len = len(requests), max(reuse)
         mask = torch.zeros(batch, past_len, dtype=torch.long)
@@ -290,10 +351,11 @@ class HFBackend(Backend):
             width = max(map(len, guesses))
             step_ids = torch.tensor([[t] + g + [t] * (width - len(g)) for t, g in zip(last, guesses)])
             mask = torch.cat([mask, torch.ones(len(rows), 1 + width, dtype=torch.long)], dim=1)
-            with answering([adapters[r] for r in rows] if adapters[0] else []):
-                result = self.model(input_ids=step_ids.to(self.device), attention_mask=mask.to(self.device),
-                                    position_ids=(pos.unsqueeze(1) + torch.arange(1 + width)).to(self.device),
-                                    past_key_values=cache, use_cache=True)
+            if answering:
+                answering.rows([requests[r].adapter for r in rows])
+            result = self.model(input_ids=step_ids.to(self.device), attention_mask=mask.to(self.device),
+                                position_ids=(pos.unsqueeze(1) + torch.arange(1 + width)).to(self.device),
+                                past_key_values=cache, use_cache=True)
             cache = result.past_key_values
             if width:
                 picked, gaps = top_two(result.logits)
@@ -353,9 +415,9 @@ class HFBackend(Backend):
             self.usage.completion_tokens += len(generated[r])
         return completions
 
-    def _prefill(self, ids: list[int], slot: _Slot | None, cached: int, answering) -> _Slot | None:
+    def _prefill(self, ids: list[int], slot: _Slot | None, cached: int) -> _Slot | None:
         """A slot holding `ids[:-1]`: the first `cached` tokens' keys/values from `slot`, the rest
-        encoded now in one unpadded forward pass (within `answering`, the row's adapter)."""
+        encoded now in one unpadded forward pass."""
         from transformers import DynamicCache
 
         if len(ids) - 1 <= cached:
@@ -364,9 +426,10 @@ class HFBackend(Backend):
             [(k[:, :, :cached], v[:, :, :cached]) for k, v in slot.kv])
         new = torch.tensor([ids[cached:-1]], device=self.device)
         positions = torch.arange(cached, len(ids) - 1, device=self.device).unsqueeze(0)
-        with answering:
-            cache = self.model(input_ids=new, position_ids=positions, past_key_values=past,
-                               use_cache=True).past_key_values
+        # Only the keys/values are wanted (the last prompt token's logits come from the first step):
+        # logits of every position would be 0.5 s of SmolLM2's 49k-word head on a 1,100-token prompt.
+        cache = self.model(input_ids=new, position_ids=positions, past_key_values=past, use_cache=True,
+                           logits_to_keep=1).past_key_values
         return _Slot(ids[:-1], [(layer.keys, layer.values) for layer in cache.layers])
 
     def _padded_cache(self, slots, reuse, past_len, room):

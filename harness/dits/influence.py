@@ -15,11 +15,12 @@ is theta*'s, and only the others are decoded, from the first turn theta' would s
 checks run on a plain copy of the model with theta' merged into its weights, each agent's opening
 (its instructions, alike in every dialogue) encoded once per unit and attended to beside a causal
 pass over the rest; the unit's step encodes each pair's prompt once for both responses; the
-dialogues that diverge decode several tokens a step where their own text guesses them right
-(prompt lookup, each guess checked as the drafts are). The one difference from the reference is
-floating point: a check reads logits computed over the whole sequence where decoding computes them a
-token at a time, so an argmax within a near-tie can differ; the checked positions within one are
-counted, as are tokens decoded within one in steps that fed guesses.
+dialogues that diverge start from the keys/values their checks computed and decode several tokens a
+step where their own text guesses them right (prompt lookup, each guess checked as the drafts are).
+The one difference from the reference is floating point: a check reads logits computed over the
+whole sequence (on merged weights) where decoding computes them a token at a time, so an argmax
+within a near-tie can differ; the checked positions within one are counted, as are tokens decoded
+within one in steps that fed guesses.
 
 Results are cached by (pairs, policy, validation questions, influence knobs, kind): gamma and alpha
 are not in the key, so gamma 0 and gamma 1 of one suite share one estimate.
@@ -437,7 +438,7 @@ class FastPath(ReferencePath):
     def theta_star_dialogues(self):
         recorder = _DraftRecorder(self.backend)
         self.draft = self.dialogues(backend=recorder)
-        self.draft_turns = [[recorder.turns[f"{d.key}/{t % 2}"][t // 2] for t in range(len(d.utterances))]
+        self.draft_turns = [[recorder.turns[d.cache_key(t % 2)][t // 2] for t in range(len(d.utterances))]
                             for d in self.draft]
         # Each agent's prompts open alike in every dialogue (its instructions: 50-190 tokens), so each
         # unit encodes that opening once per agent; it ends before any position a check reads.
@@ -499,7 +500,7 @@ class FastPath(ReferencePath):
         self.opening_kv = [self.encode_opening(ids) for ids in self.openings]
         outcome, resumed = [], []
         for d, turns in zip(self.draft, self.draft_turns):
-            k = self.divergence(turns)
+            k, computed = self.divergence(turns)
             self.account["draft_turns"] += len(turns)
             if k is None:
                 self.account["verified_dialogues"] += 1
@@ -508,6 +509,11 @@ class FastPath(ReferencePath):
             again = start([d.question], self.task.setting)[0]
             for u in d.utterances[:k]:  # theta' says these turns as theta* did
                 again.add(u, self.cfg.max_turns)
+            # The checks computed the agents' keys/values up to the divergence and past it: decoding
+            # reuses them where its prompts agree (the diverging agent's whole prompt at that turn),
+            # rounded as the checker's merged weights round.
+            for agent, (ids, kv) in computed.items():
+                self.backend.keep(again.cache_key(agent), ids, kv)
             outcome.append(again)
             resumed.append(again)
         self.dialogues_run += len(self.validation)
@@ -525,20 +531,21 @@ class FastPath(ReferencePath):
             layer.lora_B[name].weight.copy_(layer.lora_B["default"].weight)
 
     @torch.no_grad()
-    def divergence(self, turns: list[DraftTurn]) -> int | None:
-        """The first turn the current weights would not generate as theta* did, or None."""
-        first = None
+    def divergence(self, turns: list[DraftTurn]) -> tuple[int | None, dict]:
+        """The first turn the current weights would not generate as theta* did, or None; and per
+        agent, the last sequence checked and its keys/values (`check`)."""
+        first, computed = None, {}
         for agent in (0, 1):
             own = list(range(agent, len(turns), 2))
             for sequence, members in chains([turns[t] for t in own]):
                 if first is not None and own[members[0]] >= first:
                     break
-                failed = self.check(agent, sequence, [turns[own[m]] for m in members])
+                failed, computed[agent] = self.check(agent, sequence, [turns[own[m]] for m in members])
                 if failed is not None:
                     t = own[members[failed]]
                     first = t if first is None else min(first, t)
                     break
-        return first
+        return first, computed
 
     @torch.no_grad()
     def merge(self) -> None:
@@ -561,10 +568,10 @@ class FastPath(ReferencePath):
         cache = self.checker(input_ids=torch.tensor([ids], device=device), use_cache=True).past_key_values
         return [(layer.keys, layer.values) for layer in cache.layers]
 
-    def check(self, agent: int, sequence: list[int], turns: list[DraftTurn]) -> int | None:
+    def check(self, agent: int, sequence: list[int], turns: list[DraftTurn]) -> tuple[int | None, tuple]:
         """One forward pass over `sequence` (after the agent's opening, encoded once per unit): the
         index of the first of `turns` (all prefixes of it) whose tokens or end of turn the current
-        weights would not generate, or None."""
+        weights would not generate, or None; and (sequence, its keys/values per layer)."""
         from transformers import DynamicCache
 
         positions = [p for turn in turns for p in turn.positions()]
@@ -575,16 +582,17 @@ class FastPath(ReferencePath):
         n = len(self.openings[agent])
         self.count_encoded(len(sequence) - n)
         self.account["opening_tokens"] += n
-        logits = self.checker(input_ids=torch.tensor([sequence[n:]], device=device),
-                              position_ids=torch.arange(n, len(sequence), device=device).unsqueeze(0),
-                              past_key_values=DynamicCache(self.opening_kv[agent]) if n else None,
-                              logits_to_keep=torch.tensor(positions, device=device) - n).logits[0]
-        picked, gaps = top_two(logits)
+        out = self.checker(input_ids=torch.tensor([sequence[n:]], device=device),
+                           position_ids=torch.arange(n, len(sequence), device=device).unsqueeze(0),
+                           past_key_values=DynamicCache(self.opening_kv[agent]) if n else None,
+                           logits_to_keep=torch.tensor(positions, device=device) - n, use_cache=True)
+        computed = (sequence, [(layer.keys, layer.values) for layer in out.past_key_values.layers])
+        picked, gaps = top_two(out.logits[0])
         ok = [p == t if t != eos else p in self.backend.eos_ids for p, t in zip(picked, targets)]
         bad = ok.index(False) if False in ok else len(ok)
         self.account["checked_positions"] += bad
         self.account["near_ties"] += sum(g < NEAR_TIE for g in gaps[:bad])
-        return None if bad == len(ok) else owner[bad]
+        return (None if bad == len(ok) else owner[bad]), computed
 
 
 PATHS = {"reference": ReferencePath, "fast": FastPath}

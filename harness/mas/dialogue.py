@@ -80,6 +80,10 @@ class Dialogue:
     def next_agent(self) -> int:
         return len(self.utterances) % 2
 
+    def cache_key(self, agent: int) -> str:
+        """The backend cache slot of the agent's memory (`Request.cache_key`)."""
+        return f"{self.key}/{agent}"
+
     def messages(self, agent: int) -> list[dict]:
         """The agent's memory as chat messages: own turns `assistant`, the partner's `user`."""
         name = NAMES[agent]
@@ -129,7 +133,7 @@ def run_dialogues(dialogues: list[Dialogue], backend: Backend, cfg: DialogueConf
         if progress is not None:
             progress.set_postfix(turn=step + 1, active=len(active))
         agents = [d.next_agent for d in active]
-        requests = [Request(d.messages(a), cache_key=f"{d.key}/{a}", adapter=d.adapter)
+        requests = [Request(d.messages(a), cache_key=d.cache_key(a), adapter=d.adapter)
                     for d, a in zip(active, agents)]
         completions = backend.generate(requests, sampling, seed=seed * 1000 + step)
         for d, a, c in zip(active, agents, completions):
