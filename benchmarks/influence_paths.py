@@ -5,9 +5,10 @@
 
 Both paths estimate the same units on the same warmed-up theta* (same seed): the reference decodes
 each unit's V validation dialogues in full, the fast path checks theta*'s as a draft and decodes only
-those that diverge. Prints each path's seconds (warm-up, theta* validation, unit steps, unit
-validation, split for the fast path into draft checks and decoding), the speed-up of the units, and
-whether the two give the same F per unit (a difference is only allowed within a counted near-tie).
+those that diverge. Their units run interleaved, unit by unit, so that drift of the machine's speed
+over the run weighs on both alike. Prints each path's seconds (warm-up, theta* validation, unit steps,
+unit validation, split for the fast path into draft checks and decoding), the speed-up of the units,
+and whether the two give the same F per unit (a difference is only allowed within a counted near-tie).
 
 Without --pairs, each unit is one pair on a train question: the gold answer at Alice's first turn
 preferred over another question's answer. Real search pairs (`harness synth`) have longer responses;
@@ -19,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 
 from tabulate import tabulate
 
@@ -72,22 +72,36 @@ def main() -> None:
                  f"warmup_steps={args.warmup_steps}"]
     if args.data_dir:
         overrides.append(f"data_dir={args.data_dir}")
-    rows, estimates = [], {}
+    # Both paths begin in turn (warm-up, theta*'s validation dialogues); then their units interleave,
+    # each reference unit right after the fast path's step and checks of the same unit, so that a
+    # machine whose speed drifts over the hour weighs on both alike. A path's unit seconds are its own.
+    began = {}
     for path in ("reference", "fast"):
         cfg = config.build(SelectConfig, args.config, overrides + [f"influence_path={path}"])
-        started = time.perf_counter()
-        est = PATHS[path](pairs, cfg, *prepare(pairs, cfg)).run()
-        wall = time.perf_counter() - started
-        estimates[path] = est
+        impl = PATHS[path](pairs, cfg, *prepare(pairs, cfg))
+        began[path] = (impl, impl.begin())
+    (ref_path, ref_start), (fast_path, fast_start) = began["reference"], began["fast"]
+    ref_scored = []
+
+    def reference_unit(i: int) -> None:
+        ref_scored.append(ref_path.unit_step(ref_start.theta_star, ref_start.units[i], ref_start.eta,
+                                             ref_start.answers_before))
+
+    fast_scored = fast_path.unit_scores(fast_start.theta_star, fast_start.units, fast_start.eta,
+                                        fast_start.answers_before, "units, interleaved", between=reference_unit)
+    estimates, rows = {}, []
+    for path, scored in (("reference", ref_scored), ("fast", fast_scored)):
+        impl, start = began[path]
+        est = estimates[path] = impl.finish(start, scored, sum(impl.unit_seconds.values()))
         checks = est.drafts.get("check_seconds")
         rows.append([path, f"{est.seconds['warmup']:.0f}", f"{est.seconds['calibration']:.0f}",
                      f"{est.seconds['units']:.0f}",
                      f"{est.unit_seconds['step']:.0f}", f"{est.unit_seconds['validation']:.0f}",
                      "" if checks is None else f"{checks:.0f}",
-                     "" if checks is None else f"{est.drafts['decode_seconds']:.0f}", f"{wall:.0f}"])
+                     "" if checks is None else f"{est.drafts['decode_seconds']:.0f}"])
     ref, fast = estimates["reference"], estimates["fast"]
     print(tabulate(rows, headers=["path", "warm-up s", "theta* validation s", "units s", "steps s", "validation s",
-                                  "draft checks s", "decoding s", "wall s"], tablefmt="github"))
+                                  "draft checks s", "decoding s"], tablefmt="github"))
     print(f"\n{len(ref.units)} units of {args.unit_size} pair(s), V = {args.validation_size}, eta {args.eta}, "
           f"{args.model} on {args.task}, {os.cpu_count()} CPUs")
     print(f"units: {ref.seconds['units'] / fast.seconds['units']:.2f}x faster; unit validation: "

@@ -79,7 +79,8 @@ def test_dits_scores_every_pair_and_gamma_runs_share_one_estimate(pairs_file, tm
     (["decode_lookahead=-1"], "decode_lookahead must be at least 0, got -1"),
 ])
 def test_bad_influence_input_is_one_line(pairs_file, tmp_path, capsys, overrides, message):
-    models.resolve("tiny-random")  # built beforehand: a first build logs its progress on stderr
+    models.resolve("tiny-random")  # built beforehand: a first build logs its progress on stderr,
+    capsys.readouterr()  # which is not the line under test
     out = tmp_path / "sel"
     assert main(["select", "--selector", "dits", "--pairs", str(pairs_file), "--out", str(out), *KNOBS,
                  *overrides]) == 2
@@ -240,3 +241,21 @@ def test_a_draft_checked_on_its_own_weights_holds(pairs_file):
     t = max(range(len(turns)), key=lambda i: len(turns[i].tokens))
     turns[t].tokens[-1] = (turns[t].tokens[-1] + 1) % path.tokenizer.vocab_size
     assert path.divergence(turns)[0] == t
+
+
+def test_a_run_in_parts_gives_the_run_and_calls_between_after_each_unit(pairs_file):
+    from harness.dits.influence import FastPath, prepare
+
+    pairs = [json.loads(line) for line in pairs_file.read_text().splitlines()]
+    cfg = SelectConfig(selector="dits", validation_size=4, unit_size=2, warmup_steps=1, warmup_batch=2, lora_r=4,
+                       lora_alpha=4, max_new_tokens=16, influence_path="fast")
+    whole = FastPath(pairs, cfg, *prepare(pairs, cfg)).run()
+    path = FastPath(pairs, cfg, *prepare(pairs, cfg))
+    start, calls = path.begin(), []
+    scored = path.unit_scores(start.theta_star, start.units, start.eta, start.answers_before,
+                              between=lambda i: calls.append((i, path.account["draft_turns"])))
+    parts = path.finish(start, scored, 0.0)
+    per_unit = sum(map(len, path.draft_turns))  # the turns a unit's checks read
+    assert calls == [(i, per_unit * (i + 1)) for i in range(len(start.units))]  # after each unit's checks
+    assert (parts.f_before, parts.f_after, parts.changed_answers) == (whole.f_before, whole.f_after,
+                                                                      whole.changed_answers)

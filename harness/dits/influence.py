@@ -99,6 +99,20 @@ class Estimate:
         return out
 
 
+@dataclass
+class Start:
+    """What the units step from and are compared with (`ReferencePath.begin`)."""
+
+    theta_star: list[torch.Tensor]
+    f_before: float
+    answers_before: list[str]
+    units: list[list[int]]
+    eta: float
+    trials: list[dict]
+    probe: tuple | None  # loss influence's validation pairs, their reference log-probabilities, the loss
+    seconds: dict  # warm-up, and theta*'s validation with the calibration
+
+
 def progress(units, desc: str | None):
     return tqdm(units, desc=desc, unit="unit", file=sys.stderr, dynamic_ncols=True) if desc else units
 
@@ -290,9 +304,15 @@ class ReferencePath:
         self.unit_seconds["validation"] += time.perf_counter() - started
         return f, sum(a != b for a, b in zip(answers, answers_before))
 
-    def unit_scores(self, theta_star, units, eta: float, answers_before, desc: str | None = None):
-        """Per unit, F after one step on it from theta* and how many validation answers it changed."""
-        return [self.unit_step(theta_star, unit, eta, answers_before) for unit in progress(units, desc)]
+    def unit_scores(self, theta_star, units, eta: float, answers_before, desc: str | None = None, between=None):
+        """Per unit, F after one step on it from theta* and how many validation answers it changed.
+        `between(i)`, if given, runs after unit i's own work (a benchmark interleaves another path's)."""
+        scored = []
+        for i, unit in enumerate(progress(units, desc)):
+            scored.append(self.unit_step(theta_star, unit, eta, answers_before))
+            if between:
+                between(i)
+        return scored
 
     def calibrate(self, theta_star, units, answers_before) -> tuple[float, list[dict]]:
         """The smallest eta x 3^k whose median calibration unit changes the target share of answers."""
@@ -334,7 +354,8 @@ class ReferencePath:
         self.step_from(theta_star, unit, eta)
         return self.validation_loss(probe[0], probe[1])
 
-    def run(self, kind: str = "metric") -> Estimate:
+    def begin(self, kind: str = "metric") -> Start:
+        """Everything before the units: theta*, F at theta* (or the loss), the units and eta."""
         cfg = self.cfg
         started = time.time()
         theta_star = self.warm_up()
@@ -343,20 +364,31 @@ class ReferencePath:
         f_before, answers_before = self.score(at_theta_star)
         units = make_units(len(self.pairs), cfg.unit_size, cfg.seed)
         eta, trials = self.calibrate(theta_star, units, answers_before) if cfg.eta_auto else (cfg.eta, [])
-        calibrated = time.time()
+        probe = None
         if kind == "loss":
             probe = self.loss_probe(theta_star, at_theta_star)
             f_before = probe[2]
+        return Start(theta_star, f_before, answers_before, units, eta, trials, probe,
+                     {"warmup": warmed - started, "calibration": time.time() - warmed})
+
+    def run(self, kind: str = "metric") -> Estimate:
+        start = self.begin(kind)
+        started = time.time()
         if kind == "loss":  # no dialogues after the step: no answers to compare
-            f_after = [self.loss_step(theta_star, unit, eta, probe) for unit in progress(units, "loss influence units")]
-            changed = []
+            scored = [(self.loss_step(start.theta_star, unit, start.eta, start.probe), None)
+                      for unit in progress(start.units, "loss influence units")]
         else:
-            scored = self.unit_scores(theta_star, units, eta, answers_before, "metric influence units")
-            f_after, changed = [f for f, _ in scored], [c for _, c in scored]
-        self.restore(theta_star)
-        seconds = {"warmup": warmed - started, "calibration": calibrated - warmed, "units": time.time() - calibrated}
-        return Estimate(units, f_before, f_after, changed, [q.id for q in self.validation], seconds, eta,
-                        self.dialogues_run, self.backend.usage.as_dict(), trials, drafts=dict(self.account),
+            scored = self.unit_scores(start.theta_star, start.units, start.eta, start.answers_before,
+                                      "metric influence units")
+        return self.finish(start, scored, time.time() - started)
+
+    def finish(self, start: Start, scored: list[tuple[float, int | None]], units_seconds: float) -> Estimate:
+        """The estimate from the units' (F or loss, changed answers), theta* restored."""
+        self.restore(start.theta_star)
+        changed = [c for _, c in scored if c is not None]
+        return Estimate(start.units, start.f_before, [f for f, _ in scored], changed,
+                        [q.id for q in self.validation], {**start.seconds, "units": units_seconds}, start.eta,
+                        self.dialogues_run, self.backend.usage.as_dict(), start.trials, drafts=dict(self.account),
                         unit_seconds=self.unit_seconds)
 
 
@@ -455,7 +487,7 @@ class FastPath(ReferencePath):
     def unit_logps(self, indices) -> torch.Tensor:
         return self.shared_logps(indices)
 
-    def unit_scores(self, theta_star, units, eta: float, answers_before, desc: str | None = None):
+    def unit_scores(self, theta_star, units, eta: float, answers_before, desc: str | None = None, between=None):
         scored = []
         bar = tqdm(total=len(units), desc=desc, disable=desc is None, unit="unit", file=sys.stderr,
                    dynamic_ncols=True)
@@ -474,6 +506,8 @@ class FastPath(ReferencePath):
                 outcomes.append(dialogues)
                 diverged += resumed
                 self.unit_seconds["validation"] += time.perf_counter() - started
+                if between:
+                    between(lo + j)
             started = time.perf_counter()
             if diverged:
                 done = [len(d.utterances) for d in diverged]
