@@ -506,10 +506,12 @@ class FastPath(ReferencePath):
                 outcomes.append(dialogues)
                 diverged += resumed
                 self.unit_seconds["validation"] += time.perf_counter() - started
+                bar.update(1)  # checked; its diverged dialogues decode with the group's
                 if between:
                     between(lo + j)
             started = time.perf_counter()
             if diverged:
+                bar.set_postfix_str(f"decoding {len(diverged)} diverged dialogues")
                 done = [len(d.utterances) for d in diverged]
                 ties = self.backend.usage.guess_near_ties
                 self.dialogues(dialogues=diverged, lookahead=self.cfg.decode_lookahead)
@@ -522,7 +524,7 @@ class FastPath(ReferencePath):
             for dialogues in outcomes:
                 f, answers = self.score(dialogues)
                 scored.append((f, sum(a != b for a, b in zip(answers, answers_before))))
-                bar.update(1)
+            bar.set_postfix_str("")
         bar.close()
         return scored
 
