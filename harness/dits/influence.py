@@ -110,7 +110,7 @@ class Start:
     eta: float
     trials: list[dict]
     probe: tuple | None  # loss influence's validation pairs, their reference log-probabilities, the loss
-    seconds: dict  # warm-up, and theta*'s validation with the calibration
+    seconds: dict  # warm-up; calibration: theta*'s validation, eta auto's trials and the loss probe
 
 
 def progress(units, desc: str | None):
