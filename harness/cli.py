@@ -1,6 +1,8 @@
-"""The `harness` command line: run, suite, eval, synth, select, train, analyze, report, leaderboard, check,
-data, ls, validate. Commands that run take
-`--config FILE` and `key=value` overrides; bad input answers one line and exit status 2."""
+"""The `harness` command line: the self-training experiment, its stages one at a time, reports and data.
+
+Commands that run take `--config FILE` (or a preset name) and `key=value` overrides; bad input
+answers one line and exit status 2.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 
 from tabulate import tabulate
 
@@ -17,6 +20,33 @@ from harness import runs
 from harness.config import EvalConfig, SelectConfig, SynthConfig
 from harness.errors import HarnessError
 from tasks.base import SPLITS
+
+LOG_LEVELS = ("warning", "info", "debug")
+# Their info logs and deprecation warnings bury the harness's one-line messages.
+NOISY_LIBRARIES = ("transformers", "trl", "peft", "datasets")
+
+
+def _logging(level: str) -> None:
+    """`level` for the project's own loggers; below debug, the noisy libraries show errors only."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for name in ("harness", "tasks"):
+        logging.getLogger(name).setLevel(level.upper())
+    if level != "debug":
+        _quiet_libraries()
+
+
+def _quiet_libraries() -> None:
+    # Only the commands that need them import these libraries. transformers and datasets set their
+    # loggers' level from these variables when first imported (a user's own setting wins); the levels
+    # set below hold for trl and peft, and for a library already imported.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DATASETS_VERBOSITY", "error")
+    for name in NOISY_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.ERROR)
+        for category in (FutureWarning, DeprecationWarning, UserWarning):
+            warnings.filterwarnings("ignore", category=category, module=rf"{name}(\.|$)")
+    # transformers' deprecations name the caller's frame, which is torch's module call
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.nn\.modules\.module$")
 
 
 def _offline(online: bool) -> None:
@@ -97,10 +127,16 @@ def dry_run_table(plan) -> str:
 
 
 def run_table(results: dict) -> str:
+    from harness.report.tables import difference_text
+
+    def versus(d):
+        return "-" if d is None else difference_text(*(d[k] for k in ("diff", "low", "high", "sd", "mdd")))
+
     rows = [[r["policy"], "-" if r["iteration"] is None else r["iteration"], r["metric"], f"{r['mean']:.4f}",
-             f"{r['stderr']:.4f}", r["n"], f"{r['tokens_per_dialogue']:.1f}"] for r in results["scores"]]
-    table = tabulate(rows, ["policy", "iteration", "metric", "value", "± stderr", "n", "tokens/dialogue"],
-                     tablefmt="github")
+             f"{r['stderr']:.4f}", r["n"], versus(r.get("vs_initial")), f"{r['tokens_per_dialogue']:.1f}"]
+            for r in results["scores"]]
+    table = tabulate(rows, ["policy", "iteration", "metric", "value", "± stderr", "n",
+                            "Δ vs initial [95% CI, t over items]", "tokens/dialogue"], tablefmt="github")
     walls = " ".join(f"{k}={v:.0f}s" for k, v in results["wall_seconds"].items())
     return f"{table}\nwall per stage (this or an earlier run of the suite): {walls}"
 
@@ -137,8 +173,9 @@ def cmd_analyze_influence(args) -> int:
 
 def _report(args):
     from harness.report.build import build
+    from harness.report.tables import BASELINES
 
-    baselines = tuple(b for b in args.baselines.split(",") if b)
+    baselines = BASELINES if args.baselines is None else tuple(b for b in args.baselines.split(",") if b)
     return build(args.suite, baselines, args.target, getattr(args, "allow_unfinished", False))
 
 
@@ -324,21 +361,30 @@ def cmd_validate(args) -> int:
     return 0
 
 
+TASK_HELP = "task name (harness ls tasks; default: the config's)"
+SEED_HELP = "random seed (default: the config's)"
+DATA_DIR_HELP = ("folder of TASK/SPLIT.jsonl files (default: $HARNESS_DATA_DIR, else the hub with --online, "
+                 "else CBT's items built from the shipped books and the other tasks' project-written samples)")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="harness", description=__doc__.splitlines()[0])
-    p.add_argument("--log-level", default=os.environ.get("HARNESS_LOG_LEVEL", "WARNING"))
-    sub = p.add_subparsers(dest="command", required=True)
+    p = argparse.ArgumentParser(prog="harness", description=__doc__)
+    p.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS,
+                   default=os.environ.get("HARNESS_LOG_LEVEL", "warning").lower(),
+                   help="the harness's own messages; below debug, transformers, trl, peft and datasets "
+                        "show errors only (default: warning)")
+    sub = p.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND")
 
     def common(sp):
         sp.add_argument("--config", help="YAML config file or preset name (harness ls presets)")
         sp.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
 
     def run_common(sp):
-        sp.add_argument("--task")
+        sp.add_argument("--task", help=TASK_HELP)
         sp.add_argument("--model", help="the initial policy: catalogue name or local model directory")
-        sp.add_argument("--iterations", type=int)
+        sp.add_argument("--iterations", type=int, help="self-training iterations (default: the config's)")
         sp.add_argument("--suite", help="runs/<suite>/: runs of a suite share their stages before selection")
-        sp.add_argument("--data-dir", dest="data_dir")
+        sp.add_argument("--data-dir", dest="data_dir", help=DATA_DIR_HELP)
         sp.add_argument("--online", action="store_true", help="allow the Hugging Face hub")
         sp.add_argument("--out", help="root directory instead of runs/<suite>")
         sp.add_argument("--config", "--preset", dest="config", default="cpu",
@@ -346,16 +392,17 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("overrides", nargs="*", metavar="key=value",
                         help="run config overrides; synth.KEY=V, select.KEY=V, eval.KEY=V for those sections")
 
-    r = sub.add_parser("run", help="the self-training experiment: SFT, tree search, selection, DPO, eval")
+    # Each command's help fits one line of an 80-column `harness --help`.
+    r = sub.add_parser("run", help="the self-training experiment, SFT to final eval")
     r.add_argument("--selector", help="harness ls selectors; options as dits:gamma=0")
-    r.add_argument("--gamma", type=float)
-    r.add_argument("--seed", type=int)
+    r.add_argument("--gamma", type=float, help="DITS: H = minmax(I) + gamma * Q (default: the config's)")
+    r.add_argument("--seed", type=int, help=SEED_HELP)
     r.add_argument("--resume", action="store_true", help="continue a killed run at its first unfinished stage")
     r.add_argument("--dry-run", dest="dry_run", action="store_true", help="print the stages and their work")
     run_common(r)
     r.set_defaults(fn=cmd_run)
 
-    su = sub.add_parser("suite", help="several selectors (and seeds) on shared stages, one comparison table")
+    su = sub.add_parser("suite", help="several selectors and seeds on shared stages")
     su.add_argument("--selectors", required=True, help="comma-separated, e.g. random,qvalue,dits:gamma=0")
     su.add_argument("--seeds", help="comma-separated seeds (default: the config's)")
     su.add_argument("--budgets", action="append", metavar="SECTION.KEY=V1,V2",
@@ -364,83 +411,86 @@ def parser() -> argparse.ArgumentParser:
     run_common(su)
     su.set_defaults(fn=cmd_suite)
 
-    t = sub.add_parser("train", help="one training stage alone: LoRA SFT or DPO on a data file")
-    t.add_argument("--stage", required=True, choices=["sft", "dpo"])
+    t = sub.add_parser("train", help="one training stage alone: LoRA SFT or DPO")
+    t.add_argument("--stage", required=True, choices=["sft", "dpo"], help="which training stage to run")
     t.add_argument("--data", required=True, help="sft: sft_data.jsonl (messages); dpo: pairs (prompt, chosen, rejected)")
     t.add_argument("--out", required=True, help="directory: the merged policy goes to OUT/model")
     t.add_argument("--task", help="for the task's DPO beta")
-    t.add_argument("--model")
-    t.add_argument("--seed", type=int)
+    t.add_argument("--model", help="the policy to train: catalogue name or local model directory")
+    t.add_argument("--seed", type=int, help=SEED_HELP)
     common(t)
     t.set_defaults(fn=cmd_train)
 
-    e = sub.add_parser("eval", help="run the two-agent system on a task split and score it")
-    e.add_argument("--task")
+    e = sub.add_parser("eval", help="score the two-agent system on a task split")
+    e.add_argument("--task", help=TASK_HELP)
     e.add_argument("--model", help="catalogue name (harness ls models) or local model directory")
-    e.add_argument("--split")
-    e.add_argument("--limit", type=int)
-    e.add_argument("--seed", type=int)
+    e.add_argument("--split", help="train, validation or test (default: the config's)")
+    e.add_argument("--limit", type=int, help="first N questions of the split (default: the config's)")
+    e.add_argument("--seed", type=int, help=SEED_HELP)
     e.add_argument("--out", help="run directory")
-    e.add_argument("--data-dir", dest="data_dir")
+    e.add_argument("--data-dir", dest="data_dir", help=DATA_DIR_HELP)
     e.add_argument("--online", action="store_true", help="allow the Hugging Face hub")
     common(e)
     e.set_defaults(fn=cmd_eval)
 
-    s = sub.add_parser("synth", help="grow search trees over dialogues and extract preference pairs")
-    s.add_argument("--task")
+    s = sub.add_parser("synth", help="tree search over dialogues: preference pairs")
+    s.add_argument("--task", help=TASK_HELP)
     s.add_argument("--model", help="the policy: catalogue name or local model directory")
     s.add_argument("--questions", type=int, help="training questions, one tree each")
-    s.add_argument("--seed", type=int)
+    s.add_argument("--seed", type=int, help=SEED_HELP)
     s.add_argument("--out", help="run directory")
-    s.add_argument("--data-dir", dest="data_dir")
+    s.add_argument("--data-dir", dest="data_dir", help=DATA_DIR_HELP)
     s.add_argument("--online", action="store_true", help="allow the Hugging Face hub")
     s.add_argument("--resume", action="store_true", help="continue a killed run from the trees it finished")
     common(s)
     s.set_defaults(fn=cmd_synth)
 
-    sel = sub.add_parser("select", help="score candidate pairs and keep the best alpha fraction")
+    sel = sub.add_parser("select", help="keep the best alpha fraction of the pairs")
     sel.add_argument("--selector", help="harness ls selectors")
     sel.add_argument("--pairs", help="pairs.jsonl written by harness synth")
-    sel.add_argument("--alpha", type=float)
-    sel.add_argument("--gamma", type=float)
+    sel.add_argument("--alpha", type=float, help="fraction of the pairs kept (default: the config's)")
+    sel.add_argument("--gamma", type=float, help="DITS: H = minmax(I) + gamma * Q (default: the config's)")
     sel.add_argument("--eta", help="the unit step's learning rate, or 'auto': calibrated so the median unit changes "
                                    "eta_target_share of the validation answers")
-    sel.add_argument("--seed", type=int)
+    sel.add_argument("--seed", type=int, help=SEED_HELP)
     sel.add_argument("--out", help="run directory")
     common(sel)
     sel.set_defaults(fn=cmd_select)
 
     an = sub.add_parser("analyze", help="analyses of a selection's estimates")
     asub = an.add_subparsers(dest="analyze_command", required=True)
-    ai = asub.add_parser("influence", help="metric influence, loss influence and Q against the true gain of "
-                                           "training on a unit; Spearman and a scatter plot")
+    ai = asub.add_parser("influence", help="influence estimates against the true gain",
+                         description="metric influence, loss influence and Q against the true gain of "
+                                     "training on a unit; Spearman and a scatter plot")
     ai.add_argument("--pairs", required=True, help="pairs.jsonl written by harness synth")
     ai.add_argument("--units", type=int, required=True, help="how many units (K) to train on and evaluate")
     ai.add_argument("--steps", type=int, default=4, help="optimizer steps on a unit for its true gain")
     ai.add_argument("--eval-split", dest="eval_split", default="test",
                     help="held-out questions for the true gain (disjoint from the validation split)")
     ai.add_argument("--eval-size", dest="eval_size", type=int, help="default: the validation size")
-    ai.add_argument("--seed", type=int)
+    ai.add_argument("--seed", type=int, help=SEED_HELP)
     ai.add_argument("--out", help="directory (default: <pairs dir>/analyze_influence)")
     common(ai)
     ai.set_defaults(fn=cmd_analyze_influence)
 
     def report_common(sp):
         sp.add_argument("--suite", required=True, help="suite name (runs/<name>) or suite directory")
-        sp.add_argument("--baselines", default="optima_full,random", help="policies the differences are against")
+        sp.add_argument("--baselines", help="policies the differences are against, comma-separated "
+                        "(default: the report's baselines, optima_full, random and qvalue)")
         sp.add_argument("--target", help="policy whose score the cost-to-target view uses (default: optima_full)")
 
-    rep = sub.add_parser("report", help="a suite's comparison, cost ledger, cost-per-gain tables and plots")
+    rep = sub.add_parser("report", help="a suite's comparison, costs and plots",
+                         description="a suite's comparison, cost ledger, cost-per-gain tables and plots")
     report_common(rep)
     rep.add_argument("--out", help="directory (default: <suite>/report)")
     rep.add_argument("--allow-unfinished", dest="allow_unfinished", action="store_true",
                      help="leave unfinished runs out instead of refusing")
     rep.set_defaults(fn=cmd_report)
-    lb = sub.add_parser("leaderboard", help="leaderboard.md, .json and .html of a suite, with plots")
+    lb = sub.add_parser("leaderboard", help="a suite's leaderboard: md, json, html, plots")
     report_common(lb)
     lb.add_argument("--publish", help="folder to publish into (e.g. results/): <folder>/<suite>/, run records included")
     lb.set_defaults(fn=cmd_leaderboard)
-    ch = sub.add_parser("check", help="fail when a suite's scores fall below a recorded reference")
+    ch = sub.add_parser("check", help="fail when a suite scores below a reference")
     report_common(ch)
     ch.add_argument("--against", required=True, help="reference file, e.g. results/reference/smoke-arc_c.json")
     ch.add_argument("--bless", action="store_true", help="write the suite's scores as the new reference")
@@ -451,31 +501,33 @@ def parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="list, fetch or build task data")
     dsub = data.add_subparsers(dest="data_command", required=True)
-    dl = dsub.add_parser("ls", help="rows per task and split in a data directory, and schema problems")
-    dl.add_argument("--data-dir", dest="data_dir")
+    dl = dsub.add_parser("ls", help="rows and schema problems of a data directory")
+    dl.add_argument("--data-dir", dest="data_dir", help="the data directory to list (default: $HARNESS_DATA_DIR)")
     dl.set_defaults(fn=cmd_data_ls)
-    f = dsub.add_parser("fetch", help="write a task's hub splits to a data directory (needs network)")
-    f.add_argument("--task", required=True)
+    f = dsub.add_parser("fetch", help="write a task's hub splits to a data directory")
+    f.add_argument("--task", required=True, help="task to fetch (harness ls tasks)")
     f.add_argument("--splits", nargs="+", choices=SPLITS, help="default: every split the hub has")
     f.add_argument("--limit", type=int, help="first N rows of each split")
-    f.add_argument("--data-dir", dest="data_dir")
+    f.add_argument("--data-dir", dest="data_dir", help="data directory to write to (default: $HARNESS_DATA_DIR)")
     f.add_argument("--files", nargs="+", metavar="HUB_SPLIT=FILE",
                    help="read the hub's splits from downloaded parquet/JSON/CSV files instead of the hub")
     f.set_defaults(fn=cmd_data_fetch)
-    b = dsub.add_parser("build-cbt", help="build CBT items from public-domain books, split by book")
+    b = dsub.add_parser("build-cbt", help="build CBT items from public-domain books")
     b.add_argument("--books", required=True, help="folder of plain-text books (*.txt, searched recursively)")
     b.add_argument("--out", required=True, help="data directory: the items go to OUT/cbt/")
     b.add_argument("--type", help="word type to blank out (harness ls cbt-types)")
     b.add_argument("--per-book", dest="per_book", type=int, help="at most N items a book")
-    b.add_argument("--seed", type=int)
+    b.add_argument("--seed", type=int, help="seed of the split by book and the per-book sample (default: 0)")
     b.add_argument("--spacy-model", dest="spacy_model", help="installed spaCy pipeline with a tagger")
     b.set_defaults(fn=cmd_data_build_cbt)
 
-    ls = sub.add_parser("ls", help="list tasks, models, presets, selectors, metrics or CBT word types")
-    ls.add_argument("what", choices=["tasks", "models", "presets", "selectors", "metrics", "cbt-types"])
+    ls = sub.add_parser("ls", help="list tasks, models, presets and other names")
+    ls.add_argument("what", choices=["tasks", "models", "presets", "selectors", "metrics", "cbt-types"],
+                    help="what to list")
     ls.set_defaults(fn=cmd_ls)
 
-    v = sub.add_parser("validate", help="check a config (every section, and trl's) without running it")
+    v = sub.add_parser("validate", help="check a config without running it",
+                       description="check a config (every section, and trl's) without running it")
     v.add_argument("--config", "--preset", dest="config", default="cpu", help="preset name or YAML file")
     v.add_argument("overrides", nargs="*", metavar="key=value", help="as harness run takes them")
     v.set_defaults(fn=cmd_validate)
@@ -484,7 +536,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    _logging(args.log_level)
     try:
         return args.fn(args)
     except HarnessError as e:

@@ -42,6 +42,9 @@ class RuntimeConfig:
     max_new_tokens: int = 128  # utterance token cap (Optima: 2000; sized for CPU); the reward's length override
     context_mode: str = "paragraph"  # or first_sentence, the reference's HotpotQA contexts
     metric: str | None = None  # default: the task's metric
+    # "choice": on tasks with options each utterance's answer is the option its speaker scores
+    # highest by log-likelihood (README: "Answers"); "generate": parsed from <A>...</A> (the paper's)
+    answer_mode: str = "choice"
 
 
 @dataclass
@@ -160,7 +163,8 @@ class RunConfig(RuntimeConfig):
     budget: str | None = None  # a budget point of `harness suite --budgets` (its overrides), in the run id
     sft_from_initial: bool = True  # DITS: SFT from the initial model each iteration; False: from the last policy (Optima QA)
     # Disjoint question pools: train split [0, sft_questions) for SFT data, then the tree search's
-    # synth.questions, then synth.probe_size for the probe; select.val_split for influence; test for eval.
+    # synth.questions, then synth.probe_size for the probe, each iteration fresh ones after the last's;
+    # select.val_split for influence; test for eval.
     sft_questions: int = 64
     sft_samples: int = 10  # dialogues sampled per SFT question (the reference's explore_count)
     sft_temperature: float = 0.7
@@ -261,7 +265,9 @@ def _read_yaml(file: str) -> tuple[dict, Path]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
-        raise HarnessError(f"{file}: config file not found") from None
+        if path.suffix or len(path.parts) > 1:  # meant as a file
+            raise HarnessError(f"{file}: config file not found") from None
+        raise HarnessError(f"unknown preset or config file {file!r}; presets: {', '.join(presets())}") from None
     except yaml.YAMLError as e:
         raise HarnessError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(data, dict):

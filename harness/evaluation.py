@@ -7,6 +7,7 @@ import math
 import random
 import sys
 import time
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from harness.backends import BACKENDS
 from harness.config import EvalConfig
 from harness.errors import HarnessError
 from harness.mas.dialogue import Dialogue, DialogueConfig, run_dialogues, start
+from harness.references import applies, reference_rows
 from tasks import get_task
 from tasks.metrics import METRICS, score
 
@@ -59,14 +61,20 @@ def dialogue_score(d: Dialogue, metric: str, tokenizer) -> float:
 
 def instance_record(d: Dialogue, metric: str, tokenizer) -> dict:
     q = d.question
-    return {
+    record = {
         "id": q.id, "question": q.question, "gold": list(q.golds), "prediction": d.final_answer,
         "score": dialogue_score(d, metric, tokenizer),
         "answered": bool(d.final_answer), "turns": len(d.utterances), "stop": d.stop,
         "tokens": sum(u.completion_tokens for u in d.utterances), "tokens_per_agent": d.tokens_by_agent(),
         "transcript": [{"speaker": u.speaker, "text": u.text, "answer": u.answer, "tokens": u.completion_tokens,
-                        "truncated": u.truncated} for u in d.utterances],
+                        "truncated": u.truncated}
+                       | ({"choice_logprobs": u.choice_logprobs, "answer_norm": u.answer_norm}
+                          if u.choice_logprobs is not None else {}) for u in d.utterances],
     }
+    if any(u.choice_logprobs is not None for u in d.utterances):
+        record |= {"prediction_norm": d.final_answer_norm,
+                   "score_norm": score(metric, d.final_answer_norm, q.golds, options=q.options, tokenizer=tokenizer)}
+    return record
 
 
 def evaluate(config: EvalConfig | None = None, **overrides) -> EvalResult:
@@ -78,12 +86,14 @@ def evaluate(config: EvalConfig | None = None, **overrides) -> EvalResult:
                            "only loading and the metric are")
     metric = cfg.metric or task.metric
     METRICS.get(metric)
+    cfg = dataclasses.replace(cfg, answer_mode=task.answer_mode(cfg.answer_mode))
+    answer_mode = cfg.answer_mode
     models.check(cfg.model)
     questions = task.load(cfg.split, cfg.data_dir, cfg.limit, cfg.online)
     if not questions:
         raise HarnessError(f"{cfg.task}/{cfg.split}: no questions to evaluate")
     rid = runs.run_id("eval", task=cfg.task, model=cfg.model, split=cfg.split, seed=cfg.seed,
-                      n=len(questions), metric=metric)
+                      n=len(questions), metric=metric, answer=answer_mode)
     out = Path(cfg.out) if cfg.out else Path("runs") / "eval" / runs.dir_name(rid)
 
     seed_everything(cfg.seed)
@@ -92,7 +102,7 @@ def evaluate(config: EvalConfig | None = None, **overrides) -> EvalResult:
                                        batch_size=cfg.batch_size, kv_cache=cfg.kv_cache)
     load_seconds = time.time() - started
     dialogue_cfg = DialogueConfig(max_turns=cfg.max_turns, max_new_tokens=cfg.max_new_tokens,
-                                  temperature=cfg.temperature)
+                                  temperature=cfg.temperature, answer_mode=answer_mode)
     with tqdm(total=len(questions), desc=f"eval {cfg.task}", unit="dialogue", file=sys.stderr,
               dynamic_ncols=True) as bar:
         # A forward pass holds batch_size rows anyway; running the dialogues a batch at a time keeps
@@ -100,6 +110,7 @@ def evaluate(config: EvalConfig | None = None, **overrides) -> EvalResult:
         # holds about 46 MB of them).
         dialogues = [d for i in range(0, len(questions), cfg.batch_size) for d in run_dialogues(
             start(questions[i:i + cfg.batch_size], task.setting), backend, dialogue_cfg, cfg.seed, bar)]
+    references = reference_rows(questions, backend) if answer_mode == "choice" and applies(task) else {}
     wall = time.time() - started
 
     tokenizer = getattr(backend, "tokenizer", None)
@@ -113,12 +124,17 @@ def evaluate(config: EvalConfig | None = None, **overrides) -> EvalResult:
         "mean_turns": sum(r["turns"] for r in per_instance) / len(per_instance),
         "answered_rate": sum(r["answered"] for r in per_instance) / len(per_instance),
         "agreement_rate": sum(r["stop"] == "agreement" for r in per_instance) / len(per_instance),
+        "answer_mode": answer_mode,
     }
+    if answer_mode == "choice":  # lm-eval's acc_norm beside acc: the same dialogues, answers per byte
+        stats["mean_norm"] = sum(r["score_norm"] for r in per_instance) / len(per_instance)
+    if references:
+        stats["references"] = {name: row["mean"] for name, row in references.items()}
     cost = {**backend.usage.as_dict(), "wall_seconds": wall, "model_load_seconds": load_seconds,
             "dialogues": len(dialogues)}
     run_spec = {
         "run_id": rid, "kind": "eval", "config": cfgmod.as_dict(cfg), "seed": cfg.seed,
-        "dialogue": vars(dialogue_cfg), "setting": task.setting,
+        "dialogue": vars(dialogue_cfg), "setting": task.setting, "answer_mode": answer_mode,
         "model": getattr(backend, "model_info", {"name": cfg.model}),
         "data": {"source": task.source, "question_ids": [q.id for q in questions]},
         "versions": runs.versions(), "device": runs.device_info(cfg.device), "git_sha": runs.git_sha(),
@@ -129,6 +145,8 @@ def evaluate(config: EvalConfig | None = None, **overrides) -> EvalResult:
         runs.write_jsonl(tmp / "per_instance.jsonl", per_instance)
         runs.write_json(tmp / "stats.json", stats)
         runs.write_json(tmp / "cost.json", cost)
+        if references:
+            runs.write_json(tmp / "references.json", references)
     return EvalResult(out, run_spec, stats, cost, per_instance)
 
 
@@ -139,4 +157,6 @@ def results_table(result: EvalResult) -> str:
            f"{s['answered_rate']:.2f}", f"{c['wall_seconds']:.1f}"]
     headers = ["task", "split", "model", "metric", "value", "± stderr", "n", "tokens/dialogue", "turns",
                "answered", "wall s"]
-    return tabulate([row], headers=headers, tablefmt="github")
+    rows = [row] + [[s["task"], s["split"], f"reference: {name}", s["metric"], f"{mean:.4f}", "", s["n"]]
+                    + [""] * 4 for name, mean in s.get("references", {}).items()]
+    return tabulate(rows, headers=headers, tablefmt="github")

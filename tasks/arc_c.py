@@ -17,6 +17,7 @@ class ARCChallenge(Task):
     hub_splits = {"train": "train", "validation": "validation", "test": "test"}
     setting = "debate"
     metric = "accuracy"
+    choices = True
     licence = "CC BY-SA 4.0"
     sizes = "1,119 / 299 / 1,172"
 

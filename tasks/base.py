@@ -2,7 +2,8 @@
 
 A task reads ``<data_dir>/<task>/<split>.jsonl`` in the dataset's Hugging Face schema when a data
 directory is set (``--data-dir`` or ``HARNESS_DATA_DIR``); otherwise, when online, the hub through
-``datasets``; otherwise the project-written sample in ``tasks/fixtures/`` with a one-line warning.
+``datasets``; otherwise the project-written sample in ``tasks/fixtures/`` with a one-line warning
+(CBT first builds items from the books shipped with the harness, see ``harness.data.shipped``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ FIXTURES = Path(__file__).parent / "fixtures"
 SPLITS = ("train", "validation", "test")
 SETTINGS = ("information_exchange", "debate", "web")
 CONTEXT_MODES = ("paragraph", "first_sentence")
+ANSWER_MODES = ("generate", "choice")
+_WARNED_SAMPLES: set[str] = set()  # tasks whose sample warning was given: every stage loads data
 
 
 @dataclass(frozen=True)
@@ -34,7 +37,14 @@ class Question:
     golds: tuple[str, ...]
     contexts: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())  # Alice's, Bob's
     options: tuple[str, ...] | None = None
+    # answer_mode=choice: per option, the text whose log-likelihood after an agent's memory scores
+    # that option (empty: " " + the option)
+    continuations: tuple[str, ...] = ()
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self):
+        if self.options and not self.continuations:
+            object.__setattr__(self, "continuations", tuple(f" {o}" for o in self.options))
 
 
 class RowError(ValueError):
@@ -70,6 +80,7 @@ class Task:
     metric: ClassVar[str]
     licence: ClassVar[str]
     sizes: ClassVar[str]  # public split sizes, for `harness ls tasks`
+    choices: ClassVar[bool] = False  # its questions have options: answer_mode=choice applies
 
     def __init__(self, context_mode: str = "paragraph", seed: int = 0):
         if context_mode not in CONTEXT_MODES:
@@ -79,6 +90,13 @@ class Task:
 
     def to_question(self, row: dict, split: str) -> Question:
         raise NotImplementedError
+
+    def answer_mode(self, requested: str) -> str:
+        """The answer mode a run of this task uses: choice where its questions have options, else
+        generate (the answer parsed from <A>...</A>)."""
+        if requested not in ANSWER_MODES:
+            raise HarnessError(f"answer_mode must be one of {', '.join(ANSWER_MODES)}, got {requested!r}")
+        return requested if self.choices else "generate"
 
     def rng(self, qid: str) -> random.Random:
         """Per-question randomness for context splits: independent of load order and batch size."""
@@ -94,13 +112,23 @@ class Task:
             rows = self._read_local(Path(data_dir), split)
         elif online and self.dataset:
             rows = self.read_hub(split, limit=limit)
+        elif (built := self.default_data_dir())[0] is not None:
+            rows = self._read_local(built[0], split)
         else:
             path = FIXTURES / self.name / f"{split}.jsonl"
-            log.warning("no data directory set and the hub is not used: reading the project-written "
-                        "sample %s (set --data-dir or HARNESS_DATA_DIR for real data)", path)
+            if self.name not in _WARNED_SAMPLES:
+                _WARNED_SAMPLES.add(self.name)
+                log.warning("no data directory set and the hub is not used: reading the project-written "
+                            "sample in %s (set --data-dir or HARNESS_DATA_DIR for real data)%s", path.parent,
+                            f"; {built[1]}" if built[1] else "")
             rows = [(path, i, r) for i, r in read_jsonl(path)]
         self.source = str(rows[0][0]) if rows else None  # what a run record names as its data
         return self.parse(rows[:limit], split)
+
+    def default_data_dir(self) -> tuple[Path | None, str]:
+        """A data directory the task makes for itself when none is set and the hub is not used, or
+        (None, why not): then the project-written sample is read. Only CBT makes one."""
+        return None, ""
 
     def parse(self, rows: list[tuple[Any, int, dict]], split: str) -> list[Question]:
         """Questions from `(source, line, row)` triples; a row that breaks the schema is one
@@ -114,6 +142,12 @@ class Task:
         return questions
 
     def _read_local(self, data_dir: Path, split: str) -> list[tuple[Any, int, dict]]:
+        if not data_dir.is_dir():
+            raise HarnessError(f"{data_dir}: data directory not found")
+        if not (data_dir / self.name).is_dir():
+            have = sorted(p.name for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+            raise HarnessError(f"{data_dir / self.name}: no {self.name} folder in this data directory "
+                               f"(it has: {', '.join(have) or 'no folders'})")
         path = data_dir / self.name / f"{split}.jsonl"
         if not path.is_file():
             have = sorted(p.stem for p in (data_dir / self.name).glob("*.jsonl"))

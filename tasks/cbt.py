@@ -1,10 +1,12 @@
 """Children's Book Test, common nouns (CBT-CN).
 
 dataset: cam-cst/cbt, config CN (Hill et al., 2016); items built by `harness data build-cbt` are
-    read the same way from a data directory
+    read the same way from a data directory; with none, items built once from the books shipped
+    with the harness (harness/data/books/), or the project-written sample without spaCy
 splits: train, validation, test
 setting: information exchange: the first 10 context sentences to Alice, the last 10 to Bob
 metric: SQuAD token F1 against the answer word (the reference scores CBT with F1)
+choice continuation (answer_mode=choice): the query sentence with the blank filled by the option
 licence: GFDL
 """
 
@@ -18,8 +20,15 @@ class CBT(Task):
     hub_splits = {"train": "train", "validation": "validation", "test": "test"}
     setting = "information_exchange"
     metric = "f1"
+    choices = True
     licence = "GFDL"
     sizes = "120,769 / 2,000 / 2,500"
+
+    def default_data_dir(self):
+        """Items built once from the public-domain books shipped with the harness, into the cache."""
+        from harness.data.shipped import shipped_cbt_dir
+
+        return shipped_cbt_dir()
 
     def to_question(self, row: dict, split: str) -> Question:
         require(row, "sentences", "question", "answer", "options")
@@ -31,4 +40,6 @@ class CBT(Task):
             id=row.get("id") or row_hash(row), question=row["question"] + options_text(options),
             golds=(row["answer"],), contexts=(tuple(sentences[:half]), tuple(sentences[half:])),
             options=tuple(options),
+            # lm-eval's CBT scoring: the query sentence with the blank filled by each option
+            continuations=tuple(" " + row["question"].replace("XXXXX", o) for o in options),
         )

@@ -18,6 +18,7 @@ class MMLU(Task):
     hub_splits = {"train": "auxiliary_train", "validation": "validation", "test": "test"}
     setting = "debate"
     metric = "accuracy"
+    choices = True
     licence = "MIT"
     sizes = "99,842 / 1,531 / 14,042"
 

@@ -1,3 +1,4 @@
+import logging
 import os
 from pathlib import Path
 
@@ -5,6 +6,27 @@ import pytest
 
 for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ.setdefault(var, "1")
+os.environ.setdefault("HARNESS_CBT_SAMPLE", "1")  # cbt reads its sample; tests/test_cbt_default.py builds the books
+
+
+class ShownPastCapture(logging.Handler):
+    """Writes a record to the terminal while pytest captures output: a first run builds the models
+    inside tests and fixtures for minutes, and would look hung without their one-line notice."""
+
+    def __init__(self, config: pytest.Config):
+        super().__init__(logging.WARNING)
+        self.config = config
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with self.config.pluginmanager.get_plugin("capturemanager").global_and_fixture_disabled():
+            self.config.get_terminal_writer().line("\n" + self.format(record))  # off the progress dots
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's own plugins have registered
+def pytest_configure(config: pytest.Config) -> None:
+    if config.pluginmanager.has_plugin("capturemanager") and config.pluginmanager.has_plugin("terminalreporter"):
+        logging.getLogger("harness.models").addHandler(ShownPastCapture(config))
+
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

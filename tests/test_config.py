@@ -60,3 +60,12 @@ def test_bad_preset_sections_fail_for_every_command(tmp_path, text, message):
     f.write_text(text)
     with pytest.raises(HarnessError, match=message):
         build(EvalConfig, str(f))
+
+
+def test_an_unknown_preset_names_the_presets():
+    from harness.config import presets
+
+    assert {"cpu", "smoke"} <= set(presets())
+    with pytest.raises(HarnessError) as e:
+        build(EvalConfig, "fast")
+    assert str(e.value) == f"unknown preset or config file 'fast'; presets: {', '.join(presets())}"

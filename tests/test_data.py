@@ -74,3 +74,29 @@ def test_data_ls_counts_rows_and_reports_schema_problems(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "1: missing key 'sentences'" in captured.out
     assert captured.err.startswith("error: schema problems in 1 file(s)") and "\n" not in captured.err.strip()
+
+
+# -- where a task's rows come from --------------------------------------------------------------
+def test_a_missing_data_directory_is_named_as_such(tmp_path):
+    with pytest.raises(HarnessError) as e:
+        get_task("cbt").load("test", data_dir=tmp_path / "nope")
+    assert str(e.value) == f"{tmp_path / 'nope'}: data directory not found"
+
+
+def test_a_missing_task_folder_names_the_folders_there(tmp_path):
+    for name in ("hotpotqa", "arc_c", ".cache"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "notes.txt").write_text("")
+    with pytest.raises(HarnessError) as e:
+        get_task("cbt").load("test", data_dir=tmp_path)
+    assert str(e.value) == f"{tmp_path / 'cbt'}: no cbt folder in this data directory (it has: arc_c, hotpotqa)"
+
+
+def test_the_sample_warning_is_given_once_a_task(monkeypatch, caplog):
+    # Every stage of a run loads its questions: the warning would repeat at each.
+    monkeypatch.delenv("HARNESS_DATA_DIR", raising=False)
+    monkeypatch.setattr("tasks.base._WARNED_SAMPLES", set())
+    for task, split in [("cbt", "train"), ("cbt", "test"), ("arc_c", "test"), ("cbt", "train")]:
+        get_task(task).load(split)
+    warned = [r.getMessage() for r in caplog.records if "project-written sample" in r.getMessage()]
+    assert len(warned) == 2 and str(FIXTURES / "cbt") in warned[0] and str(FIXTURES / "arc_c") in warned[1]

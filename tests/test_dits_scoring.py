@@ -2,7 +2,7 @@
 
 import pytest
 
-from harness.dits.scoring import combined, influence, minmax, resolution
+from harness.dits.scoring import combined, degenerate, influence, minmax, resolution
 
 
 @pytest.mark.parametrize("f_after, f_before, eps, expected", [
@@ -37,11 +37,27 @@ def test_combined_score(gamma, expected):
 
 
 def test_resolution_counts_distinct_values_ties_and_changed_answers():
-    r = resolution([0.2, 0.2, 0.3, 0.25, 0.3], [0, 2, 5, 1, 4], validation_size=20)
-    assert (r["distinct_values"], r["tied_units"]) == (3, 4)
+    r = resolution([0.2, 0.2, 0.3, 0.25, 0.3], [0, 2, 5, 1, 4], validation_size=20, gamma=1.0)
+    assert (r["distinct_values"], r["tied_units"], r["degenerate"]) == (3, 4, None)
     assert (r["changed_answers_median"], r["changed_answers_min"], r["changed_answers_max"]) == (2, 0, 5)
-    assert resolution([0.2, 0.3], [1, 4], validation_size=20)["changed_answers_median"] == 2.5
-    assert "changed_answers_median" not in resolution([0.2, 0.3], [], validation_size=20)  # no dialogues after a step
+    assert resolution([0.2, 0.3], [1, 4], validation_size=20, gamma=1.0)["changed_answers_median"] == 2.5
+    # no dialogues after a step
+    assert "changed_answers_median" not in resolution([0.2, 0.3], [], validation_size=20, gamma=1.0)
+
+
+@pytest.mark.parametrize("f_after, gamma, expected", [
+    ([0.2, 0.2, 0.2, 0.3, 0.3, 0.3], 1.0, "fell back to Q"),  # 6 units, 2 distinct values
+    ([0.2, 0.2, 0.2, 0.3, 0.3, 0.3], 0.0, "fell back to pool order"),
+    ([0.5, 0.5, 0.5], 1.0, "fell back to Q"),  # one value for three units: the cbt-cpu suite's estimate
+    ([0.1, 0.2, 0.3, 0.4, 0.5, 0.6], 1.0, None),  # 6 distinct values
+    ([0.1, 0.1, 0.2, 0.2, 0.3, 0.3], 0.0, None),  # 3 of 6: half the units is enough
+    ([0.4, 0.4], 1.0, "fell back to Q"),  # not fewer than half, but one value ranks nothing (the smoke suite's)
+    ([0.4, 0.5], 0.0, None),
+    ([0.4], 0.0, None),
+])
+def test_degenerate_influence_says_what_selection_fell_back_to(f_after, gamma, expected):
+    assert resolution(f_after, [], validation_size=20, gamma=gamma)["degenerate"] == expected
+    assert degenerate(len(set(f_after)), len(f_after), gamma) == expected
 
 
 @pytest.mark.parametrize("x, y, rho", [

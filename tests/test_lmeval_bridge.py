@@ -13,7 +13,8 @@ N = 12
 def test_lm_eval_and_harness_eval_agree_on_mmlu(tmp_path):
     # The fixtures' train split is what tiny-fitted was fitted on, so some answers are right.
     native = evaluate(task="mmlu", model="tiny-fitted", split="train", limit=N, data_dir=str(FIXTURES),
-                      metric="em", out=str(tmp_path / "native"), max_new_tokens=48)
+                      metric="em", out=str(tmp_path / "native"), max_new_tokens=48,
+                      answer_mode="generate")  # lm-eval's generate_until: answers the dialogue writes
     results = lm_eval.simple_evaluate(
         model="harness-mas", model_args="task=mmlu,model=tiny-fitted,max_new_tokens=48",
         tasks=[task_config("mmlu", FIXTURES, splits=("train",)) | {"test_split": "train"}],

@@ -3,7 +3,9 @@ leaderboard (schema, HTML in a real headless Chromium), the refusals and the reg
 smoke suite (tiny-fitted, two seeds, one influence budget point)."""
 
 import json
+import math
 import shutil
+import statistics
 import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
@@ -14,7 +16,7 @@ import pytest
 
 from harness.cli import main
 from harness.errors import HarnessError
-from harness.report import costs, tables
+from harness.report import costs, power, tables
 from harness.report.build import build
 from harness.report.check import check
 from harness.report.leaderboard import SCHEMA, document, validate
@@ -24,7 +26,7 @@ REFERENCE = Path(__file__).resolve().parents[1] / "results" / "reference" / "smo
 
 
 @pytest.mark.parametrize("diffs, diff, low, high, n", [
-    ([1, 1], 1.0, 1.0, 1.0, 2),  # no spread: a zero-width interval
+    ([1, 1], 1.0, 1.0, 1.0, 2),  # no spread: a zero-width interval (the display prints none)
     # sd of (1, 0, 0) over sqrt(3) is 1/3; t(0.975, 2) = 4.302653
     ([1, 0, 0], 1 / 3, (1 - 4.302653) / 3, (1 + 4.302653) / 3, 3),
     ([0.25], 0.25, None, None, 1),  # one item: no interval
@@ -35,6 +37,123 @@ def test_paired_difference(diffs, diff, low, high, n):
     assert got["n"] == n
     for key, want in (("diff", diff), ("low", low), ("high", high)):
         assert got[key] == (None if want is None else pytest.approx(want, abs=1e-6))
+
+
+class _Run:
+    """A run record's numbers without its files: per-item scores per policy, and what its influence
+    selections fell back to."""
+
+    def __init__(self, label, seed, dpo, initial, fallbacks=()):
+        self.task, self.budget, self.label, self.seed, self.path = "t", None, label, seed, f"{label}/{seed}"
+        self.items = {"dpo": dpo, "initial": initial, "sft": initial}
+        self.results = {"training": {"0": {"dpo_pairs": 4}}}
+        self.fallbacks = list(fallbacks)
+
+    def item_scores(self, which):
+        return self.items[which]
+
+    def score(self, which):
+        values = list(self.items[which].values())
+        return {"metric": "accuracy", "mean": statistics.fmean(values), "n": len(values), "tokens_per_dialogue": 9.0,
+                "stderr": statistics.stdev(values) / math.sqrt(len(values))}
+
+    def influence_fallbacks(self):
+        return self.fallbacks
+
+
+def _items(*scores):
+    return {f"q{i}": float(v) for i, v in enumerate(scores)}
+
+
+# Per seed: item scores of each policy on six items. random varies; qvalue matches it item for item;
+# dits is ahead on every item; flat scores 0 everywhere, as does initial.
+POLICIES = {"random": [(1, 0, 1, 0, 1, 1), (0, 0, 1, 1, 1, 0), (1, 1, 0, 0, 1, 0)],
+            "qvalue": [(1, 0, 1, 0, 1, 1), (0, 0, 1, 1, 1, 0), (1, 1, 0, 0, 1, 0)],
+            "optima_full": [(1, 0, 0, 1, 1, 1), (0, 1, 1, 0, 1, 1), (1, 0, 1, 1, 0, 0)],
+            "dits:gamma=1": [(1, 1, 1, 1, 1, 1), (1, 1, 1, 1, 1, 1), (1, 1, 1, 1, 1, 1)],
+            "flat": [(0,) * 6] * 3}
+
+
+def _suite(seeds, fallbacks=()):
+    return [_Run(label, seed, _items(*per_seed[seed]), _items(*(0,) * 6), fallbacks if label.startswith("dits") else ())
+            for label, per_seed in POLICIES.items() for seed in range(seeds)]
+
+
+def test_comparison_carries_the_mdd_and_says_what_its_interval_covers():
+    table = tables.comparison(_suite(2)).set_index("policy")
+    # two seeds: t over items; the MDD from the SD of the seed-averaged differences
+    diffs = [statistics.fmean(a - b for a, b in zip(s, r)) for s, r in
+             zip(zip(*POLICIES["optima_full"][:2]), zip(*POLICIES["random"][:2]))]
+    assert diffs == [0, 0.5, -0.5, 0, 0, 0.5]
+    assert table.loc["optima_full", "vs_random_mdd"] == pytest.approx(
+        2.8015852181129683 * statistics.stdev(diffs) / math.sqrt(6), abs=1e-9)
+    assert table.loc["optima_full", "vs_random_sd"] == pytest.approx(statistics.stdev(diffs))
+    assert (table.loc["optima_full", "vs_random_seeds"], table.loc["optima_full", "vs_random_n"]) == (2, 6)
+    assert "seed variance not estimated" in table.loc["optima_full", "interval"]
+    assert table.loc["random", "interval"] == table.loc["optima_full", "interval"]  # against optima_full and qvalue
+    shown = tables.display(table.reset_index())
+    assert "seed variance not estimated" in shown.to_markdown(index=False)
+    # three seeds: the two-level bootstrap over the same items, in every seed
+    table = tables.comparison(_suite(3)).set_index("policy")
+    per_seed = [[a - b for a, b in zip(s, r)] for s, r in zip(POLICIES["optima_full"], POLICIES["random"])]
+    assert (table.loc["optima_full", "vs_random_low"], table.loc["optima_full", "vs_random_high"]) == pytest.approx(
+        power.two_level_bootstrap(per_seed))
+    assert table.loc["optima_full", "interval"].startswith("bootstrap over seeds and items")
+    assert "seed variance not estimated" not in tables.display(table.reset_index()).to_markdown(index=False)
+
+
+def test_display_says_what_is_not_resolved_not_observed_and_not_varying():
+    table = tables.comparison(_suite(2), baselines=("random",))
+    shown = tables.display(table, baselines=("random",)).set_index("policy")
+    vs = shown["Δ vs random [95% CI]"]
+    row = table.set_index("policy").loc["optima_full"]
+    # optima_full against random: an interval across zero, then the MDD
+    assert row["vs_random_low"] < 0 < row["vs_random_high"]
+    assert vs["optima_full"] == (f"{row['vs_random']:+.4f} [{row['vs_random_low']:+.4f}, "
+                                 f"{row['vs_random_high']:+.4f}] not resolved, MDD {row['vs_random_mdd']:.4f}")
+    # initial (0 everywhere) against random: below it, resolved
+    assert "not resolved" not in vs["initial"] and vs["initial"].startswith("-0.5833 [") and "MDD" in vs["initial"]
+    # qvalue scored what random did on every item: no difference, and the MDD from random's own items,
+    # sd_d = sqrt(2) * sd of its seed-averaged scores (1/2, 0, 1, 1/2, 1, 1/2)
+    baseline = [0.5, 0, 1, 0.5, 1, 0.5]
+    mdd = 2.8015852181129683 * math.sqrt(2) * statistics.stdev(baseline) / math.sqrt(6)
+    assert vs["qvalue"] == f"no difference observed (MDD {mdd:.4f})"
+    assert table.set_index("policy").loc["qvalue", "vs_random_mdd"] == pytest.approx(mdd, abs=1e-9)
+    # dits ahead by 1 - random's score on each item: an interval with no "no difference" and no "no signal"
+    assert "no difference" not in vs["dits:gamma=1"] and "[" in vs["dits:gamma=1"]
+    # the policy that scored every item alike has no spread to show, only its one value
+    assert shown.loc["flat", "score"] == "0.0000 (no signal: every item scores 0.0000)"
+    assert shown.loc["initial", "score"] == "0.0000 (no signal: every item scores 0.0000)"
+    assert shown.loc["dits:gamma=1", "score"] == "1.0000 (no signal: every item scores 1.0000)"
+    assert "no signal" not in shown.loc["random", "score"] and "±" in shown.loc["random", "score"]
+    assert all("no signal" not in v for v in vs)
+
+
+def test_display_never_prints_an_interval_of_width_zero():
+    both_flat = [_Run(label, s, _items(*(1,) * 4), _items(*(0,) * 4)) for label in ("random", "qvalue")
+                 for s in range(2)]
+    shown = tables.display(tables.comparison(both_flat, ("random",)), ("random",)).set_index("policy")
+    # nothing varies in either: no MDD to give
+    assert shown.loc["qvalue", "Δ vs random [95% CI]"] == "no difference observed (no signal in either)"
+    # every item one worse: a difference, but no spread to put an interval on
+    assert shown.loc["sft", "Δ vs random [95% CI]"] == "-1.0000 on every item (no spread: no interval)"
+    assert shown.loc["random", "Δ vs random [95% CI]"] == "-"
+
+
+def test_degenerate_influence_marks_the_row():
+    shown = tables.display(tables.comparison(_suite(2, ["fell back to Q"]))).set_index("policy")
+    assert shown.loc["dits:gamma=1", "notes"] == "influence degenerate: fell back to Q"
+    assert (shown.drop(index="dits:gamma=1")["notes"] == "-").all()
+    mixed = _suite(2) + [_Run("dits:gamma=0", s, _items(*(1,) * 6), _items(*(0,) * 6),
+                              [None, "fell back to pool order"]) for s in range(2)]
+    shown = tables.display(tables.comparison(mixed)).set_index("policy")
+    assert shown.loc["dits:gamma=0", "notes"] == "influence degenerate: fell back to pool order in 2 of 4 selections"
+    assert shown.loc["dits:gamma=1", "notes"] == "-"
+
+
+def test_qvalue_is_a_default_baseline_declared_once():
+    assert tables.BASELINES == ("optima_full", "random", "qvalue")
+    assert "vs_qvalue_mdd" in tables.comparison(_suite(2)).columns
 
 
 def _book(rows):
@@ -113,6 +232,10 @@ def test_comparison_pairs_the_same_test_items_across_seeds(report):
         assert table.loc[policy, "vs_random_n"] == table.loc[policy, "questions"]
         assert table.loc[policy, "vs_random_low"] <= table.loc[policy, "vs_random"] <= table.loc[policy, "vs_random_high"]
     assert pd.isna(table.loc["random", "vs_random"]) and table.loc["optima_full", "vs_optima_full_n"] == 0
+    # qvalue is a baseline too; two seeds: the interval is over items only, and says so
+    assert table.loc["dits:gamma=0", "vs_qvalue_n"] == table.loc["dits:gamma=0", "questions"]
+    assert pd.isna(table.loc["qvalue", "vs_qvalue"]) and set(table["vs_random_seeds"]) == {0, 2}
+    assert all("seed variance not estimated" in kind for kind in table["interval"])
     assert pd.isna(table.loc["initial", "pairs_trained"]) and table.loc["optima_full", "pairs_trained"] > 0
 
 
@@ -166,6 +289,8 @@ def test_report_writes_every_table_in_four_formats_and_the_plots(smoke_suite, tm
     numbers = pd.read_csv(out / "comparison.csv")
     assert list(numbers["policy"])[:3] == ["initial", "sft", "optima_full"] and numbers["mean"].between(0, 1).all()
     assert "\\pm" in (out / "comparison.tex").read_text()
+    shown = (out / "comparison.md").read_text()
+    assert "seed variance not estimated" in shown and "MDD" in shown
     # other baselines: their differences instead
     assert main(["report", "--suite", str(smoke_suite), "--out", str(tmp_path / "vs_q"), "--baselines", "qvalue"]) == 0
     printed = capsys.readouterr().out

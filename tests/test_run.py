@@ -95,6 +95,20 @@ def test_selector_specs_and_section_overrides():
     assert make_plan("smoke", ["synth.explore_time=5"], selector="random", task="mmlu").key == plan.key
 
 
+def test_each_iteration_draws_fresh_pools(shared_data, capsys):
+    from harness.train.loop import check_pools, pool_ranges
+
+    plan = make_plan("smoke", ["iterations=3"], selector="random", task="arc_c", data_dir=str(shared_data))
+    ranges = pool_ranges(plan.run, plan.synth)
+    assert ranges[0]["mcts"][0] == plan.synth.question_offset  # iteration 0's pools are the shared stages'
+    pools = check_pools(plan)
+    train = [set(pools[f"it{it}/{name}"]) for it in range(3) for name in ("sft", "mcts", "probe")]
+    assert all(train) and all(a.isdisjoint(b) for i, a in enumerate(train) for b in train[i + 1:])
+    assert main(["run", "--config", "smoke", "--task", "arc_c", "--data-dir", str(shared_data), "--dry-run",
+                 "iterations=2"]) == 0
+    assert "it1/mcts 4" in capsys.readouterr().out  # --dry-run shows them
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["sft_questions=30"], "the disjoint pools need 42"),
     (["sft_lr=-1"], "sft_lr must be positive"),

@@ -7,7 +7,7 @@ import pytest
 from harness.cli import main
 from harness.config import SelectConfig
 from harness.errors import HarnessError
-from harness.selection import budget, rank, select
+from harness.selection import budget, rank, run_select, select
 
 
 def pool(qs, task="hotpotqa"):
@@ -93,3 +93,31 @@ def test_bad_pairs_file_is_one_line(tmp_path, capsys, content, message):
     assert main(["select", "--selector", "qvalue", "--pairs", str(tmp_path / "pairs.jsonl"), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err and not out.exists()
+
+
+def _estimate(f_after):
+    """A DITS estimate of two pairs a unit, without a model: only its numbers matter here."""
+    from harness.dits.influence import Estimate
+
+    return Estimate(units=[[2 * u, 2 * u + 1] for u in range(len(f_after))], f_before=0.5, f_after=f_after,
+                    changed_answers=[1] * len(f_after), validation_ids=["v0", "v1"], seconds={"units": 1.0}, eta=1e-3,
+                    validation_dialogues=2 * (len(f_after) + 1))
+
+
+@pytest.mark.parametrize("f_after, gamma, fallback", [
+    ([0.5, 0.5, 0.5, 0.75, 0.75, 0.75], 1.0, "fell back to Q"),  # 6 units, 2 distinct values
+    ([0.5, 0.5, 0.5, 0.75, 0.75, 0.75], 0.0, "fell back to pool order"),
+    ([0.0, 0.25, 0.5, 0.75, 1.0, 0.6], 1.0, None),  # 6 distinct values
+])
+def test_degenerate_influence_is_warned_and_recorded(tmp_path, monkeypatch, caplog, f_after, gamma, fallback):
+    monkeypatch.setattr("harness.dits.selector.estimate", lambda *args: _estimate(f_after))
+    pairs = write(tmp_path / "pairs.jsonl", pool([0.1 * i for i in range(12)]))
+    out, _, _ = run_select(SelectConfig(selector="dits", pairs=str(pairs), gamma=gamma, out=str(tmp_path / "sel")))
+    facts = json.loads((out / "run_spec.json").read_text())["selector_facts"]
+    assert facts["resolution"]["degenerate"] == fallback
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    if fallback:
+        assert warned == ["metric influence is degenerate: 2 distinct values over 6 units, "
+                          f"so the selection {fallback}"]
+    else:
+        assert not warned

@@ -28,6 +28,19 @@ class Request:
 
 
 @dataclass(frozen=True)
+class Choice:
+    """Continuations to score after a chat context (lm-eval's `loglikelihood` requests sharing one
+    context): the context is the messages rendered up to a new assistant turn, then `prefix`; each
+    continuation is scored as what follows."""
+
+    messages: list[dict]
+    continuations: tuple[str, ...]
+    prefix: str = ""
+    cache_key: str | None = None  # as Request.cache_key: the context's prefix may be cached there
+    adapter: str | None = None  # as Request.adapter
+
+
+@dataclass(frozen=True)
 class Completion:
     text: str
     prompt_tokens: int
@@ -66,6 +79,11 @@ class Backend(ABC):
     @abstractmethod
     def logprobs(self, texts: list[str]) -> list[list[float]]:
         """Per-token log-probabilities of each text (the first token has none)."""
+
+    @abstractmethod
+    def loglikelihood(self, choices: list[Choice]) -> list[list[tuple[float, int]]]:
+        """Per choice, per continuation: the summed log-probability of its tokens after the context,
+        and their number."""
 
     @abstractmethod
     def turn_nll(self, texts: list[str]) -> list[float]:

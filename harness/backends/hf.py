@@ -30,7 +30,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 from harness import models
-from harness.backends.base import Backend, Completion, Request, Sampling, Usage
+from harness.backends.base import Backend, Choice, Completion, Request, Sampling, Usage
 
 
 @dataclass
@@ -259,6 +259,59 @@ class HFBackend(Backend):
     def logprobs(self, texts: list[str]) -> list[list[float]]:
         ids = [self.tokenizer(t, add_special_tokens=False).input_ids for t in texts]
         return [row.tolist() for row in self._token_logprobs(ids)]
+
+    def loglikelihood(self, choices: list[Choice]) -> list[list[tuple[float, int]]]:
+        """Each context is encoded once, on top of its cache slot's common prefix (a dialogue agent's
+        slot already holds its memory), and its continuations are scored together in one forward
+        pass over those keys/values, one right-padded row each: causal attention keeps padding
+        out of every real position, so no mask is needed."""
+        start = time.perf_counter()
+        out = []
+        with torch.inference_mode():
+            for choice in choices:
+                if not choice.adapter:
+                    out.append(self._score_choice(choice))
+                    continue
+                answering = _RowAdapters(self.model)
+                with answering.installed():
+                    answering.rows([choice.adapter])
+                    out.append(self._score_choice(choice, answering))
+        self.usage.seconds += time.perf_counter() - start
+        return out
+
+    def _score_choice(self, choice: Choice, answering: _RowAdapters | None = None) -> list[tuple[float, int]]:
+        text = self.tokenizer.apply_chat_template(choice.messages, tokenize=False, add_generation_prompt=True)
+        context = self.tokenizer(text + choice.prefix, add_special_tokens=False).input_ids
+        continuations = [self.tokenizer(c, add_special_tokens=False).input_ids for c in choice.continuations]
+        if not all(continuations):
+            raise ValueError(f"an empty continuation among {choice.continuations!r}")
+        slot = self._slots.get(choice.cache_key) if self.kv_cache and choice.cache_key else None
+        cached = min(common_prefix(slot.ids, context), len(context) - 1) if slot else 0
+        slot = self._prefill(context, slot, cached)
+        rows = [[context[-1]] + c[:-1] for c in continuations]
+        width = max(map(len, rows))
+        ids = torch.tensor([r + [self.tokenizer.pad_token_id] * (width - len(r)) for r in rows], device=self.device)
+        past, n = None, len(context) - 1
+        if n:  # the slot may hold more than the context (its own turn's end): only the context is read
+            from transformers import DynamicCache
+
+            past = DynamicCache([(k[:, :, :n].expand(len(rows), -1, -1, -1), v[:, :, :n].expand(len(rows), -1, -1, -1))
+                                 for k, v in slot.kv])
+        if answering:
+            answering.rows([choice.adapter] * len(rows))
+        positions = torch.arange(n, n + width, device=self.device)
+        logits = self.model(input_ids=ids, position_ids=positions.expand(len(rows), -1), past_key_values=past,
+                            use_cache=past is not None).logits
+        logprobs = torch.log_softmax(logits.float(), -1)
+        scored = []
+        for r, c in enumerate(continuations):
+            target = torch.tensor(c, device=self.device)
+            scored.append((logprobs[r, :len(c)].gather(-1, target.unsqueeze(-1)).sum().item(), len(c)))
+        self.usage.requests += 1
+        self.usage.prompt_tokens += len(context)
+        self.usage.cached_tokens += cached
+        self.usage.scored_tokens += sum(map(len, continuations))
+        return scored
 
     def turn_nll(self, texts: list[str]) -> list[float]:
         turns = [self._turn_ids(t) for t in texts]

@@ -4,6 +4,7 @@ checksums, which of them are CBT's test books, and the split each goes to."""
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import random
 import re
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.errors import HarnessError
+from tasks.base import SPLITS
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +26,7 @@ CBT_TEST_TITLES = ("The Yellow Fairy Book", "Alice's Adventures in Wonderland",
 SHINGLE = 8  # words a run; runs this long are rarely shared by chance
 DUPLICATE = 0.5  # share of a book's runs found in CBT's test books that makes it a copy of one
 HELD_OUT_SHARE = 0.2  # of the books without a fixed split, to each of test and validation
+SPLITS_FILE = "splits.json"  # optional, in a books folder: {"<file>": "<split>"}, fixed splits for its books
 
 
 @dataclass
@@ -68,6 +71,24 @@ def read_books(folder: Path) -> list[Book]:
     return books
 
 
+def read_declared_splits(folder: Path) -> dict[str, str]:
+    """The splits a books folder fixes for its books in `splits.json` (file name under the folder ->
+    train, validation or test); empty when there is no such file."""
+    path = folder / SPLITS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        declared = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise HarnessError(f"{path}: not readable as JSON ({e})") from None
+    if not isinstance(declared, dict):
+        raise HarnessError(f"{path}: expected an object mapping book files to splits")
+    for name, split in declared.items():
+        if split not in SPLITS:
+            raise HarnessError(f"{path}: {name}: unknown split {split!r}; valid: {', '.join(SPLITS)}")
+    return declared
+
+
 def cbt_file_books(name: str, text: str, split: str | None) -> list[Book]:
     parts = re.split(rf"^{re.escape(CBT_HEADER)}(.*)\n", text, flags=re.M)[1:]
     books = []
@@ -84,11 +105,17 @@ def shingles(text: str) -> set[int]:
     return {hash(tuple(words[i:i + SHINGLE])) for i in range(len(words) - SHINGLE + 1)}
 
 
-def assign_splits(books: list[Book], seed: int) -> None:
+def assign_splits(books: list[Book], seed: int, declared: dict[str, str] | None = None) -> None:
     """Set each book's split. CBT's own books keep theirs. A plain copy of a CBT test book (by title,
     or by sharing most of its text with one given here) goes to test, or is left out when CBT's own
-    copy is here. The other books are shuffled by `seed`; about a fifth of them go to each held-out
-    split that no book fills yet (at least one while train keeps one; a lone book is a test set)."""
+    copy is here. A book named in `declared` (the folder's splits.json) goes where it says, which
+    must agree with those rules. The other books are shuffled by `seed`; about a fifth of them go to
+    each held-out split that no book fills yet (at least one while train keeps one; a lone book is a
+    test set)."""
+    declared = declared or {}
+    unknown = sorted(set(declared) - {b.name for b in books})
+    if unknown:
+        raise HarnessError(f"{SPLITS_FILE} names books that are not in the folder: {', '.join(unknown)}")
     cbt_test = [b for b in books if b.tokenised and b.split == "test"]
     test_titles = {normal_title(t) for t in CBT_TEST_TITLES}
     copies = {normal_title(b.title) for b in cbt_test}
@@ -104,8 +131,14 @@ def assign_splits(books: list[Book], seed: int) -> None:
                                              f"{SHINGLE}-word runs are in CBT's own copy, which is in test)")
         elif normal_title(book.title) in test_titles:
             book.split, book.reason = "test", "a CBT test book (by title): kept out of train"
+        elif book.name in declared:
+            book.split, book.reason = declared[book.name], f"declared in {SPLITS_FILE}"
         else:
             free.append(book)
+    for book in books:
+        if book.name in declared and declared[book.name] != book.split:
+            raise HarnessError(f"{SPLITS_FILE} puts {book.name} in {declared[book.name]}, but it must be "
+                               f"{book.split or 'left out'}: {book.reason}")
     taken = {b.split for b in books if b.split}
     order = sorted(free, key=lambda b: b.name)
     random.Random(seed).shuffle(order)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness import runs
-from harness.data.books import assign_splits, read_books
+from harness.data.books import assign_splits, read_books, read_declared_splits
 from harness.data.cbt_items import CONTEXT, WORD_TYPES, book_items
 from harness.data.tagging import Tagger
 from harness.errors import HarnessError
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class BuildCBTConfig:
-    books: str  # folder of *.txt books, searched recursively
+    books: str  # folder of *.txt books, searched recursively (and its optional splits.json)
     out: str  # data directory; the items go to <out>/cbt/ (replaced whole)
     type: str = "CN"  # word type blanked out (harness ls cbt-types)
     per_book: int | None = None  # at most this many items a book (a seeded sample); default all
@@ -35,9 +35,10 @@ def build_cbt(cfg: BuildCBTConfig) -> dict:
         raise HarnessError(f"--per-book must be at least 1, got {cfg.per_book}")
     wtype = WORD_TYPES.get(cfg.type)
     books = read_books(Path(cfg.books))
+    declared = read_declared_splits(Path(cfg.books))
     tagger = Tagger(cfg.spacy_model)
     tagger.check(cfg.type, wtype)
-    assign_splits(books, cfg.seed)
+    assign_splits(books, cfg.seed, declared)
 
     items: dict[str, list[dict]] = {split: [] for split in SPLITS}
     records = []

@@ -90,6 +90,7 @@ class Estimate:
     # checks encoded and those they read from the agents' openings encoded once a unit.
     drafts: dict = field(default_factory=dict)
     unit_seconds: dict = field(default_factory=dict)  # the unit steps' seconds: the steps, the validation
+    path: str = ""  # the influence path taken (`path_for`)
 
     def per_pair(self, values: list[float], n: int) -> list[float]:
         out = [0.0] * n
@@ -130,17 +131,32 @@ def estimate(pairs: list[dict], cfg: SelectConfig, cache_dir: Path | None, kind:
     task, policy, validation = prepare(pairs, cfg)
     key_data = {"pairs": [[p["pair_id"], p["chosen"], p["rejected"]] for p in pairs],
                 "policy": pairs[0]["policy"]["sha256"], "validation": [q.id for q in validation],
-                "knobs": {k: getattr(cfg, k) for k in KNOBS}, "kind": kind}
+                "knobs": {k: getattr(cfg, k) for k in KNOBS}, "kind": kind, "answer_mode": answer_mode(pairs)}
     key = hashlib.sha256(json.dumps(key_data, sort_keys=True).encode()).hexdigest()[:16]
     cached = cache_dir / f"{key}.json" if cache_dir else None
     if cached and cached.exists():
         return replace(Estimate(**json.loads(cached.read_text())), reused=True)
 
-    result = PATHS[cfg.influence_path](pairs, cfg, task, policy, validation).run(kind)
+    result = PATHS[path_for(cfg, pairs)](pairs, cfg, task, policy, validation).run(kind)
     if cached:
         with runs.atomic_file(cached) as tmp:
             runs.write_json(tmp, asdict(result))
     return result
+
+
+def answer_mode(pairs: list[dict]) -> str:
+    """The answer mode the pairs were grown in (`harness synth` records it; older pairs: generate):
+    validation dialogues read answers the same way."""
+    return pairs[0].get("answer_mode", "generate") if pairs else "generate"
+
+
+def path_for(cfg: SelectConfig, pairs: list[dict]) -> str:
+    """The influence path an estimate takes. The fast path's drafts hold where no token changes, but in
+    answer_mode=choice a unit's step moves the option scores without changing a token: until the fast
+    path rescores the options under each unit's weights, choice-mode selection takes the reference path."""
+    if cfg.influence_path == "fast" and answer_mode(pairs) == "choice":
+        return "reference"
+    return cfg.influence_path
 
 
 def prepare(pairs: list[dict], cfg: SelectConfig):
@@ -247,7 +263,8 @@ class ReferencePath:
             self.dialogues_run += len(questions)
             dialogues = start(questions, self.task.setting)
         return run_dialogues(dialogues, backend or self.backend,
-                             DialogueConfig(cfg.max_turns, cfg.max_new_tokens, 0.0, lookahead=lookahead), cfg.seed)
+                             DialogueConfig(cfg.max_turns, cfg.max_new_tokens, 0.0, lookahead=lookahead,
+                                            answer_mode=answer_mode(self.pairs)), cfg.seed)
 
     def theta_star_dialogues(self):
         """The validation dialogues at theta*, which every unit's are compared with."""
@@ -389,7 +406,7 @@ class ReferencePath:
         return Estimate(start.units, start.f_before, [f for f, _ in scored], changed,
                         [q.id for q in self.validation], {**start.seconds, "units": units_seconds}, start.eta,
                         self.dialogues_run, self.backend.usage.as_dict(), start.trials, drafts=dict(self.account),
-                        unit_seconds=self.unit_seconds)
+                        unit_seconds=self.unit_seconds, path=PATH_NAMES[type(self)])
 
 
 @dataclass
@@ -632,3 +649,4 @@ class FastPath(ReferencePath):
 
 
 PATHS = {"reference": ReferencePath, "fast": FastPath}
+PATH_NAMES = {cls: name for name, cls in PATHS.items()}

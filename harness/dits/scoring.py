@@ -31,13 +31,25 @@ def combined(influences: list[float], q: list[float], gamma: float) -> list[floa
     return [i + gamma * qv for i, qv in zip(minmax(influences), q)]
 
 
-def resolution(f_after: list[float], changed_answers: list[int], validation_size: int) -> dict:
-    """How finely a step size resolves the units: distinct F values, units sharing a value, and how
-    many validation answers each unit's step changed (median and range; absent where the estimate
-    ran no dialogues after the steps, as loss influence)."""
+def degenerate(distinct: int, units: int, gamma: float) -> str | None:
+    """What H fell back to when influence takes fewer distinct values than half the units, or one
+    value for several (None when it resolves them): it then ranks little beyond a few blocks of ties
+    (one value: nothing, minmax maps every unit to 0), so gamma > 0 leaves the choice to Q, and with
+    gamma 0 the ties keep the pool's order."""
+    if distinct >= units / 2 and not (distinct == 1 and units > 1):
+        return None
+    return "fell back to Q" if gamma > 0 else "fell back to pool order"
+
+
+def resolution(f_after: list[float], changed_answers: list[int], validation_size: int, gamma: float) -> dict:
+    """How finely a step size resolves the units: distinct F values, units sharing a value, whether
+    that is too coarse to rank by (`degenerate`: what H fell back to, or None), and how many
+    validation answers each unit's step changed (median and range; absent where the estimate ran no
+    dialogues after the steps, as loss influence)."""
     counts = Counter(f_after)
     out = {"units": len(f_after), "distinct_values": len(counts),
-           "tied_units": sum(n for n in counts.values() if n > 1), "validation_size": validation_size}
+           "tied_units": sum(n for n in counts.values() if n > 1), "validation_size": validation_size,
+           "degenerate": degenerate(len(counts), len(f_after), gamma)}
     if changed_answers:
         out |= {"changed_answers_median": statistics.median(changed_answers),
                 "changed_answers_min": min(changed_answers), "changed_answers_max": max(changed_answers)}

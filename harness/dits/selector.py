@@ -3,12 +3,15 @@ its loss-based ablation."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from harness.config import SelectConfig
-from harness.dits.influence import estimate
+from harness.dits.influence import answer_mode, estimate
 from harness.dits.scoring import combined, influence, resolution
 from harness.selection import Scores, Selector
+
+log = logging.getLogger(__name__)
 
 
 class DITSSelector(Selector):
@@ -26,14 +29,19 @@ class DITSSelector(Selector):
             unit_i = [-i for i in unit_i]
         per_pair = est.per_pair(unit_i, len(pairs))
         facts = {
-            "influence": self.kind, "f_before": est.f_before, "f_after": est.f_after, "units": est.units,
+            "influence": self.kind, "answer_mode": answer_mode(pairs), "influence_path": est.path,
+            "f_before": est.f_before, "f_after": est.f_after, "units": est.units,
             "validation_ids": est.validation_ids, "seconds": est.seconds, "usage": est.usage,
             "eta": est.eta, "eta_calibration": est.calibration, "drafts": est.drafts, "unit_seconds": est.unit_seconds,
             "validation_dialogues": est.validation_dialogues, "reused_estimate": est.reused,
             # The reference ranks by F(theta') itself; same order, recorded for comparison.
             "reference_rank_value": est.per_pair(est.f_after, len(pairs)),
-            "resolution": resolution(est.f_after, est.changed_answers, len(est.validation_ids)),
+            "resolution": resolution(est.f_after, est.changed_answers, len(est.validation_ids), cfg.gamma),
         }
+        fallback = facts["resolution"]["degenerate"]
+        if fallback:
+            log.warning("%s influence is degenerate: %d distinct values over %d units, so the selection %s",
+                        self.kind, facts["resolution"]["distinct_values"], len(unit_i), fallback)
         return Scores(h=combined(per_pair, [p["q_chosen"] for p in pairs], cfg.gamma), influence=per_pair,
                       extra=facts)
 

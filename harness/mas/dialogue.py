@@ -7,9 +7,16 @@ the question, so both memories alternate user/assistant strictly. The reference 
 expect alternating roles, and with this convention "train on assistant turns" is exactly "train on
 the agent's own utterances".
 
+Answers (``answer_mode``): ``generate`` parses ``<A>...</A>`` from the utterance (the paper's
+protocol); ``choice``, for questions with options, gives every utterance an answer: the option its
+speaker's policy scores highest by log-likelihood given the speaker's memory after that utterance
+(lm-eval's ``acc``; ``acc_norm``, by log-likelihood per byte, is recorded beside it).
+
 A dialogue ends when two consecutive answer-bearing utterances give the same answer (utterances
 without an answer, such as the debate critic's, neither count nor break the chain) or at the turn
-cap. The prediction is the last answer given; a dialogue without any ``<A>`` answer predicts "".
+cap. In choice mode every utterance bears one, so with two agents this is "every agent's latest
+choice agrees after each has spoken". The prediction is the last answer given; a dialogue without
+any answer predicts "".
 """
 
 from __future__ import annotations
@@ -18,9 +25,9 @@ import itertools
 import re
 from dataclasses import dataclass, field
 
-from harness.backends.base import Backend, Completion, Request, Sampling
+from harness.backends.base import Backend, Choice, Completion, Request, Sampling
 from harness.mas.prompts import opening, system_prompts
-from tasks.base import Question
+from tasks.base import ANSWER_MODES, Question
 
 NAMES = ("Alice", "Bob")
 # One line, last match wins, a missing ">" on the closing tag tolerated (as the reference parser).
@@ -44,6 +51,11 @@ class DialogueConfig:
     temperature: float = 0.0
     top_p: float = 1.0
     lookahead: int = 0  # Sampling.lookahead
+    answer_mode: str = "generate"  # ANSWER_MODES; choice applies to questions with options
+
+    def __post_init__(self):
+        if self.answer_mode not in ANSWER_MODES:
+            raise ValueError(f"answer_mode must be one of {', '.join(ANSWER_MODES)}, got {self.answer_mode!r}")
 
 
 @dataclass
@@ -55,6 +67,8 @@ class Utterance:
     prompt_tokens: int
     cached_tokens: int
     truncated: bool  # hit the utterance token cap
+    choice_logprobs: list[float] | None = None  # answer_mode=choice: each option's log-likelihood
+    answer_norm: str = ""  # answer_mode=choice: the option with the best log-likelihood per byte
 
     @classmethod
     def from_completion(cls, speaker: str, c: Completion) -> "Utterance":
@@ -104,6 +118,11 @@ class Dialogue:
         if not self.stop and len(self.utterances) >= max_turns:
             self.stop = "turn_cap"
 
+    @property
+    def final_answer_norm(self) -> str:
+        """acc_norm's prediction: the latest answer-bearing utterance's per-byte choice."""
+        return next((u.answer_norm for u in reversed(self.utterances) if u.answer), "")
+
     def tokens_by_agent(self) -> dict[str, int]:
         out = dict.fromkeys(NAMES, 0)
         for u in self.utterances:
@@ -136,11 +155,32 @@ def run_dialogues(dialogues: list[Dialogue], backend: Backend, cfg: DialogueConf
         requests = [Request(d.messages(a), cache_key=d.cache_key(a), adapter=d.adapter)
                     for d, a in zip(active, agents)]
         completions = backend.generate(requests, sampling, seed=seed * 1000 + step)
-        for d, a, c in zip(active, agents, completions):
-            d.add(Utterance.from_completion(NAMES[a], c), cfg.max_turns)
+        said = [Utterance.from_completion(NAMES[a], c) for a, c in zip(agents, completions)]
+        if cfg.answer_mode == "choice":
+            choose(active, agents, said, backend)
+        for d, a, u in zip(active, agents, said):
+            d.add(u, cfg.max_turns)
             if d.done:
                 if release:
                     backend.release(f"{d.key}/")
                 if progress is not None:
                     progress.update(1)
     return dialogues
+
+
+def choose(dialogues: list[Dialogue], agents: list[int], said: list[Utterance], backend: Backend) -> None:
+    """Set each utterance's answer to the option its speaker scores highest, given the speaker's
+    memory with the utterance: each option's continuation (`Question.continuations`) scored as the
+    start of the speaker's next turn, after its name. Questions without options keep the parsed answer."""
+    rows = [(d, a, u) for d, a, u in zip(dialogues, agents, said) if d.question.options]
+    if not rows:
+        return
+    choices = [Choice(d.messages(a) + [{"role": "assistant", "content": u.text}], d.question.continuations,
+                      prefix=f"{NAMES[a]}:", cache_key=d.cache_key(a), adapter=d.adapter) for d, a, u in rows]
+    for (d, _, u), scored in zip(rows, backend.loglikelihood(choices)):
+        options, texts = d.question.options, d.question.continuations
+        logprobs = [lp for lp, _ in scored]
+        u.choice_logprobs = logprobs
+        u.answer = options[max(range(len(options)), key=logprobs.__getitem__)]
+        per_byte = [lp / len(t.encode()) for lp, t in zip(logprobs, texts)]
+        u.answer_norm = options[max(range(len(options)), key=per_byte.__getitem__)]

@@ -2,7 +2,9 @@
 
 Information exchange: both agents get the same prompt with their own half of the context.
 Debate: Alice solves, Bob criticises and is told not to answer (Optima's solver/critic pair).
-Every prompt asks the agent to begin with its name and to put a final answer in <A>...</A>.
+Every prompt asks the agent to begin with its name and to put a final answer in <A>...</A>. No
+example holds a literal answer: small models copy it (SmolLM2 answered "Y" from an earlier example's
+"<A>Y</A>").
 """
 
 from string import Template
@@ -17,7 +19,8 @@ abbreviations); no greetings or filler.
 3. Reason step by step. Once you know the answer, end your message with <A>answer</A>, the answer \
 as a short phrase. The conversation ends when both of you give the same answer in this form.
 4. Begin your message with "${name}:".
-Example of a message: "${name}: X was born in 1950, Y in 1948, so Y is older. <A>Y</A>"
+Example of a message: "${name}: Mine says the fox took the bread to the mill. What does yours say about \
+the bread?"
 
 Question: ${question}
 

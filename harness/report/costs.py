@@ -79,8 +79,8 @@ def cost_per_gain(table: pd.DataFrame, book: pd.DataFrame, baselines) -> pd.Data
     costs = costs[costs["budget"] == ""].set_index(["task", "policy"])
     rows = []
     for _, row in table.iterrows():
-        if row["policy"] in ("initial", "sft"):
-            continue
+        if row["policy"] in ("initial", "sft") or (row["task"], row["policy"]) not in costs.index:
+            continue  # nothing trained: the fixed policies and the reference rows
         for base in baselines:
             if base == row["policy"] or (row["task"], base) not in costs.index:
                 continue

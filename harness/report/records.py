@@ -111,6 +111,18 @@ class Run:
     def selection_scores(self, iteration: int) -> list[dict]:
         return [row for _, row in read_jsonl(self.stage_dir(f"it{iteration}/select") / "scores.jsonl")]
 
+    def selection_facts(self, iteration: int) -> dict:
+        """What the selector recorded about its choice (DITS: the influence estimate and its resolution)."""
+        spec = json.loads((self.stage_dir(f"it{iteration}/select") / "run_spec.json").read_text())
+        return spec["selector_facts"]
+
+    def influence_fallbacks(self) -> list[str | None]:
+        """Per iteration of an influence selector, what its degenerate influence fell back to (None
+        where it resolved the units); empty for other selectors. Records older than the check have none."""
+        if not SELECTORS.get(self.selector).influence:
+            return []
+        return [self.selection_facts(it)["resolution"].get("degenerate") for it in range(self.iterations)]
+
 
 def load_run(path: Path) -> Run:
     """A finished run's records."""

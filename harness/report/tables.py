@@ -3,8 +3,13 @@
 Few seeds are affordable, so a difference between two selectors is measured on the same test items:
 per seed, the selector's score on an item minus the baseline's on that item; each item's differences
 averaged over the seeds (the items repeat in every seed, so they, not item x seed, are the
-independent draws); a Student-t interval on the mean over items. The spread of a row is the standard deviation over seeds
-when there are several, else the standard error over test items (the column says which).
+independent draws). With fewer than three seeds the interval is a Student-t one on the mean over
+items, given the seeds (how much another seed would move it is not estimated, and the table says
+so); from three seeds on, a two-level bootstrap over seeds and items. Each difference carries its
+minimum detectable difference (MDD, `power`), and the readable table says where the interval covers
+zero, where nothing differs or nothing varies, and where DITS influence was too coarse to rank by.
+The spread of a row is the standard deviation over seeds when there are several, else the standard
+error over test items (the column says which).
 """
 
 from __future__ import annotations
@@ -16,13 +21,18 @@ import pandas as pd
 from scipy import stats as scistats
 
 from harness.errors import HarnessError
+from harness.report import power
+from harness.report.power import CONFIDENCE, TIE
 from harness.report.records import Run
 
-BASELINES = ("optima_full", "random")
-CONFIDENCE = 0.95
+# The policies every difference is against unless --baselines names others; the one declaration.
+BASELINES = ("optima_full", "random", "qvalue")
 FIXED_POLICIES = ("initial", "sft")  # shared by every run of a seed
-# Rows in the paper's ablation order; other policies (DITS variants, new selectors) after, by name.
-ORDER = (*FIXED_POLICIES, "optima_full", "random", "qvalue")
+# Rows in the paper's ablation order (the baselines are in it); other policies (DITS variants, new
+# selectors) after, by name.
+ORDER = (*FIXED_POLICIES, *BASELINES)
+# versus() key -> comparison column suffix (`vs_<baseline><suffix>`).
+VERSUS_COLUMNS = {"diff": "", "low": "_low", "high": "_high", "n": "_n", "seeds": "_seeds", "sd": "_sd", "mdd": "_mdd"}
 
 
 def _order(policy: str) -> tuple:
@@ -41,6 +51,23 @@ def paired_difference(diffs: list[float], confidence: float = CONFIDENCE) -> dic
     return {"diff": mean, "low": mean - half, "high": mean + half, "n": n}
 
 
+def versus(mine: list[dict[str, float]], theirs: list[dict[str, float]], confidence: float = CONFIDENCE) -> dict:
+    """A policy against a baseline, `mine[k]` and `theirs[k]` their item scores in the same seed, on
+    the items both scored in every seed: the mean paired difference, its interval (t over items
+    below `power.MIN_SEEDS_FOR_SEED_VARIANCE` seeds, else the two-level bootstrap), the number of
+    items and seeds, the SD of the seed-averaged differences and the MDD."""
+    items = sorted(set.intersection(*(a.keys() & b.keys() for a, b in zip(mine, theirs)))) if mine else []
+    per_seed = [[a[i] - b[i] for i in items] for a, b in zip(mine, theirs)]
+    diffs = [statistics.fmean(d) for d in zip(*per_seed)]
+    baseline = [statistics.fmean(b[i] for b in theirs) for i in items]
+    out = paired_difference(diffs, confidence) | {
+        "seeds": len(mine), "sd": statistics.stdev(diffs) if len(diffs) > 1 else None,
+        "mdd": power.paired_mdd(diffs, baseline)}
+    if items and len(mine) >= power.MIN_SEEDS_FOR_SEED_VARIANCE:
+        out["low"], out["high"] = power.two_level_bootstrap(per_seed, confidence)
+    return out
+
+
 def _policies(runs: list[Run]) -> dict[str, dict[int, tuple[Run, str]]]:
     """Policy name -> seed -> (the run holding it, which of its evaluations)."""
     out: dict[str, dict[int, tuple[Run, str]]] = {}
@@ -55,13 +82,33 @@ def _policies(runs: list[Run]) -> dict[str, dict[int, tuple[Run, str]]]:
     return out
 
 
+def influence_fallback(runs: list[Run]) -> str | None:
+    """What a policy's degenerate influence fell back to (None where every selection resolved its
+    units), with how often where only some of its selections did."""
+    found = [f for run in runs for f in run.influence_fallbacks()]
+    hits = [f for f in found if f]
+    if not hits:
+        return None
+    return hits[0] if len(hits) == len(found) else f"{hits[0]} in {len(hits)} of {len(found)} selections"
+
+
+def interval_note(kinds: dict[str, str]) -> str:
+    """The row's interval kind, per baseline only where the baselines' paired seeds differ."""
+    if len(set(kinds.values())) == 1:
+        return next(iter(kinds.values()))
+    return "; ".join(f"vs {base}: {kind}" for base, kind in kinds.items()) or "-"
+
+
 def comparison(runs: list[Run], baselines=BASELINES) -> pd.DataFrame:
-    """One row per task and policy (initial, SFT-only, then each selector), numeric columns only.
-    Budget-sweep runs are left out: they are the cost curves' points."""
+    """One row per task and policy (initial, SFT-only, then each selector), numeric columns but for
+    the interval kind and the influence fallback. Budget-sweep runs are left out: they are the cost
+    curves' points."""
     rows = []
     for task in dict.fromkeys(r.task for r in runs):
         mine = [r for r in runs if r.task == task and r.budget is None]
         policies = _policies(mine)
+        items = {name: {seed: run.item_scores(which) for seed, (run, which) in seeds.items()}
+                 for name, seeds in policies.items()}
         for name in sorted(policies, key=_order):
             seeds = policies[name]
             scored = [run.score(which) for run, which in seeds.values()]
@@ -71,48 +118,88 @@ def comparison(runs: list[Run], baselines=BASELINES) -> pd.DataFrame:
                    "spread": statistics.stdev(means) if several else scored[0]["stderr"],
                    "spread_kind": "sd over seeds" if several else "stderr over items", "seeds": len(means),
                    "questions": scored[0]["n"],
+                   "no_signal": power.constant([v for by_item in items[name].values() for v in by_item.values()]),
                    "tokens_per_dialogue": statistics.fmean(s["tokens_per_dialogue"] for s in scored),
                    "pairs_trained": None if name in FIXED_POLICIES else statistics.fmean(
-                       sum(t["dpo_pairs"] for t in run.results["training"].values()) for run, _ in seeds.values())}
+                       sum(t["dpo_pairs"] for t in run.results["training"].values()) for run, _ in seeds.values()),
+                   "influence_degenerate": None if name in FIXED_POLICIES else influence_fallback(
+                       [run for run, _ in seeds.values()])}
+            kinds = {}
             for base in baselines:
                 if base not in policies or base == name:
-                    row |= {f"vs_{base}": None, f"vs_{base}_low": None, f"vs_{base}_high": None, f"vs_{base}_n": 0}
+                    row |= {f"vs_{base}{suffix}": None for suffix in VERSUS_COLUMNS.values()}
+                    row |= {f"vs_{base}_n": 0, f"vs_{base}_seeds": 0}
                     continue
-                by_item: dict[str, list[float]] = {}
-                for seed, (run, which) in seeds.items():
-                    if seed in policies[base]:
-                        brun, bwhich = policies[base][seed]
-                        a, b = run.item_scores(which), brun.item_scores(bwhich)
-                        for i in a.keys() & b.keys():
-                            by_item.setdefault(i, []).append(a[i] - b[i])
-                d = paired_difference([statistics.fmean(v) for v in by_item.values()])
-                row |= {f"vs_{base}": d["diff"], f"vs_{base}_low": d["low"], f"vs_{base}_high": d["high"],
-                        f"vs_{base}_n": d["n"]}
+                shared = sorted(items[name].keys() & items[base].keys())
+                d = versus([items[name][s] for s in shared], [items[base][s] for s in shared])
+                kinds[base] = power.interval_kind(d["seeds"])
+                row |= {f"vs_{base}{suffix}": d[key] for key, suffix in VERSUS_COLUMNS.items()}
+            row["interval"] = interval_note(kinds)
             rows.append(row)
+        rows += reference_rows(task, policies)
     return pd.DataFrame(rows)
 
 
+def reference_rows(task: str, policies: dict) -> list[dict]:
+    """The initial evaluation's reference rows (`harness.references`: chance, most frequent option,
+    one agent alone, the whole story), averaged over the seeds: the floor and the ceiling."""
+    initial = [run.score("initial") for run, _ in policies.get("initial", {}).values()]
+    names = dict.fromkeys(name for s in initial for name in s.get("references", {}))
+    return [{"task": task, "policy": f"reference: {name}", "metric": initial[0]["metric"],
+             "mean": statistics.fmean(s["references"][name] for s in initial if name in s.get("references", {})),
+             "spread": None, "spread_kind": "reference", "seeds": len(initial), "questions": initial[0]["n"],
+             "no_signal": False, "tokens_per_dialogue": None, "pairs_trained": None, "influence_degenerate": None,
+             "interval": "-"} for name in names]
+
+
 def display(table: pd.DataFrame, baselines=BASELINES) -> pd.DataFrame:
-    """The comparison as people read it: mean ± spread, differences with their interval."""
+    """The comparison as people read it: mean ± spread, differences with their interval, whether it
+    resolves the difference and the MDD; what the intervals cover; degenerate influence."""
     out = pd.DataFrame({
         "task": table["task"], "policy": table["policy"], "metric": table["metric"],
-        "score": [f"{m:.4f} ± {s:.4f}" for m, s in zip(table["mean"], table["spread"])],
+        "score": [_score(m, s, flat) for m, s, flat in zip(table["mean"], table["spread"], table["no_signal"])],
         "spread": table["spread_kind"], "seeds": table["seeds"], "questions": table["questions"]})
     for base in baselines:
         out[f"Δ vs {base} [{CONFIDENCE:.0%} CI]"] = [
-            _diff(d, lo, hi) for d, lo, hi in zip(table[f"vs_{base}"], table[f"vs_{base}_low"],
-                                                 table[f"vs_{base}_high"])]
-    out["tokens/dialogue"] = [f"{t:.1f}" for t in table["tokens_per_dialogue"]]
+            difference_text(*cells) for cells in zip(*(table[f"vs_{base}{s}"] for s in ("", "_low", "_high", "_sd", "_mdd")))]
+    out["interval"] = table["interval"]
+    out["tokens/dialogue"] = ["-" if _missing(t) else f"{t:.1f}" for t in table["tokens_per_dialogue"]]
     out["pairs trained"] = ["-" if pd.isna(p) else f"{p:.0f}" for p in table["pairs_trained"]]
+    out["notes"] = ["-" if _missing(f) else f"influence degenerate: {f}" for f in table["influence_degenerate"]]
     return out
 
 
-def _diff(d, lo, hi) -> str:
-    if d is None or pd.isna(d):
+def _missing(value) -> bool:
+    return value is None or pd.isna(value)
+
+
+def _score(mean, spread, no_signal) -> str:
+    # A spread of zero reads as a precise estimate; every item scoring alike is the opposite.
+    if no_signal:
+        return f"{mean:.4f} (no signal: every item scores {mean:.4f})"
+    if _missing(spread):  # a reference row
+        return f"{mean:.4f}"
+    return f"{mean:.4f} ± {spread:.4f}"
+
+
+def difference_text(d, lo, hi, sd, mdd) -> str:
+    """One difference as read: never an interval of width 0, which would claim a certainty that
+    only means nothing varied."""
+    if _missing(d):
         return "-"
-    if lo is None or pd.isna(lo):
-        return f"{d:+.4f}"
-    return f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+    if abs(d) <= TIE and (_missing(sd) or sd <= TIE):  # every paired difference is zero
+        if _missing(mdd):
+            return "no difference observed (one item: no MDD)"
+        if mdd <= TIE:
+            return "no difference observed (no signal in either)"
+        return f"no difference observed (MDD {mdd:.4f})"
+    if _missing(lo):
+        return f"{d:+.4f} (one item: no interval)"
+    if hi - lo <= TIE:
+        return f"{d:+.4f} on every item (no spread: no interval)"
+    resolved = "" if lo > 0 or hi < 0 else " not resolved"
+    detectable = "" if _missing(mdd) else f", MDD {mdd:.4f}"  # one item over several seeds: no MDD
+    return f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}]{resolved}{detectable}"
 
 
 def write_formats(table: pd.DataFrame, shown: pd.DataFrame, stem) -> dict[str, str]:

@@ -9,6 +9,8 @@ extracted at the end from the written trees, the same way for grown and resumed 
 
 from __future__ import annotations
 
+import dataclasses
+
 import hashlib
 import json
 import logging
@@ -66,6 +68,7 @@ def synthesize(config: SynthConfig | None = None, resume: bool = False, **overri
     task = get_task(cfg.task, context_mode=cfg.context_mode, seed=cfg.seed)
     if task.setting == "web":
         raise HarnessError(f"{cfg.task}: the web environment its agents navigate is not in this release")
+    cfg = dataclasses.replace(cfg, answer_mode=task.answer_mode(cfg.answer_mode))
     metric = cfg.metric or task.metric
     METRICS.get(metric)
     models.check(cfg.model)
@@ -84,12 +87,17 @@ def synthesize(config: SynthConfig | None = None, resume: bool = False, **overri
     if not cfg.t_norm and not probe_pool:
         raise HarnessError(f"{cfg.task}/{cfg.split}: no questions left after the trees' for the probe "
                            f"({len(rows)} in all); lower --questions or set t_norm")
-    skipped = [q.id for q in pool if task.setting == "information_exchange" and not all(q.contexts)]
+    # A pool with no evidence at all (TriviaQA rows without search results) runs closed-book, said in
+    # the record; within a pool that has evidence, a question missing an agent's half is skipped.
+    closed_book = task.setting == "information_exchange" and not any(any(q.contexts) for q in pool)
+    if closed_book:
+        log.warning("%s/%s: no question in the pool has any context; the agents answer closed-book",
+                    cfg.task, cfg.split)
+    skipped = [] if closed_book else [q.id for q in pool
+                                      if task.setting == "information_exchange" and not all(q.contexts)]
     for qid in skipped:
         log.warning("%s/%s question %s: an agent's context is empty; no tree grown", cfg.task, cfg.split, qid)
     pool = [q for q in pool if q.id not in skipped]
-    if not pool:
-        raise HarnessError(f"{cfg.task}/{cfg.split}: every question in the pool has an empty context")
 
     rid = runs.run_id("synth", task=cfg.task, model=cfg.model, split=cfg.split, seed=cfg.seed,
                       questions=f"{cfg.question_offset}-{end}", explore=cfg.explore_time, expand=cfg.expand_time)
@@ -115,7 +123,8 @@ def synthesize(config: SynthConfig | None = None, resume: bool = False, **overri
             found = extract_pairs(tree, rule)
             if not found:
                 log.warning("tree %s: no node has children far enough apart in Q for a pair", tree.tree_id)
-            pairs += [{**p, "task": cfg.task, "policy": policy, "seed": cfg.seed} for p in found]
+            pairs += [{**p, "task": cfg.task, "policy": policy, "seed": cfg.seed, "answer_mode": cfg.answer_mode}
+                      for p in found]
         wall = time.time() - started
 
         batch_costs = {r["batch"]: r["batch_cost"] for r in records}
@@ -127,7 +136,7 @@ def synthesize(config: SynthConfig | None = None, resume: bool = False, **overri
         run_spec = {
             "run_id": rid, "kind": "synth", "config": cfgmod.as_dict(cfg), "seed": cfg.seed,
             "policy": backend.model_info, "reward_model": scorer.model_info, "reward": vars(reward_cfg),
-            "pair_rule": vars(rule), "metric": metric, "setting": task.setting,
+            "pair_rule": vars(rule), "metric": metric, "setting": task.setting, "closed_book": closed_book,
             "data": {"source": task.source, "tree_question_ids": [q.id for q in pool],
                      "probe_question_ids": [q.id for q in probe_pool], "skipped_question_ids": skipped},
             "versions": runs.versions(), "device": runs.device_info(cfg.device), "git_sha": runs.git_sha(),
@@ -147,7 +156,8 @@ def probe(path: Path, questions: list[Question], setting: str, backend: Backend,
     if path.exists():
         return json.loads(path.read_text())
     before, started = backend.usage.as_dict(), time.time()
-    dialogue_cfg = DialogueConfig(cfg.max_turns, cfg.max_new_tokens, cfg.probe_temperature, cfg.top_p)
+    dialogue_cfg = DialogueConfig(cfg.max_turns, cfg.max_new_tokens, cfg.probe_temperature, cfg.top_p,
+                                  answer_mode=cfg.answer_mode)
     with tqdm(total=len(questions), desc="probe", unit="dialogue", file=sys.stderr, dynamic_ncols=True) as bar:
         dialogues = run_dialogues(start(questions, setting), backend, dialogue_cfg,
                                   derive_seed(cfg.seed, "probe"), bar)
@@ -175,7 +185,8 @@ class Search:
                  metric: str, tokenizer, setting: str):
         self.cfg, self.backend, self.scorer, self.reward_cfg = cfg, backend, scorer, reward_cfg
         self.metric, self.tokenizer, self.setting = metric, tokenizer, setting
-        self.dialogue_cfg = DialogueConfig(cfg.max_turns, cfg.max_new_tokens, cfg.rollout_temperature, cfg.top_p)
+        self.dialogue_cfg = DialogueConfig(cfg.max_turns, cfg.max_new_tokens, cfg.rollout_temperature, cfg.top_p,
+                                           answer_mode=cfg.answer_mode)
         self.nll: dict[str, float] = {}
         self.resumed = 0
 

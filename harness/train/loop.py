@@ -46,7 +46,7 @@ from tasks.metrics import METRICS
 
 # Keys every stage must agree on: the run's values replace the sections'.
 IDENTITY = ("task", "seed", "data_dir", "online", "backend", "device", "dtype", "context_mode", "metric",
-            "max_turns", "kv_cache")
+            "max_turns", "kv_cache", "answer_mode")
 # Run keys that act only from the selection on: they do not change the shared stages.
 SELECTION_KEYS = ("selector", "gamma", "alpha", "iterations", "suite", "out", "budget") + tuple(
     f.name for f in dataclasses.fields(RunConfig) if f.name.startswith("dpo_"))
@@ -120,6 +120,7 @@ def make_plan(file: str | None, overrides: list[str] | None = None, **flags) -> 
     name, extra = parse_selector(flags.pop("selector", None) or "")
     run = cfgmod.build(RunConfig, file, sections["run"] + sections[""] + extra, selector=name or None, **flags)
     SELECTORS.get(run.selector)
+    run = dataclasses.replace(run, answer_mode=get_task(run.task).answer_mode(run.answer_mode))
     identity = {k: getattr(run, k) for k in IDENTITY}
 
     def section(cls, **forced):
@@ -160,7 +161,8 @@ def make_plan(file: str | None, overrides: list[str] | None = None, **flags) -> 
 
     rid = runs.run_id("run", selector=run.selector, gamma=select.gamma if SELECTORS.get(run.selector).influence else None,
                       alpha=None if SELECTORS.get(run.selector).keeps_all else select.alpha, task=run.task,
-                      model=run.model, seed=run.seed, iterations=run.iterations, budget=run.budget)
+                      model=run.model, seed=run.seed, iterations=run.iterations, answer=run.answer_mode,
+                      budget=run.budget)
     root = Path(run.out) if run.out else Path("runs") / run.suite
     shared = {"run": {k: v for k, v in cfgmod.as_dict(run).items() if k not in SELECTION_KEYS},
               "synth": cfgmod.as_dict(synth), "eval": cfgmod.as_dict(evalc), "model": _model_identity(run.model)}
@@ -205,7 +207,7 @@ class Pipeline:
                 Stage("sft_data", it, d / "sft_data", it == 0,
                       f"{run.sft_questions} questions x {run.sft_samples} sampled dialogues of up to {run.max_turns} x "
                       f"{run.max_new_tokens} tokens; keep the best per question, top {run.sft_keep_fraction:.0%}",
-                      self.sft_data(policy)),
+                      self.sft_data(policy, it)),
                 Stage("sft", it, d / "sft", it == 0,
                       f"LoRA SFT of {'the initial model' if base == initial else 'the last policy'}: at most "
                       f"{sft_examples} agent views, {sft_steps} optimizer steps", self.sft(base, d / "sft_data")),
@@ -216,10 +218,10 @@ class Pipeline:
             out += [
                 Stage("probe", it, d / "probe", it == 0,
                       f"{synth.probe_size} sampled dialogues of up to {synth.max_turns} x {synth.max_new_tokens} "
-                      "tokens -> T_norm", self.probe(sft_model)),
+                      "tokens -> T_norm", self.probe(sft_model, it)),
                 Stage("mcts", it, d / "mcts", it == 0,
                       f"{synth.questions} trees, {rollouts} rollouts of up to {synth.max_turns} x "
-                      f"{synth.max_new_tokens} tokens", self.mcts(sft_model, d / "probe")),
+                      f"{synth.max_new_tokens} tokens", self.mcts(sft_model, d / "probe", it)),
                 Stage("select", it, mine / "select", False, self.select_line(), self.select(sft_model, d / "mcts")),
                 Stage("dpo", it, mine / "dpo", False,
                       f"LoRA DPO on the selected pairs ({run.dpo_epochs} epoch(s), "
@@ -249,14 +251,16 @@ class Pipeline:
         return BACKENDS.get(run.backend)(model=model, device=run.device, dtype=run.dtype,
                                         batch_size=run.batch_size, kv_cache=run.kv_cache)
 
-    def sft_data(self, policy: str):
+    def sft_data(self, policy: str, iteration: int):
         def stage(out: Path) -> None:
             run, synth = self.plan.run, self.plan.synth
-            questions = self.task.load("train", run.data_dir, None, run.online)[:run.sft_questions]
+            lo, hi = pool_ranges(run, synth)[iteration]["sft"]
+            questions = self.task.load("train", run.data_dir, None, run.online)[lo:hi]
             started = time.time()
             backend = self.backend(policy)
             scorer = backend if policy == run.model else self.backend(run.model)
-            dialogue_cfg = DialogueConfig(run.max_turns, run.max_new_tokens, run.sft_temperature, synth.top_p)
+            dialogue_cfg = DialogueConfig(run.max_turns, run.max_new_tokens, run.sft_temperature, synth.top_p,
+                                          answer_mode=run.answer_mode)
             groups = sample_dialogues(questions, self.task.setting, backend, run.sft_samples, dialogue_cfg,
                                       derive_seed(run.seed, "sft_data", out.parent.name))
             texts = list(dict.fromkeys(u.text for g in groups for d in g for u in d.utterances))
@@ -287,19 +291,20 @@ class Pipeline:
             write_training(out, lambda tmp: train_sft(base, examples, self.plan.run, tmp, str(out / "model")))
         return stage
 
-    def probe(self, model: str):
+    def probe(self, model: str, iteration: int):
         def stage(out: Path) -> None:
             rows = self.task.load("train", self.plan.run.data_dir, None, self.plan.run.online)
-            start = self.plan.synth.question_offset + self.plan.synth.questions
+            lo, hi = pool_ranges(self.plan.run, self.plan.synth)[iteration]["probe"]
             with runs.run_directory(out) as tmp:
-                probe(tmp / "probe.json", rows[start:start + self.plan.synth.probe_size], self.task.setting,
-                      self.backend(model), self.plan.synth)
+                probe(tmp / "probe.json", rows[lo:hi], self.task.setting, self.backend(model), self.plan.synth)
         return stage
 
-    def mcts(self, model: str, probe_dir: Path):
+    def mcts(self, model: str, probe_dir: Path, iteration: int):
         def stage(out: Path) -> None:
             t_norm = json.loads((probe_dir / "probe.json").read_text())["t_norm"]
-            synthesize(dataclasses.replace(self.plan.synth, model=model, out=str(out), t_norm=t_norm), resume=True)
+            offset = pool_ranges(self.plan.run, self.plan.synth)[iteration]["mcts"][0]
+            synthesize(dataclasses.replace(self.plan.synth, model=model, out=str(out), t_norm=t_norm,
+                                           question_offset=offset), resume=True)
         return stage
 
     def select(self, model: str, mcts_dir: Path):
@@ -318,20 +323,34 @@ class Pipeline:
         return stage
 
 
+def pool_ranges(run: RunConfig, synth: SynthConfig) -> list[dict[str, tuple[int, int]]]:
+    """Per iteration, the train rows [lo, hi) of its SFT, tree-search and probe pools: each iteration
+    draws fresh questions after the last one's (as the reference's stateful loaders do)."""
+    sizes = {"sft": run.sft_questions, "mcts": synth.questions, "probe": synth.probe_size}
+    out, lo = [], 0
+    for _ in range(run.iterations):
+        ranges = {}
+        for name, size in sizes.items():
+            ranges[name] = (lo, lo + size)
+            lo += size
+        out.append(ranges)
+    return out
+
+
 def check_pools(plan: Plan) -> dict:
     """The question ids of every pool; fails when the splits cannot hold them disjointly."""
     run, synth, select = plan.run, plan.synth, plan.select
     task = get_task(run.task, context_mode=run.context_mode, seed=run.seed)
     train = task.load("train", run.data_dir, None, run.online)
-    need = run.sft_questions + synth.questions + synth.probe_size
+    ranges = pool_ranges(run, synth)
+    need = ranges[-1]["probe"][1]
     if len(train) < need:
         raise HarnessError(
-            f"{run.task}/train has {len(train)} questions; the disjoint pools need {need} (sft_questions "
-            f"{run.sft_questions} + synth.questions {synth.questions} + synth.probe_size {synth.probe_size}); "
-            "lower them, or use more data (for CBT: harness data build-cbt)")
-    pools = {"sft": train[:run.sft_questions],
-             "mcts": train[run.sft_questions:run.sft_questions + synth.questions],
-             "probe": train[run.sft_questions + synth.questions:need]}
+            f"{run.task}/train has {len(train)} questions; the disjoint pools need {need} ({run.iterations} "
+            f"iteration(s) x (sft_questions {run.sft_questions} + synth.questions {synth.questions} + "
+            f"synth.probe_size {synth.probe_size})); lower them, or use more data (for CBT: harness data build-cbt)")
+    pools = {(name if run.iterations == 1 else f"it{it}/{name}"): train[lo:hi]
+             for it, by_name in enumerate(ranges) for name, (lo, hi) in by_name.items()}
     if SELECTORS.get(select.selector).influence:
         pools["influence_validation"] = task.load(select.val_split, run.data_dir, select.validation_size, run.online)
     pools["test"] = task.load("test", run.data_dir, run.test_questions, run.online)
@@ -377,6 +396,7 @@ def execute(plan: Plan, resume: bool = False, progress=print) -> dict:
         runs.append_jsonl(ledger, [{"stage": stage.label, "path": str(stage.path), "device": plan.run.device,
                                     "wall_seconds": time.time() - started, "finished": time.time(),
                                     "cost": stage_cost(stage.name, stage.path)}])
+        progress(f"[{stage.label}] {headline(stage.name, stage.path)} ({time.time() - started:.0f} s)")
     results = collect(plan)
     runs.write_json(plan.run_dir / "results.json", results)
     _status(plan, "complete", None)
@@ -408,6 +428,42 @@ def stage_cost(name: str, path: Path) -> dict:
     return {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
+def _score_line(stats: dict) -> str:
+    norm = f", acc_norm {stats['mean_norm']:.4f}" if "mean_norm" in stats else ""
+    return (f"{stats['metric']} {stats['mean']:.4f} ± {stats['stderr']:.4f} over {stats['n']} questions{norm} "
+            f"(answers: {stats.get('answer_mode', 'generate')}; answered {stats['answered_rate']:.0%})")
+
+
+def _selection_line(spec: dict) -> str:
+    line = f"kept {spec['selected']} of {spec['candidates']} pairs"
+    res = spec.get("selector_facts", {}).get("resolution")
+    if res:
+        line += f"; influence: {res['distinct_values']} distinct values over {res['units']} units"
+        if res.get("degenerate"):
+            line += f", degenerate: {res['degenerate']}"
+    return line
+
+
+# Each stage's headline figure, printed when it ends: (the record it reads, the line from it).
+HEADLINES = {
+    "eval": ("stats.json", _score_line),
+    "eval_sft": ("stats.json", _score_line),
+    "sft_data": ("stats.json", lambda s: f"{s['examples']} SFT examples from {s['kept_questions']} of "
+                                         f"{s['questions']} questions"),
+    "sft": ("stats.json", lambda s: f"{s['steps']} steps on {s['examples']} examples, train loss {s['train_loss']:.4f}"),
+    "probe": ("probe.json", lambda s: f"T_norm {s['t_norm']}"),
+    "mcts": ("summary.json", lambda s: f"{s['pairs']} pairs from {s['trees']} trees "
+                                       f"({s['trees_without_pairs']} without a pair)"),
+    "select": ("run_spec.json", _selection_line),
+    "dpo": ("stats.json", lambda s: f"{s['steps']} steps on {s['pairs']} pairs, train loss {s['train_loss']:.4f}"),
+}
+
+
+def headline(name: str, path: Path) -> str:
+    file, line = HEADLINES[name]
+    return line(json.loads((path / file).read_text()))
+
+
 def _changed(old: dict, new: dict) -> list[str]:
     old = {section: cfgmod.recorded(section, old.get(section, {})) for section in new}
     return sorted(f"{section}.{k}" for section in new for k in new[section]
@@ -424,14 +480,22 @@ def collect(plan: Plan) -> dict:
     walls = {}
     for ledger in (plan.shared_dir / "ledger.jsonl", plan.run_dir / "ledger.jsonl"):
         walls.update({row["stage"]: row["wall_seconds"] for row in runs.read_complete_jsonl(ledger)})
-    rows = []
+    from harness.report.tables import versus
+
+    rows, initial = [], None
     for stage in plan.stages:
         if stage.name.startswith("eval"):
             stats = json.loads((stage.path / "stats.json").read_text())
+            items = {r["id"]: r["score"] for r in runs.read_complete_jsonl(stage.path / "per_instance.jsonl")}
             policy = {"eval": "dpo", "eval_sft": "sft"}[stage.name] if stage.iteration is not None else "initial"
+            initial = initial or items
+            # paired over the test items, with the MDD: whether training moved the policy at all
             rows.append({"policy": policy, "iteration": stage.iteration, "metric": stats["metric"],
                          "mean": stats["mean"], "stderr": stats["stderr"], "n": stats["n"],
-                         "tokens_per_dialogue": stats["mean_tokens_per_dialogue"]})
+                         "tokens_per_dialogue": stats["mean_tokens_per_dialogue"],
+                         "answer_mode": stats.get("answer_mode", "generate"),
+                         **({"references": stats["references"]} if "references" in stats else {}),
+                         "vs_initial": None if items is initial else versus([items], [initial])})
     counts, training = {}, {}
     for it in range(plan.run.iterations):
         mine = plan.run_dir / f"it{it}"
