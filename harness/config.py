@@ -55,6 +55,7 @@ class EvalConfig(RuntimeConfig):
     split: str = "test"
     limit: int | None = None  # first N questions of the split
     temperature: float = 0.0  # evaluation is greedy
+    references: bool = True  # CBT in choice mode: also the reference rows (harness.references)
 
 
 @dataclass

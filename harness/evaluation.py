@@ -110,7 +110,8 @@ def evaluate(config: EvalConfig | None = None, **overrides) -> EvalResult:
         # holds about 46 MB of them).
         dialogues = [d for i in range(0, len(questions), cfg.batch_size) for d in run_dialogues(
             start(questions[i:i + cfg.batch_size], task.setting), backend, dialogue_cfg, cfg.seed, bar)]
-    references = reference_rows(questions, backend) if answer_mode == "choice" and applies(task) else {}
+    wanted = cfg.references and answer_mode == "choice" and applies(task)
+    references = reference_rows(questions, backend) if wanted else {}
     wall = time.time() - started
 
     tokenizer = getattr(backend, "tokenizer", None)

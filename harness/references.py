@@ -20,6 +20,7 @@ from collections.abc import Callable
 from string import Template
 
 from harness.backends.base import Backend, Choice
+from harness.mas.dialogue import best_option
 from harness.mas.prompts import NO_INFORMATION
 from harness.registry import Registry
 from tasks.base import Question
@@ -56,7 +57,7 @@ def most_frequent_option(questions: list[Question], backend: Backend) -> list[fl
     for q in questions:
         words = re.findall(r"\w+", " ".join(q.contexts[0] + q.contexts[1]).casefold())
         counts = [words.count(o.casefold()) for o in q.options]
-        out.append(_correct(q, q.options[counts.index(max(counts))]))
+        out.append(_correct(q, best_option(q.options, counts)))
     return out
 
 
@@ -67,11 +68,8 @@ def solo(question: str, information) -> str:
 def _alone(questions: list[Question], backend: Backend, story: Callable[[Question], tuple[str, ...]]) -> list[float]:
     choices = [Choice([{"role": "system", "content": solo(q.question, story(q))}], q.continuations)
                for q in questions]
-    out = []
-    for q, scored in zip(questions, backend.loglikelihood(choices)):
-        logprobs = [lp for lp, _ in scored]
-        out.append(_correct(q, q.options[logprobs.index(max(logprobs))]))
-    return out
+    return [_correct(q, best_option(q.options, [lp for lp, _ in scored]))
+            for q, scored in zip(questions, backend.loglikelihood(choices))]
 
 
 @REFERENCES.register("one_agent")

@@ -265,17 +265,17 @@ class HFBackend(Backend):
         slot already holds its memory), and its continuations are scored together in one forward
         pass over those keys/values, one right-padded row each: causal attention keeps padding
         out of every real position, so no mask is needed."""
+        adapters = [c.adapter for c in choices]
+        if any(adapters) and not all(adapters):
+            raise ValueError("a batch names an adapter for some choices only")
         start = time.perf_counter()
-        out = []
         with torch.inference_mode():
-            for choice in choices:
-                if not choice.adapter:
-                    out.append(self._score_choice(choice))
-                    continue
+            if not any(adapters):
+                out = [self._score_choice(c) for c in choices]
+            else:
                 answering = _RowAdapters(self.model)
                 with answering.installed():
-                    answering.rows([choice.adapter])
-                    out.append(self._score_choice(choice, answering))
+                    out = [self._score_choice(c, answering) for c in choices]
         self.usage.seconds += time.perf_counter() - start
         return out
 
@@ -287,6 +287,8 @@ class HFBackend(Backend):
             raise ValueError(f"an empty continuation among {choice.continuations!r}")
         slot = self._slots.get(choice.cache_key) if self.kv_cache and choice.cache_key else None
         cached = min(common_prefix(slot.ids, context), len(context) - 1) if slot else 0
+        if answering:
+            answering.rows([choice.adapter])
         slot = self._prefill(context, slot, cached)
         rows = [[context[-1]] + c[:-1] for c in continuations]
         width = max(map(len, rows))

@@ -168,6 +168,11 @@ def run_dialogues(dialogues: list[Dialogue], backend: Backend, cfg: DialogueConf
     return dialogues
 
 
+def best_option(options, scores: list[float]) -> str:
+    """The option with the highest score (the first listed among ties)."""
+    return options[scores.index(max(scores))]
+
+
 def choose(dialogues: list[Dialogue], agents: list[int], said: list[Utterance], backend: Backend) -> None:
     """Set each utterance's answer to the option its speaker scores highest, given the speaker's
     memory with the utterance: each option's continuation (`Question.continuations`) scored as the
@@ -181,6 +186,5 @@ def choose(dialogues: list[Dialogue], agents: list[int], said: list[Utterance], 
         options, texts = d.question.options, d.question.continuations
         logprobs = [lp for lp, _ in scored]
         u.choice_logprobs = logprobs
-        u.answer = options[max(range(len(options)), key=logprobs.__getitem__)]
-        per_byte = [lp / len(t.encode()) for lp, t in zip(logprobs, texts)]
-        u.answer_norm = options[max(range(len(options)), key=per_byte.__getitem__)]
+        u.answer = best_option(options, logprobs)
+        u.answer_norm = best_option(options, [lp / len(t.encode()) for lp, t in zip(logprobs, texts)])

@@ -194,7 +194,7 @@ class Pipeline:
         tests = "all" if run.test_questions is None else run.test_questions
         evaluated = f"{tests} greedy dialogues of up to {run.max_turns} x {self.plan.eval.max_new_tokens} tokens"
         out = [Stage("eval", None, p.shared_dir / "eval_initial", True, f"evaluate the initial policy: {evaluated}",
-                     self.evaluate(initial))]
+                     self.evaluate(initial, references=True))]
         sft_examples = 2 * int(run.sft_questions * run.sft_keep_fraction)
         sft_steps = math.ceil(sft_examples / (run.sft_batch_size * run.sft_grad_accum)) * run.sft_epochs
         rollouts = synth.questions * synth.explore_time * synth.expand_time
@@ -243,8 +243,10 @@ class Pipeline:
         return f"{s.selector}: keep {'every pair' if SELECTORS.get(s.selector).keeps_all else f'alpha={s.alpha}'}"
 
     # -- stages ------------------------------------------------------------------------------
-    def evaluate(self, model: str):
-        return lambda out: evaluate(dataclasses.replace(self.plan.eval, model=model, out=str(out)))
+    def evaluate(self, model: str, references: bool = False):
+        # The reference rows are the initial policy's: the tables show no other policy's.
+        return lambda out: evaluate(dataclasses.replace(self.plan.eval, model=model, out=str(out),
+                                                        references=references))
 
     def backend(self, model: str):
         run = self.plan.run
@@ -477,25 +479,26 @@ def _status(plan: Plan, state: str, stage: str | None) -> None:
 
 def collect(plan: Plan) -> dict:
     """Scores of every evaluated policy and wall seconds of every stage, from the stage records."""
+    from harness.report.tables import versus
+
     walls = {}
     for ledger in (plan.shared_dir / "ledger.jsonl", plan.run_dir / "ledger.jsonl"):
         walls.update({row["stage"]: row["wall_seconds"] for row in runs.read_complete_jsonl(ledger)})
-    from harness.report.tables import versus
-
-    rows, initial = [], None
+    rows, initial = [], {}
     for stage in plan.stages:
         if stage.name.startswith("eval"):
             stats = json.loads((stage.path / "stats.json").read_text())
             items = {r["id"]: r["score"] for r in runs.read_complete_jsonl(stage.path / "per_instance.jsonl")}
             policy = {"eval": "dpo", "eval_sft": "sft"}[stage.name] if stage.iteration is not None else "initial"
-            initial = initial or items
+            if policy == "initial":
+                initial = items
             # paired over the test items, with the MDD: whether training moved the policy at all
             rows.append({"policy": policy, "iteration": stage.iteration, "metric": stats["metric"],
                          "mean": stats["mean"], "stderr": stats["stderr"], "n": stats["n"],
                          "tokens_per_dialogue": stats["mean_tokens_per_dialogue"],
                          "answer_mode": stats.get("answer_mode", "generate"),
                          **({"references": stats["references"]} if "references" in stats else {}),
-                         "vs_initial": None if items is initial else versus([items], [initial])})
+                         "vs_initial": None if policy == "initial" else versus([items], [initial])})
     counts, training = {}, {}
     for it in range(plan.run.iterations):
         mine = plan.run_dir / f"it{it}"
