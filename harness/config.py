@@ -45,6 +45,9 @@ class RuntimeConfig:
     # "choice": on tasks with options each utterance's answer is the option its speaker scores
     # highest by log-likelihood (README: "Answers"); "generate": parsed from <A>...</A> (the paper's)
     answer_mode: str = "choice"
+    # A dialogue capped without an answer gets one closing answer turn (harness.mas.dialogue); the
+    # paper's protocol has none
+    closing_turn: bool = True
 
 
 @dataclass
@@ -116,7 +119,7 @@ class SelectConfig:
     warmup_lr: float = 5e-5
     eta: float = 5e-5  # the unit step's learning rate (the reference's 5e-5); with eta_auto, where calibration starts
     # `--eta auto`: from eta up by x3 (at most eta_auto_steps times) until the median of the first
-    # eta_calibration_units units changes eta_target_share of the validation answers; the unit steps
+    # eta_calibration_units units changes eta_target_share of the validation scores; the unit steps
     # then use that eta. The reference's 5e-5 barely moves a small model (see the selection section).
     eta_auto: bool = False
     eta_target_share: float = 0.25

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tabulate import tabulate
-from tqdm.auto import tqdm
 
 from harness import config as cfgmod
 from harness import models, runs
@@ -20,6 +19,7 @@ from harness.backends import BACKENDS
 from harness.config import EvalConfig
 from harness.errors import HarnessError
 from harness.mas.dialogue import Dialogue, DialogueConfig, run_dialogues, start
+from harness.mas.progress import UtteranceBar
 from harness.references import applies, reference_rows
 from tasks import get_task
 from tasks.metrics import METRICS, score
@@ -67,7 +67,7 @@ def instance_record(d: Dialogue, metric: str, tokenizer) -> dict:
         "answered": bool(d.final_answer), "turns": len(d.utterances), "stop": d.stop,
         "tokens": sum(u.completion_tokens for u in d.utterances), "tokens_per_agent": d.tokens_by_agent(),
         "transcript": [{"speaker": u.speaker, "text": u.text, "answer": u.answer, "tokens": u.completion_tokens,
-                        "truncated": u.truncated}
+                        "truncated": u.truncated} | ({"closing": True} if u.closing else {})
                        | ({"choice_logprobs": u.choice_logprobs, "answer_norm": u.answer_norm}
                           if u.choice_logprobs is not None else {}) for u in d.utterances],
     }
@@ -102,9 +102,9 @@ def evaluate(config: EvalConfig | None = None, **overrides) -> EvalResult:
                                        batch_size=cfg.batch_size, kv_cache=cfg.kv_cache)
     load_seconds = time.time() - started
     dialogue_cfg = DialogueConfig(max_turns=cfg.max_turns, max_new_tokens=cfg.max_new_tokens,
-                                  temperature=cfg.temperature, answer_mode=answer_mode)
-    with tqdm(total=len(questions), desc=f"eval {cfg.task}", unit="dialogue", file=sys.stderr,
-              dynamic_ncols=True) as bar:
+                                  temperature=cfg.temperature, answer_mode=answer_mode,
+                                  closing_turn=cfg.closing_turn)
+    with UtteranceBar(len(questions), dialogue_cfg.max_utterances, f"eval {cfg.task}") as bar:
         # A forward pass holds batch_size rows anyway; running the dialogues a batch at a time keeps
         # only that many dialogues' key/value caches in memory (a 1,000-token agent prompt of SmolLM2
         # holds about 46 MB of them).

@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from harness.errors import HarnessError
@@ -188,5 +189,22 @@ def load(name: str, device: str = "cpu", dtype: str = "float32"):
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.chat_template is None:
         raise HarnessError(f"{path}: the tokenizer has no chat template; the agents need one")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(device).eval()
+    with _quiet_loading():
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(device).eval()
     return model, tokenizer, {"name": name, "path": str(path), "sha256": weights_hash(path)}
+
+
+@contextmanager
+def _quiet_loading():
+    """transformers' "Loading weights" bar off (a local directory: no download to watch), except
+    with `--log-level debug`."""
+    from transformers.utils import logging as hf_logging
+
+    if log.isEnabledFor(logging.DEBUG) or not hf_logging.is_progress_bar_enabled():
+        yield
+        return
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.enable_progress_bar()

@@ -55,6 +55,9 @@ def tiny_fitted():
 
 SMOKE_SELECTORS = ("random", "qvalue", "optima_full", "dits:gamma=0", "dits")
 SMOKE_ARGS = ["--config", "smoke", "--task", "arc_c"]
+# ARC-C's suite above covers the selectors; one run each covers the other tasks (webwalker has no
+# environment to run in this release).
+SMOKE_TASKS = ("cbt", "mmlu", "hotpotqa", "2wmh", "triviaqa")
 
 
 @pytest.fixture(scope="session")
@@ -66,4 +69,16 @@ def smoke_suite(tmp_path_factory):
     root = tmp_path_factory.mktemp("suite")
     assert main(["suite", *SMOKE_ARGS, "--selectors", ",".join(SMOKE_SELECTORS), "--seeds", "0,1",
                  "--budgets", "select.validation_size=2", "--out", str(root)]) == 0
+    return root
+
+
+@pytest.fixture(scope="session")
+def smoke_tasks(tmp_path_factory):
+    """The smoke preset's run of the random selector, seed 0, on every other task: one suite each."""
+    from harness.cli import main
+
+    root = tmp_path_factory.mktemp("tasks")
+    for task in SMOKE_TASKS:
+        assert main(["suite", "--config", "smoke", "--task", task, "--selectors", "random", "--seeds", "0",
+                     "--out", str(root / task)]) == 0
     return root

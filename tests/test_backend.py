@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from harness.backends import Request, Sampling
-from harness.mas.dialogue import DialogueConfig, run_dialogues, start
+from harness.mas.dialogue import CLOSING, DialogueConfig, run_dialogues, start
 from tasks import get_task
 
 
@@ -219,3 +219,18 @@ def test_a_model_on_causal_after_cache_attention_continues_a_cache_as_one_pass_w
         with pytest.raises(ValueError, match="no attention mask"):
             model(input_ids=ids, attention_mask=torch.ones_like(ids)[None, None].expand(1, 1, 30, 30).bool())
     assert torch.allclose(rest, whole[:, 12:], atol=1e-5)
+
+
+def test_closing_turn_asks_capped_dialogues_without_an_answer_for_one(tiny_random):
+    task = get_task("hotpotqa")
+    qs = task.load("test", limit=4)
+    plain = run_dialogues(start(qs, task.setting), tiny_random, DialogueConfig(max_turns=2, max_new_tokens=8), seed=3)
+    closed = run_dialogues(start(qs, task.setting), tiny_random,
+                           DialogueConfig(max_turns=2, max_new_tokens=8, closing_turn=True), seed=3)
+    assert all(not d.final_answer for d in plain)  # tiny-random never answers: every dialogue closes
+    for before, after in zip(plain, closed):
+        assert [u.text for u in after.utterances[:2]] == [u.text for u in before.utterances]
+        last = after.utterances[-1]
+        assert len(after.utterances) == 3 and last.closing and last.speaker == "Alice"
+        assert after.stop == "turn_cap" and not after.closing
+        assert after.messages(0)[-2]["content"].endswith(CLOSING)  # the memory it answered from

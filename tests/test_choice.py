@@ -91,10 +91,11 @@ def test_evaluation_reward_agreement_and_influence_read_the_same_answer(tmp_path
             "rejected": "Alice: no idea", "answer_mode": "choice"}
     path = ReferencePath([pair], SelectConfig(max_turns=4, max_new_tokens=16, lora_r=4, lora_alpha=4), task,
                          "tiny-fitted", questions)
-    f, answers = path.validate()
+    f, answers, items = path.validate()
     predictions = [r["prediction"] for r in result.per_instance]
     assert answers == predictions
     assert f == pytest.approx(result.stats["mean"])
+    assert items == pytest.approx([r["score"] for r in result.per_instance])
     weights = RewardConfig(lambda1=RECIPES["arc_c"].lambda1, lambda2=RECIPES["arc_c"].lambda2, t_norm=100)
     for r, q in zip(result.per_instance, questions):
         said = [t["answer"] for t in r["transcript"]]

@@ -1,6 +1,9 @@
+import io
+
 import pytest
 
-from harness.mas.dialogue import Dialogue, Utterance, parse_answer, start
+from harness.mas.dialogue import CLOSING, Dialogue, Utterance, parse_answer, start
+from harness.mas.progress import UtteranceBar
 from harness.mas.prompts import system_prompts
 from tasks.base import Question
 
@@ -24,8 +27,8 @@ def _dialogue(setting="information_exchange"):
     return start([q], setting)[0]
 
 
-def _say(d: Dialogue, speaker: str, text: str, max_turns=10):
-    d.add(Utterance(speaker, text, parse_answer(text), 3, 10, 0, False), max_turns)
+def _say(d: Dialogue, speaker: str, text: str, max_turns=10, closing_turn=False):
+    d.add(Utterance(speaker, text, parse_answer(text), 3, 10, 0, False, closing=d.closing), max_turns, closing_turn)
 
 
 def test_two_consecutive_agreeing_answers_end_the_dialogue():
@@ -53,6 +56,43 @@ def test_turn_cap_and_no_answer():
     for i in range(4):
         _say(d, ("Alice", "Bob")[i % 2], "thinking", max_turns=4)
     assert d.stop == "turn_cap" and d.final_answer == ""
+
+
+def test_closing_turn_asks_the_next_speaker_once_and_its_answer_is_the_prediction():
+    d = _dialogue()
+    for i in range(4):
+        _say(d, ("Alice", "Bob")[i % 2], "thinking", max_turns=4, closing_turn=True)
+    assert not d.done and d.closing and d.next_agent == 0
+    alice, bob = d.messages(0), d.messages(1)
+    assert alice[-1]["role"] == "user" and alice[-1]["content"] == f"thinking\n\n{CLOSING}"
+    assert CLOSING not in str(bob)
+    _say(d, "Alice", "So <A>Paris</A>", max_turns=4, closing_turn=True)
+    assert d.stop == "turn_cap" and d.final_answer == "Paris" and d.utterances[-1].closing
+    # the memory keeps the instruction before the closing answer, roles still alternating
+    alice = d.messages(0)
+    assert [m["role"] for m in alice[-3:]] == ["assistant", "user", "assistant"]
+    assert alice[-2]["content"].endswith(CLOSING) and CLOSING not in str(d.messages(1))
+
+
+@pytest.mark.parametrize("answers, closing_turn", [(("<A>x</A>", "", "", ""), True), (("",) * 4, False)])
+def test_no_closing_turn_after_an_answer_or_when_off(answers, closing_turn):
+    d = _dialogue()
+    for i, text in enumerate(answers):
+        _say(d, ("Alice", "Bob")[i % 2], text or "thinking", max_turns=4, closing_turn=closing_turn)
+    assert d.stop == "turn_cap" and not d.closing and len(d.utterances) == 4
+
+
+def test_utterance_bar_moves_every_turn_and_its_total_tightens():
+    bar = UtteranceBar(3, cap=4, desc="t", file=io.StringIO())
+    assert bar.total == 12
+    bar.begin([0, 2, 4], [False, False, True])  # one starts part-way, one is over
+    assert bar.total == 12 - 2 - 4 and bar.ended == 1
+    bar.spoke(2)
+    bar.end(spoken=1)  # the first ends after one utterance: 3 of its 4 are never said
+    assert bar.n == 2 and bar.total == 3 and bar.ended == 2
+    bar.spoke(1)
+    bar.end(spoken=4)  # the part-way one spoke two (3rd, 4th): the bar is full
+    assert bar.n == bar.total == 3 and bar.ended == 3
 
 
 def test_memory_roles_own_turns_assistant_partner_user():

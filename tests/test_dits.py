@@ -106,7 +106,7 @@ def test_eta_auto_grows_eta_until_the_median_unit_changes_the_target_share(pairs
     facts = spec["selector_facts"]
     trials = facts["eta_calibration"]
     assert [t["eta"] for t in trials] == pytest.approx([1e-7 * 3 ** k for k in range(len(trials))])
-    assert all(len(t["changed_answers"]) == 2 for t in trials)
+    assert all(len(t["changed_scores"]) == 2 for t in trials)
     # the first eta that reaches the target is taken (or the last tried), and the influence uses it
     reached = [t for t in trials if t["median_share"] >= 0.5]
     assert facts["eta"] == (reached[0] if reached else trials[-1])["eta"]

@@ -2,7 +2,7 @@
 
 import pytest
 
-from harness.dits.scoring import combined, degenerate, influence, minmax, resolution
+from harness.dits.scoring import combined, degenerate, influence, minmax, resolution, spearman, split_half
 
 
 @pytest.mark.parametrize("f_after, f_before, eps, expected", [
@@ -71,3 +71,30 @@ def test_spearman(x, y, rho):
     from harness.dits.analyze import spearman
 
     assert spearman(x, y) == (None if rho is None else pytest.approx(rho))
+
+
+@pytest.mark.parametrize("x, y", [
+    ([1, 2, 3, 4], [10, 20, 30, 40]),
+    ([1, 2, 3, 4], [4, 3, 2, 1]),
+    ([0.1, 0.1, 0.3, 0.2, 0.5], [1, 0, 1, 1, 2]),  # ties on both sides
+    ([3, 1, 2, 5, 4, 4], [0.5, 0.2, 0.2, 0.9, 0.1, 0.3]),
+])
+def test_spearman_matches_scipy(x, y):
+    from scipy import stats
+
+    assert spearman(x, y) == pytest.approx(stats.spearmanr(x, y).statistic)
+
+
+@pytest.mark.parametrize("before, after, expected", [
+    # even questions (0, 2) and odd ones (1, 3) rank the three units alike: rho 1
+    ([0, 0, 0, 0], [[1, 1, 0, 0], [0, 0, 0, 0], [1, 1, 1, 1]], 1.0),
+    # the halves rank them in opposite orders
+    ([0, 0, 0, 0], [[1, 0, 1, 0], [0, 1, 0, 1], [0.5, 0.5, 0.5, 0.5]], -1.0),
+    ([0, 0, 0, 0], [[1, 0, 1, 0], [1, 0, 1, 0], [0, 0, 0, 0]], None),  # the odd half gives one value
+    ([0, 0], [[1, 0], [0, 1]], None),  # two units: no reliability to speak of
+])
+def test_split_half_reliability(before, after, expected):
+    got = split_half(before, after)
+    assert got == (None if expected is None else pytest.approx(expected))
+    if after and len(after) >= 3:
+        assert resolution([0.0] * len(after), [], len(before), 1.0, before, after)["split_half_spearman"] == got

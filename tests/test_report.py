@@ -21,6 +21,7 @@ from harness.report.build import build
 from harness.report.check import check
 from harness.report.leaderboard import SCHEMA, document, validate
 from harness.train.suite import budget_points
+from conftest import SMOKE_TASKS
 
 REFERENCE = Path(__file__).resolve().parents[1] / "results" / "reference" / "smoke-arc_c.json"
 
@@ -283,9 +284,15 @@ def test_report_writes_every_table_in_four_formats_and_the_plots(smoke_suite, tm
     assert main(["report", "--suite", str(smoke_suite), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "Δ vs optima_full [95% CI]" in printed and "dits:gamma=0" in printed
-    for name in ("comparison", "cost_ledger", "cost_totals", "cost_per_gain", "cost_to_target", "curve_points"):
+    for name in ("comparison", "cost_ledger", "cost_totals", "cost_per_gain", "cost_to_target", "curve_points",
+                 "influence"):
         for ext in ("md", "csv", "json", "tex"):
             assert (out / f"{name}.{ext}").stat().st_size > 0
+    # one row per influence selection (two DITS labels x two seeds, and their budget points), each
+    # with its resolution as its selection recorded it
+    influence = pd.read_csv(out / "influence.csv")
+    assert set(influence["policy"]) == {"dits:gamma=0", "dits:gamma=1"} and len(influence) == 8
+    assert (influence["distinct_values"] <= influence["units"]).all() and "split_half_spearman" in influence
     numbers = pd.read_csv(out / "comparison.csv")
     assert list(numbers["policy"])[:3] == ["initial", "sft", "optima_full"] and numbers["mean"].between(0, 1).all()
     assert "\\pm" in (out / "comparison.tex").read_text()
@@ -446,6 +453,29 @@ def test_check_passes_against_the_recorded_reference_and_fails_below_it(smoke_su
     first = tmp_path / "first.json"
     assert main(["check", "--suite", str(smoke_suite), "--against", str(first), "--bless", "--keep-lowest"]) == 0
     assert len(json.loads(first.read_text())["scores"]) == 7
+
+
+# tiny-fitted scores F1 0 on the QA tasks' 8 sample test items (it answers with names from its train
+# split), and a row blessed at 0 guards nothing: those runs are checked to finish only.
+UNREFERENCED = ("hotpotqa", "2wmh", "triviaqa")
+
+
+@pytest.mark.parametrize("task", SMOKE_TASKS)
+def test_smoke_runs_every_task_at_or_above_its_reference(smoke_tasks, task, capsys):
+    results = json.loads(next((smoke_tasks / task).glob("run:*/results.json")).read_text())
+    assert results["training"]["it0"]["dpo_pairs"] > 0  # the search kept pairs and DPO trained on them
+    reference = REFERENCE.parent / f"smoke-{task}.json"
+    assert reference.exists() != (task in UNREFERENCED)
+    if reference.exists():
+        assert main(["check", "--suite", str(smoke_tasks / task), "--against", str(reference)]) == 0
+        assert "check passed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("path", sorted(REFERENCE.parent.glob("smoke-*.json")), ids=lambda p: p.stem)
+def test_every_blessed_row_guards_something(path):
+    """A row blessed at 0 (its lowest score on any listed machine) passes whatever the harness does."""
+    rows = json.loads(path.read_text())["scores"]
+    assert all(row["mean"] - row["tolerance"] > 0 for row in rows), [r for r in rows if r["mean"] <= r["tolerance"]]
 
 
 def test_check_reports_missing_rows_and_bad_reference_files(report, tmp_path, capsys):

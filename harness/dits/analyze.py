@@ -10,17 +10,15 @@ Spearman's rank correlation of each estimate with the true gain, and a scatter p
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 
-from scipy import stats
 from tqdm.auto import tqdm
 
 from harness import runs
 from harness.config import SelectConfig
 from harness.dits.influence import ReferencePath, make_units, prepare
-from harness.dits.scoring import influence
+from harness.dits.scoring import influence, spearman
 from harness.errors import HarnessError
 
 ESTIMATES = ("metric_influence", "loss_influence", "q")
@@ -40,21 +38,21 @@ def analyze(pairs: list[dict], cfg: SelectConfig, units: int, steps: int, eval_s
     path = ReferencePath(pairs, cfg, task, policy, validation)
     theta_star = path.warm_up()
     at_theta_star = path.dialogues()
-    f_before, answers_before = path.score(at_theta_star)
+    f_before, answers_before, items_before = path.score(at_theta_star)
     probe = path.loss_probe(theta_star, at_theta_star)
-    g_before, _ = path.validate(evaluation)
+    g_before = path.validate(evaluation)[0]
     all_units = make_units(len(pairs), cfg.unit_size, cfg.seed)
-    eta = path.calibrate(theta_star, all_units, answers_before)[0] if cfg.eta_auto else cfg.eta
+    eta = path.calibrate(theta_star, all_units, answers_before, items_before)[0] if cfg.eta_auto else cfg.eta
     rows = []
     for unit in tqdm(all_units[:units], desc="influence against gain", unit="unit", file=sys.stderr,
                      dynamic_ncols=True):
-        f, _ = path.unit_step(theta_star, unit, eta, answers_before)
+        f = path.unit_step(theta_star, unit, eta, answers_before)[0]
         loss = path.loss_step(theta_star, unit, eta, probe)
         path.restore(theta_star)
         optimizer = path.unit_optimizer(eta)
         for _ in range(steps):
             path.step(optimizer, unit)
-        g, _ = path.validate(evaluation)
+        g = path.validate(evaluation)[0]
         (metric,), (lowered,) = influence([f], f_before, eta), influence([probe[2]], loss, eta)
         rows.append({"unit": unit, "pair_ids": [pairs[i]["pair_id"] for i in unit],
                      "metric_influence": metric, "loss_influence": lowered,
@@ -65,14 +63,6 @@ def analyze(pairs: list[dict], cfg: SelectConfig, units: int, steps: int, eval_s
             "f_before": f_before, "loss_before": probe[2], "evaluation_before": g_before,
             "spearman": {name: spearman([r[name] for r in rows], [r["true_gain"] for r in rows]) for name in ESTIMATES},
             "rows": rows}
-
-
-def spearman(x: list[float], y: list[float]) -> float | None:
-    """Spearman's rho, or None where either side is constant (no ranking to compare)."""
-    if len(set(x)) < 2 or len(set(y)) < 2:
-        return None
-    rho = stats.spearmanr(x, y).statistic
-    return None if math.isnan(rho) else float(rho)
 
 
 def plot(result: dict, path: Path) -> None:

@@ -91,6 +91,10 @@ class Estimate:
     drafts: dict = field(default_factory=dict)
     unit_seconds: dict = field(default_factory=dict)  # the unit steps' seconds: the steps, the validation
     path: str = ""  # the influence path taken (`path_for`)
+    # Each validation question's score at theta* and after each unit's step (metric influence): the
+    # split-half reliability of I reads them (`scoring.split_half`)
+    items_before: list[float] = field(default_factory=list)
+    items_after: list[list[float]] = field(default_factory=list)
 
     def per_pair(self, values: list[float], n: int) -> list[float]:
         out = [0.0] * n
@@ -107,6 +111,7 @@ class Start:
     theta_star: list[torch.Tensor]
     f_before: float
     answers_before: list[str]
+    items_before: list[float]
     units: list[list[int]]
     eta: float
     trials: list[dict]
@@ -131,7 +136,8 @@ def estimate(pairs: list[dict], cfg: SelectConfig, cache_dir: Path | None, kind:
     task, policy, validation = prepare(pairs, cfg)
     key_data = {"pairs": [[p["pair_id"], p["chosen"], p["rejected"]] for p in pairs],
                 "policy": pairs[0]["policy"]["sha256"], "validation": [q.id for q in validation],
-                "knobs": {k: getattr(cfg, k) for k in KNOBS}, "kind": kind, "answer_mode": answer_mode(pairs)}
+                "knobs": {k: getattr(cfg, k) for k in KNOBS}, "kind": kind, "answer_mode": answer_mode(pairs),
+                "closing_turn": closing_turn(pairs)}
     key = hashlib.sha256(json.dumps(key_data, sort_keys=True).encode()).hexdigest()[:16]
     cached = cache_dir / f"{key}.json" if cache_dir else None
     if cached and cached.exists():
@@ -148,6 +154,12 @@ def answer_mode(pairs: list[dict]) -> str:
     """The answer mode the pairs were grown in (`harness synth` records it; older pairs: generate):
     validation dialogues read answers the same way."""
     return pairs[0].get("answer_mode", "generate") if pairs else "generate"
+
+
+def closing_turn(pairs: list[dict]) -> bool:
+    """Whether the pairs' dialogues had the closing answer turn (older pairs: no); validation
+    dialogues run the same way."""
+    return bool(pairs and pairs[0].get("closing_turn", False))
 
 
 def path_for(cfg: SelectConfig, pairs: list[dict]) -> str:
@@ -264,19 +276,20 @@ class ReferencePath:
             dialogues = start(questions, self.task.setting)
         return run_dialogues(dialogues, backend or self.backend,
                              DialogueConfig(cfg.max_turns, cfg.max_new_tokens, 0.0, lookahead=lookahead,
-                                            answer_mode=answer_mode(self.pairs)), cfg.seed)
+                                            answer_mode=answer_mode(self.pairs),
+                                            closing_turn=closing_turn(self.pairs)), cfg.seed)
 
     def theta_star_dialogues(self):
         """The validation dialogues at theta*, which every unit's are compared with."""
         return self.dialogues()
 
-    def score(self, dialogues) -> tuple[float, list[str]]:
-        """F of finished dialogues (the task's metric) and their final answers."""
+    def score(self, dialogues) -> tuple[float, list[str], list[float]]:
+        """F of finished dialogues (the task's metric), their final answers and their own scores."""
         scores = [dialogue_score(d, self.task.metric, self.tokenizer) for d in dialogues]
-        return sum(scores) / len(scores), [d.final_answer for d in dialogues]
+        return sum(scores) / len(scores), [d.final_answer for d in dialogues], scores
 
-    def validate(self, questions=None) -> tuple[float, list[str]]:
-        """F on the validation questions (or `questions`) and their final answers."""
+    def validate(self, questions=None) -> tuple[float, list[str], list[float]]:
+        """F on the validation questions (or `questions`), their final answers and their scores."""
         return self.score(self.dialogues(questions))
 
     def validation_pairs(self, dialogues) -> list[EncodedPair]:
@@ -313,16 +326,18 @@ class ReferencePath:
         self.unit_seconds["step"] += time.perf_counter() - started
 
     def unit_step(self, theta_star: list[torch.Tensor], unit: list[int], eta: float,
-                  answers_before: list[str]) -> tuple[float, int]:
-        """F after one step on `unit` from theta*, and how many validation answers it changed."""
+                  answers_before: list[str]) -> tuple[float, int, list[float]]:
+        """F after one step on `unit` from theta*, how many validation answers it changed, and each
+        validation question's score."""
         self.step_from(theta_star, unit, eta)
         started = time.perf_counter()
-        f, answers = self.validate()
+        f, answers, items = self.validate()
         self.unit_seconds["validation"] += time.perf_counter() - started
-        return f, sum(a != b for a, b in zip(answers, answers_before))
+        return f, sum(a != b for a, b in zip(answers, answers_before)), items
 
     def unit_scores(self, theta_star, units, eta: float, answers_before, desc: str | None = None, between=None):
-        """Per unit, F after one step on it from theta* and how many validation answers it changed.
+        """Per unit, F after one step on it from theta*, how many validation answers it changed and
+        each validation question's score.
         `between(i)`, if given, runs after unit i's own work (a benchmark interleaves another path's)."""
         scored = []
         for i, unit in enumerate(progress(units, desc)):
@@ -331,19 +346,21 @@ class ReferencePath:
                 between(i)
         return scored
 
-    def calibrate(self, theta_star, units, answers_before) -> tuple[float, list[dict]]:
-        """The smallest eta x 3^k whose median calibration unit changes the target share of answers."""
+    def calibrate(self, theta_star, units, answers_before, items_before) -> tuple[float, list[dict]]:
+        """The smallest eta x 3^k whose median calibration unit changes the target share of the
+        validation questions' scores (a changed answer that scores the same moves no influence)."""
         cfg = self.cfg
         probe = units[:cfg.eta_calibration_units]
         trials = []
         for k in range(cfg.eta_auto_steps + 1):
             eta = cfg.eta * ETA_GROWTH ** k
-            changed = sorted(c for _, c in self.unit_scores(theta_star, probe, eta, answers_before))
+            changed = sorted(sum(a != b for a, b in zip(items, items_before))
+                             for _, _, items in self.unit_scores(theta_star, probe, eta, answers_before))
             share = statistics.median(changed) / len(self.validation)
-            trials.append({"eta": eta, "changed_answers": changed, "median_share": share})
+            trials.append({"eta": eta, "changed_scores": changed, "median_share": share})
             if share >= cfg.eta_target_share:
                 return eta, trials
-        log.warning("eta auto: even eta %.3g changed a median %.0f%% of the validation answers (target %.0f%%); "
+        log.warning("eta auto: even eta %.3g changed a median %.0f%% of the validation scores (target %.0f%%); "
                     "using it", trials[-1]["eta"], 100 * trials[-1]["median_share"], 100 * cfg.eta_target_share)
         return trials[-1]["eta"], trials
 
@@ -378,35 +395,38 @@ class ReferencePath:
         theta_star = self.warm_up()
         warmed = time.time()
         at_theta_star = self.theta_star_dialogues()
-        f_before, answers_before = self.score(at_theta_star)
+        f_before, answers_before, items_before = self.score(at_theta_star)
         units = make_units(len(self.pairs), cfg.unit_size, cfg.seed)
-        eta, trials = self.calibrate(theta_star, units, answers_before) if cfg.eta_auto else (cfg.eta, [])
+        eta, trials = (self.calibrate(theta_star, units, answers_before, items_before) if cfg.eta_auto
+                       else (cfg.eta, []))
         probe = None
         if kind == "loss":
             probe = self.loss_probe(theta_star, at_theta_star)
             f_before = probe[2]
-        return Start(theta_star, f_before, answers_before, units, eta, trials, probe,
+        return Start(theta_star, f_before, answers_before, items_before, units, eta, trials, probe,
                      {"warmup": warmed - started, "calibration": time.time() - warmed})
 
     def run(self, kind: str = "metric") -> Estimate:
         start = self.begin(kind)
         started = time.time()
         if kind == "loss":  # no dialogues after the step: no answers to compare
-            scored = [(self.loss_step(start.theta_star, unit, start.eta, start.probe), None)
+            scored = [(self.loss_step(start.theta_star, unit, start.eta, start.probe), None, None)
                       for unit in progress(start.units, "loss influence units")]
         else:
             scored = self.unit_scores(start.theta_star, start.units, start.eta, start.answers_before,
                                       "metric influence units")
         return self.finish(start, scored, time.time() - started)
 
-    def finish(self, start: Start, scored: list[tuple[float, int | None]], units_seconds: float) -> Estimate:
-        """The estimate from the units' (F or loss, changed answers), theta* restored."""
+    def finish(self, start: Start, scored: list[tuple], units_seconds: float) -> Estimate:
+        """The estimate from the units' (F or loss, changed answers, item scores), theta* restored."""
         self.restore(start.theta_star)
-        changed = [c for _, c in scored if c is not None]
-        return Estimate(start.units, start.f_before, [f for f, _ in scored], changed,
+        changed = [c for _, c, _ in scored if c is not None]
+        items = [i for _, _, i in scored if i is not None]
+        return Estimate(start.units, start.f_before, [f for f, _, _ in scored], changed,
                         [q.id for q in self.validation], {**start.seconds, "units": units_seconds}, start.eta,
                         self.dialogues_run, self.backend.usage.as_dict(), start.trials, drafts=dict(self.account),
-                        unit_seconds=self.unit_seconds, path=PATH_NAMES[type(self)])
+                        unit_seconds=self.unit_seconds, path=PATH_NAMES[type(self)],
+                        items_before=start.items_before if items else [], items_after=items)
 
 
 @dataclass
@@ -539,8 +559,8 @@ class FastPath(ReferencePath):
             self.account["decode_seconds"] += seconds
             self.unit_seconds["validation"] += seconds
             for dialogues in outcomes:
-                f, answers = self.score(dialogues)
-                scored.append((f, sum(a != b for a, b in zip(answers, answers_before))))
+                f, answers, items = self.score(dialogues)
+                scored.append((f, sum(a != b for a, b in zip(answers, answers_before)), items))
             bar.set_postfix_str("")
         bar.close()
         return scored
@@ -561,7 +581,7 @@ class FastPath(ReferencePath):
                 continue
             again = start([d.question], self.task.setting)[0]
             for u in d.utterances[:k]:  # theta' says these turns as theta* did
-                again.add(u, self.cfg.max_turns)
+                again.add(u, self.cfg.max_turns, closing_turn(self.pairs))
             # The checks computed the agents' keys/values up to the divergence and past it: decoding
             # reuses them where its prompts agree (the diverging agent's whole prompt at that turn),
             # rounded as the checker's merged weights round.

@@ -41,15 +41,57 @@ def degenerate(distinct: int, units: int, gamma: float) -> str | None:
     return "fell back to Q" if gamma > 0 else "fell back to pool order"
 
 
-def resolution(f_after: list[float], changed_answers: list[int], validation_size: int, gamma: float) -> dict:
+def ranks(values: list[float]) -> list[float]:
+    """1-based ranks, ties sharing their mean rank."""
+    order = sorted(range(len(values)), key=values.__getitem__)
+    out = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in order[i:j + 1]:
+            out[k] = (i + j) / 2 + 1
+        i = j + 1
+    return out
+
+
+def spearman(x: list[float], y: list[float]) -> float | None:
+    """Spearman's rho (Pearson's r of the tie-averaged ranks), or None where either side is
+    constant: there is no ranking to compare."""
+    if len(set(x)) < 2 or len(set(y)) < 2:
+        return None
+    rx, ry = ranks(x), ranks(y)
+    mx, my = statistics.fmean(rx), statistics.fmean(ry)
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    return cov / (sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry)) ** 0.5
+
+
+def split_half(items_before: list[float], items_after: list[list[float]]) -> float | None:
+    """The split-half reliability of influence: Spearman's rho across units between the influence
+    estimated on the even-numbered validation questions and on the odd-numbered ones (None with
+    fewer than 3 units or 2 questions, or where a half gives every unit one value)."""
+    n = len(items_before)
+    if len(items_after) < 3 or n < 2:
+        return None
+    halves = [[statistics.fmean(after[i] - items_before[i] for i in half) for after in items_after]
+              for half in (range(0, n, 2), range(1, n, 2))]
+    return spearman(*halves)
+
+
+def resolution(f_after: list[float], changed_answers: list[int], validation_size: int, gamma: float,
+               items_before: list[float] = (), items_after: list[list[float]] = ()) -> dict:
     """How finely a step size resolves the units: distinct F values, units sharing a value, whether
-    that is too coarse to rank by (`degenerate`: what H fell back to, or None), and how many
-    validation answers each unit's step changed (median and range; absent where the estimate ran no
-    dialogues after the steps, as loss influence)."""
+    that is too coarse to rank by (`degenerate`: what H fell back to, or None), how many validation
+    answers each unit's step changed (median and range), and the split-half reliability of the
+    ranking (`split_half`; the last two absent where the estimate ran no dialogues after the steps,
+    as loss influence)."""
     counts = Counter(f_after)
     out = {"units": len(f_after), "distinct_values": len(counts),
            "tied_units": sum(n for n in counts.values() if n > 1), "validation_size": validation_size,
            "degenerate": degenerate(len(counts), len(f_after), gamma)}
+    if items_after:
+        out["split_half_spearman"] = split_half(list(items_before), list(items_after))
     if changed_answers:
         out |= {"changed_answers_median": statistics.median(changed_answers),
                 "changed_answers_min": min(changed_answers), "changed_answers_max": max(changed_answers)}

@@ -36,7 +36,8 @@ class DITSSelector(Selector):
             "validation_dialogues": est.validation_dialogues, "reused_estimate": est.reused,
             # The reference ranks by F(theta') itself; same order, recorded for comparison.
             "reference_rank_value": est.per_pair(est.f_after, len(pairs)),
-            "resolution": resolution(est.f_after, est.changed_answers, len(est.validation_ids), cfg.gamma),
+            "resolution": resolution(est.f_after, est.changed_answers, len(est.validation_ids), cfg.gamma,
+                                     est.items_before, est.items_after),
         }
         fallback = facts["resolution"]["degenerate"]
         if fallback:

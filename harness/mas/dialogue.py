@@ -17,6 +17,10 @@ without an answer, such as the debate critic's, neither count nor break the chai
 cap. In choice mode every utterance bears one, so with two agents this is "every agent's latest
 choice agrees after each has spoken". The prediction is the last answer given; a dialogue without
 any answer predicts "".
+
+With ``closing_turn``, a dialogue that reaches the turn cap without any answer gets one more
+utterance: the agent whose turn it is (in debate, with the even caps of every preset, the solver) is
+told the turns are over and asked for its answer (``CLOSING``, added to its memory's last message).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import re
 from dataclasses import dataclass, field
 
 from harness.backends.base import Backend, Choice, Completion, Request, Sampling
+from harness.mas.progress import UtteranceBar
 from harness.mas.prompts import opening, system_prompts
 from tasks.base import ANSWER_MODES, Question
 
@@ -33,6 +38,7 @@ NAMES = ("Alice", "Bob")
 # One line, last match wins, a missing ">" on the closing tag tolerated (as the reference parser).
 ANSWER = re.compile(r"<A>(.*?)</A")
 _keys = itertools.count()
+CLOSING = "The turns are over: give your final answer now, as <A>answer</A>."
 
 
 def parse_answer(text: str) -> str:
@@ -52,6 +58,11 @@ class DialogueConfig:
     top_p: float = 1.0
     lookahead: int = 0  # Sampling.lookahead
     answer_mode: str = "generate"  # ANSWER_MODES; choice applies to questions with options
+    closing_turn: bool = False  # one closing answer turn for a dialogue capped without an answer
+
+    @property
+    def max_utterances(self) -> int:
+        return self.max_turns + self.closing_turn
 
     def __post_init__(self):
         if self.answer_mode not in ANSWER_MODES:
@@ -69,11 +80,12 @@ class Utterance:
     truncated: bool  # hit the utterance token cap
     choice_logprobs: list[float] | None = None  # answer_mode=choice: each option's log-likelihood
     answer_norm: str = ""  # answer_mode=choice: the option with the best log-likelihood per byte
+    closing: bool = False  # said in the closing answer turn, after CLOSING
 
     @classmethod
-    def from_completion(cls, speaker: str, c: Completion) -> "Utterance":
+    def from_completion(cls, speaker: str, c: Completion, closing: bool = False) -> "Utterance":
         return cls(speaker, c.text, parse_answer(c.text), c.completion_tokens, c.prompt_tokens,
-                   c.cached_tokens, c.finish_reason == "length")
+                   c.cached_tokens, c.finish_reason == "length", closing=closing)
 
 
 @dataclass
@@ -85,6 +97,7 @@ class Dialogue:
     stop: str = ""  # "agreement" | "turn_cap"
     key: str = field(default_factory=lambda: f"dlg{next(_keys)}")
     adapter: str | None = None  # the LoRA adapter both agents speak with (Request.adapter)
+    closing: bool = False  # capped without an answer: the next utterance is the closing turn
 
     @property
     def done(self) -> bool:
@@ -101,22 +114,27 @@ class Dialogue:
     def messages(self, agent: int) -> list[dict]:
         """The agent's memory as chat messages: own turns `assistant`, the partner's `user`."""
         name = NAMES[agent]
-        head = [{"role": "system", "content": self.systems[agent]}]
+        out = [{"role": "system", "content": self.systems[agent]}]
         if agent == 0:
-            head.append({"role": "user", "content": opening(self.question.question)})
-        return head + [
-            {"role": "assistant" if u.speaker == name else "user", "content": u.text}
-            for u in self.utterances
-        ]
+            out.append({"role": "user", "content": opening(self.question.question)})
+        for u in self.utterances:
+            if u.closing and u.speaker == name:
+                out = close(out)
+            out.append({"role": "assistant" if u.speaker == name else "user", "content": u.text})
+        return close(out) if self.closing and agent == self.next_agent else out
 
-    def add(self, utterance: Utterance, max_turns: int) -> None:
+    def add(self, utterance: Utterance, max_turns: int, closing_turn: bool = False) -> None:
         self.utterances.append(utterance)
+        self.closing = False
         if utterance.answer:
             if self.final_answer and same_answer(utterance.answer, self.final_answer):
                 self.stop = "agreement"
             self.final_answer = utterance.answer
         if not self.stop and len(self.utterances) >= max_turns:
-            self.stop = "turn_cap"
+            if closing_turn and not self.final_answer and not utterance.closing:
+                self.closing = True
+            else:
+                self.stop = "turn_cap"
 
     @property
     def final_answer_norm(self) -> str:
@@ -130,12 +148,18 @@ class Dialogue:
         return out
 
 
+def close(messages: list[dict]) -> list[dict]:
+    """The memory with the closing instruction added to its last message (so roles still alternate)."""
+    last = messages[-1]
+    return messages[:-1] + [{**last, "content": f"{last['content']}\n\n{CLOSING}"}]
+
+
 def start(questions: list[Question], setting: str) -> list[Dialogue]:
     return [Dialogue(q, system_prompts(setting, q.question, q.contexts, NAMES)) for q in questions]
 
 
 def run_dialogues(dialogues: list[Dialogue], backend: Backend, cfg: DialogueConfig, seed: int,
-                  progress=None, release: bool = True) -> list[Dialogue]:
+                  progress: UtteranceBar | None = None, release: bool = True) -> list[Dialogue]:
     """Advance every dialogue to its end: one batched generate call per turn.
 
     Dialogues may start part-way (a tree-search rollout replays the path it starts from); each
@@ -145,26 +169,28 @@ def run_dialogues(dialogues: list[Dialogue], backend: Backend, cfg: DialogueConf
     """
     sampling = Sampling(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
                         lookahead=cfg.lookahead)
+    if progress is not None:
+        progress.begin([len(d.utterances) for d in dialogues], [d.done for d in dialogues])
     for step in itertools.count():
         active = [d for d in dialogues if not d.done]
         if not active:
             break
-        if progress is not None:
-            progress.set_postfix(turn=step + 1, active=len(active))
         agents = [d.next_agent for d in active]
         requests = [Request(d.messages(a), cache_key=d.cache_key(a), adapter=d.adapter)
                     for d, a in zip(active, agents)]
         completions = backend.generate(requests, sampling, seed=seed * 1000 + step)
-        said = [Utterance.from_completion(NAMES[a], c) for a, c in zip(agents, completions)]
+        said = [Utterance.from_completion(NAMES[a], c, d.closing) for d, a, c in zip(active, agents, completions)]
         if cfg.answer_mode == "choice":
             choose(active, agents, said, backend)
+        if progress is not None:
+            progress.spoke(len(active))
         for d, a, u in zip(active, agents, said):
-            d.add(u, cfg.max_turns)
+            d.add(u, cfg.max_turns, cfg.closing_turn)
             if d.done:
                 if release:
                     backend.release(f"{d.key}/")
                 if progress is not None:
-                    progress.update(1)
+                    progress.end(len(d.utterances))
     return dialogues
 
 

@@ -27,6 +27,7 @@ class Report:
     cost_to_target: pd.DataFrame
     target: str
     baselines: tuple[str, ...]
+    influence: pd.DataFrame
     plots: list[str] = field(default_factory=list)
 
     def tables(self) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
@@ -37,7 +38,8 @@ class Report:
                 "cost_totals": (totals, _rounded(totals)),
                 "cost_per_gain": (self.cost_per_gain, _rounded(self.cost_per_gain)),
                 "cost_to_target": (self.cost_to_target, _rounded(self.cost_to_target)),
-                "curve_points": (self.curve_points, _rounded(self.curve_points))}
+                "curve_points": (self.curve_points, _rounded(self.curve_points)),
+                "influence": (self.influence, _rounded(self.influence))}
 
 
 def suite_dir(suite: str) -> Path:
@@ -67,7 +69,8 @@ def build(suite: str, baselines=tables.BASELINES, target: str | None = None,
         raise HarnessError(f"--target {target}: not a trained policy of {root} ({', '.join(trained)})")
     target = target or ("optima_full" if "optima_full" in trained else None)
     return Report(root, found, comparison, book, costs.cost_per_gain(comparison, book, baselines), points,
-                  costs.cost_to_target(points, target), target or "-", tuple(baselines))
+                  costs.cost_to_target(points, target), target or "-", tuple(baselines),
+                  tables.influence_resolution(found))
 
 
 def output_dir(report: Report, out: Path) -> Path:

@@ -22,6 +22,10 @@ SCHEMA = json.loads(SCHEMA_PATH.read_text())
 REPORTED = json.loads((HERE / "reported.json").read_text())
 
 
+INFLUENCE_HEADING = ("## Influence resolution (per selection: distinct values over units, split-half Spearman "
+                     "between the two halves of V)")
+
+
 def document(report: Report) -> dict:
     """The leaderboard as data: what leaderboard.json holds and the other formats show."""
     return {
@@ -37,6 +41,7 @@ def document(report: Report) -> dict:
         "cost_totals": _records(report.ledger[report.ledger["stage"] == "total"]),
         "cost_per_gain": _records(report.cost_per_gain),
         "cost_to_target": _records(report.cost_to_target),
+        "influence": _records(report.influence),
         "plots": report.plots,
         "reported": REPORTED,
     }
@@ -85,6 +90,8 @@ def markdown(report: Report, doc: dict) -> str:
              "## Cost per gain (training cost over a baseline, per metric point x100)", "",
              _rounded(report.cost_per_gain).to_markdown(index=False) if len(report.cost_per_gain) else "(no baseline in the suite)",
              "", f"## Cost to reach {report.target}'s score", "", _rounded(report.cost_to_target).to_markdown(index=False),
+             "", INFLUENCE_HEADING, "", _rounded(report.influence).to_markdown(index=False)
+             if len(report.influence) else "(no influence selector in the suite)",
              "", "## Cost per run", "", _rounded(totals[["task", "policy", "seed", "budget", "generated_tokens",
                                                         "prompt_tokens", "training_steps", "wall_seconds"]]).to_markdown(index=False),
              "", "## Plots", "", *[f"![{p}]({p})" for p in report.plots], "",
@@ -159,6 +166,8 @@ def page(report: Report, doc: dict) -> str:
         if len(report.cost_per_gain) else "<p>No baseline in the suite.</p>",
         f"<h2>Cost to reach {html.escape(report.target)}'s score</h2>",
         _table_html(_rounded(report.cost_to_target), "cost-to-target", True),
+        f"<h2>{html.escape(INFLUENCE_HEADING[3:])}</h2>", _table_html(_rounded(report.influence), "influence", True)
+        if len(report.influence) else "<p>No influence selector in the suite.</p>",
         "<h2>Plots</h2>", *[f'<img src="{html.escape(p)}" alt="{html.escape(p)}">' for p in report.plots],
         f"<h2 class=\"reported\">Reported by the paper ({html.escape(REPORTED['status'])})</h2>",
         (f"<p class=\"reported\">{html.escape(REPORTED['source'])}; {html.escape(REPORTED['model'])}. "

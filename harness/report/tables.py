@@ -24,6 +24,7 @@ from harness.errors import HarnessError
 from harness.report import power
 from harness.report.power import CONFIDENCE, TIE
 from harness.report.records import Run
+from harness.selection import SELECTORS
 
 # The policies every difference is against unless --baselines names others; the one declaration.
 BASELINES = ("optima_full", "random", "qvalue")
@@ -32,6 +33,9 @@ FIXED_POLICIES = ("initial", "sft")  # shared by every run of a seed
 # selectors) after, by name.
 ORDER = (*FIXED_POLICIES, *BASELINES)
 # versus() key -> comparison column suffix (`vs_<baseline><suffix>`).
+INFLUENCE_COLUMNS = ["task", "policy", "budget", "seed", "iteration", "units", "validation_size", "distinct_values",
+                     "tied_units", "changed_answers_median", "split_half_spearman", "eta", "path", "reused",
+                     "degenerate"]
 VERSUS_COLUMNS = {"diff": "", "low": "_low", "high": "_high", "n": "_n", "seeds": "_seeds", "sd": "_sd", "mdd": "_mdd"}
 
 
@@ -90,6 +94,26 @@ def influence_fallback(runs: list[Run]) -> str | None:
     if not hits:
         return None
     return hits[0] if len(hits) == len(found) else f"{hits[0]} in {len(hits)} of {len(found)} selections"
+
+
+def influence_resolution(runs: list[Run]) -> pd.DataFrame:
+    """Per influence selection (run, iteration): its units, distinct values, tied units, the
+    validation answers a unit's step changed, its split-half reliability and what it fell back to."""
+    rows = []
+    for run in runs:
+        if not SELECTORS.get(run.selector).influence:
+            continue
+        for it in range(run.iterations):
+            facts = run.selection_facts(it)
+            res = facts["resolution"]
+            rows.append({"task": run.task, "policy": run.label, "budget": run.budget or "-", "seed": run.seed,
+                         "iteration": it, "units": res["units"], "validation_size": res["validation_size"],
+                         "distinct_values": res["distinct_values"], "tied_units": res["tied_units"],
+                         "changed_answers_median": res.get("changed_answers_median"),
+                         "split_half_spearman": res.get("split_half_spearman"), "eta": facts["eta"],
+                         "path": facts.get("influence_path", "-"), "reused": facts["reused_estimate"],
+                         "degenerate": res.get("degenerate") or "-"})
+    return pd.DataFrame(rows, columns=INFLUENCE_COLUMNS)
 
 
 def interval_note(kinds: dict[str, str]) -> str:

@@ -70,11 +70,11 @@ class Tree:
             node_id = self.nodes[node_id].parent
         return out[::-1]
 
-    def dialogue(self, node_id: int, key: str, max_turns: int) -> Dialogue:
+    def dialogue(self, node_id: int, key: str, max_turns: int, closing_turn: bool = False) -> Dialogue:
         """The dialogue as it stands at a node, ready to be continued."""
         d = Dialogue(self.question, self.systems, key=key)
         for node in self.path(node_id):
-            d.add(node.utterance, max_turns)
+            d.add(node.utterance, max_turns, closing_turn)
         return d
 
     def expandable(self) -> list[Node]:

@@ -34,10 +34,12 @@ def extract_pairs(tree: Tree, rule: PairRule) -> list[dict]:
         if best.q <= rule.dpo_epsilon or best.q - worst.q <= rule.dpo_min_gap:
             continue
         agent = node.next_agent
+        at = tree.dialogue(node.id, key="", max_turns=node.depth + 1)
+        at.closing = best.utterance.closing  # closing answers were said after the closing instruction
         pairs.append({
             "pair_id": f"{tree.tree_id}/n{node.id}", "tree_id": tree.tree_id, "question_id": tree.question.id,
             "node_id": node.id, "depth": node.depth, "speaker": best.utterance.speaker,
-            "prompt": tree.dialogue(node.id, key="", max_turns=node.depth + 1).messages(agent),
+            "prompt": at.messages(agent),
             "chosen": best.text, "rejected": worst.text, "q_chosen": best.q, "q_rejected": worst.q,
             "visits_chosen": best.visits, "visits_rejected": worst.visits,
             "chosen_node": best.id, "rejected_node": worst.id,

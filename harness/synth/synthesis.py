@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 from tabulate import tabulate
-from tqdm.auto import tqdm
 
 from harness import config as cfgmod
 from harness import models, runs
@@ -33,6 +32,7 @@ from harness.config import SynthConfig
 from harness.errors import HarnessError
 from harness.evaluation import dialogue_score, seed_everything
 from harness.mas.dialogue import DialogueConfig, run_dialogues, start
+from harness.mas.progress import UtteranceBar
 from harness.mas.prompts import system_prompts
 from harness.synth.mcts import Tree
 from harness.synth.pairs import PairRule, extract_pairs
@@ -123,7 +123,8 @@ def synthesize(config: SynthConfig | None = None, resume: bool = False, **overri
             found = extract_pairs(tree, rule)
             if not found:
                 log.warning("tree %s: no node has children far enough apart in Q for a pair", tree.tree_id)
-            pairs += [{**p, "task": cfg.task, "policy": policy, "seed": cfg.seed, "answer_mode": cfg.answer_mode}
+            pairs += [{**p, "task": cfg.task, "policy": policy, "seed": cfg.seed, "answer_mode": cfg.answer_mode,
+                       "closing_turn": cfg.closing_turn}
                       for p in found]
         wall = time.time() - started
 
@@ -157,8 +158,8 @@ def probe(path: Path, questions: list[Question], setting: str, backend: Backend,
         return json.loads(path.read_text())
     before, started = backend.usage.as_dict(), time.time()
     dialogue_cfg = DialogueConfig(cfg.max_turns, cfg.max_new_tokens, cfg.probe_temperature, cfg.top_p,
-                                  answer_mode=cfg.answer_mode)
-    with tqdm(total=len(questions), desc="probe", unit="dialogue", file=sys.stderr, dynamic_ncols=True) as bar:
+                                  answer_mode=cfg.answer_mode, closing_turn=cfg.closing_turn)
+    with UtteranceBar(len(questions), dialogue_cfg.max_utterances, "probe") as bar:
         dialogues = run_dialogues(start(questions, setting), backend, dialogue_cfg,
                                   derive_seed(cfg.seed, "probe"), bar)
     tokens = [sum(u.completion_tokens for u in d.utterances) for d in dialogues]
@@ -186,7 +187,7 @@ class Search:
         self.cfg, self.backend, self.scorer, self.reward_cfg = cfg, backend, scorer, reward_cfg
         self.metric, self.tokenizer, self.setting = metric, tokenizer, setting
         self.dialogue_cfg = DialogueConfig(cfg.max_turns, cfg.max_new_tokens, cfg.rollout_temperature, cfg.top_p,
-                                           answer_mode=cfg.answer_mode)
+                                           answer_mode=cfg.answer_mode, closing_turn=cfg.closing_turn)
         self.nll: dict[str, float] = {}
         self.resumed = 0
 
@@ -203,8 +204,8 @@ class Search:
         self.resumed = sum(map(len, kept))
         per_tree = cfg.explore_time * cfg.expand_time
         records = {r["tree_id"]: r for batch in kept for r in batch}
-        with tqdm(total=len(pool) * per_tree, initial=self.resumed * per_tree, desc="tree search",
-                  unit="rollout", file=sys.stderr, dynamic_ncols=True) as bar:
+        with UtteranceBar(len(pool) * per_tree, self.dialogue_cfg.max_utterances, "tree search",
+                          done=self.resumed * per_tree) as bar:
             for index, batch in enumerate(batches):
                 if all(self.tree_id(q) in records for q in batch):
                     continue
@@ -232,10 +233,10 @@ class Search:
                 node = tree.select(cfg.select_distance, cfg.select_top_k)
                 # Slot keys per tree and rollout index, kept across iterations: the next rollout
                 # on a key reuses the system prompt and whatever path it shares with the last.
-                rollouts += [(tree, node, tree.dialogue(node.id, f"b{batch}t{t}r{j}", cfg.max_turns))
+                rollouts += [(tree, node, tree.dialogue(node.id, f"b{batch}t{t}r{j}", cfg.max_turns,
+                                                             cfg.closing_turn))
                              for j in range(cfg.expand_time)]
             dialogues = [d for _, _, d in rollouts]
-            bar.update(sum(d.done for d in dialogues))
             run_dialogues(dialogues, backend, self.dialogue_cfg, derive_seed(cfg.seed, "search", batch, iteration),
                           bar, release=False)
             self.score_utterances(dialogues)

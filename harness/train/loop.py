@@ -46,7 +46,7 @@ from tasks.metrics import METRICS
 
 # Keys every stage must agree on: the run's values replace the sections'.
 IDENTITY = ("task", "seed", "data_dir", "online", "backend", "device", "dtype", "context_mode", "metric",
-            "max_turns", "kv_cache", "answer_mode")
+            "max_turns", "kv_cache", "answer_mode", "closing_turn")
 # Run keys that act only from the selection on: they do not change the shared stages.
 SELECTION_KEYS = ("selector", "gamma", "alpha", "iterations", "suite", "out", "budget") + tuple(
     f.name for f in dataclasses.fields(RunConfig) if f.name.startswith("dpo_"))
@@ -262,7 +262,7 @@ class Pipeline:
             backend = self.backend(policy)
             scorer = backend if policy == run.model else self.backend(run.model)
             dialogue_cfg = DialogueConfig(run.max_turns, run.max_new_tokens, run.sft_temperature, synth.top_p,
-                                          answer_mode=run.answer_mode)
+                                          answer_mode=run.answer_mode, closing_turn=run.closing_turn)
             groups = sample_dialogues(questions, self.task.setting, backend, run.sft_samples, dialogue_cfg,
                                       derive_seed(run.seed, "sft_data", out.parent.name))
             texts = list(dict.fromkeys(u.text for g in groups for d in g for u in d.utterances))
@@ -441,6 +441,9 @@ def _selection_line(spec: dict) -> str:
     res = spec.get("selector_facts", {}).get("resolution")
     if res:
         line += f"; influence: {res['distinct_values']} distinct values over {res['units']} units"
+        if "split_half_spearman" in res:
+            rho = res["split_half_spearman"]
+            line += f", split-half Spearman {'-' if rho is None else f'{rho:+.2f}'}"
         if res.get("degenerate"):
             line += f", degenerate: {res['degenerate']}"
     return line

@@ -10,13 +10,12 @@ examples, Alice's memory and Bob's, and SFT trains each on that agent's own utte
 from __future__ import annotations
 
 import dataclasses
-import sys
 
-from tqdm.auto import tqdm
 
 from harness.backends.base import Backend
 from harness.evaluation import dialogue_score
 from harness.mas.dialogue import NAMES, Dialogue, DialogueConfig, run_dialogues, start
+from harness.mas.progress import UtteranceBar
 from harness.synth.reward import RewardConfig, reward
 from tasks.base import Question
 
@@ -41,7 +40,7 @@ def sample_dialogues(questions: list[Question], setting: str, backend: Backend, 
     """`samples` sampled dialogues per question, run `backend.batch_size` dialogues at a time."""
     flat = [q for q in questions for _ in range(samples)]
     dialogues: list[Dialogue] = []
-    with tqdm(total=len(flat), desc="sft data", unit="dialogue", file=sys.stderr, dynamic_ncols=True) as bar:
+    with UtteranceBar(len(flat), cfg.max_utterances, "sft data") as bar:
         for i in range(0, len(flat), backend.batch_size):
             dialogues += run_dialogues(start(flat[i:i + backend.batch_size], setting), backend, cfg,
                                        seed * 1000 + i, bar)

@@ -103,6 +103,21 @@ def _save_merged(trainer, tokenizer, out: Path, name: str) -> str:
     return sha
 
 
+def _train(trainer):
+    """trainer.train(), its bar showing the latest loss instead of printing every step's log dict
+    (`--log-level debug` keeps the dicts). Every logged row is in the stage's record anyway."""
+    from transformers.trainer_callback import ProgressCallback
+
+    class LossOnBar(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and self.training_bar is not None and "loss" in (logs or {}):
+                self.training_bar.set_postfix(loss=f"{logs['loss']:.4g}", refresh=False)
+
+    if not log.isEnabledFor(logging.DEBUG) and trainer.pop_callback(ProgressCallback):
+        trainer.add_callback(LossOnBar)
+    return trainer.train()
+
+
 def _metrics(trainer) -> list[dict]:
     return [{k: v for k, v in row.items() if k in LOGGED or k in ("step", "epoch", "train_loss", "train_runtime")}
             for row in trainer.state.log_history]
@@ -127,7 +142,7 @@ def train_sft(model_name: str, examples: list[dict], cfg: RunConfig, out: Path, 
     trainer = SFTTrainer(model=model, args=sft_config(cfg, out / "trainer", max(len(r["input_ids"]) for r in rows)),
                          train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                          peft_config=lora_config(cfg))
-    result = trainer.train()
+    result = _train(trainer)
     sha = _save_merged(trainer, tokenizer, out / "model", name)
     return {"base": str(path), "examples": len(rows), "dropped_too_long": too_long,
             "trained_tokens": sum(map(sum, (r["assistant_masks"] for r in rows))), "steps": result.global_step,
@@ -163,7 +178,7 @@ def train_dpo(model_name: str, pairs: list[dict], cfg: RunConfig, out: Path, nam
     trainer = DPOTrainer(model=model, ref_model=None, args=dpo_config(cfg, out / "trainer", max(lengths) + 16),
                          train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                          peft_config=lora_config(cfg))
-    result = trainer.train()
+    result = _train(trainer)
     sha = _save_merged(trainer, tokenizer, out / "model", name)
     return {"base": str(path), "pairs": len(rows), "dropped_prompt_too_long": too_long, "beta": dpo_beta(cfg),
             "steps": result.global_step, "train_loss": result.training_loss, "wall_seconds": time.time() - started,
