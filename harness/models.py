@@ -189,15 +189,15 @@ def load(name: str, device: str = "cpu", dtype: str = "float32"):
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.chat_template is None:
         raise HarnessError(f"{path}: the tokenizer has no chat template; the agents need one")
-    with _quiet_loading():
+    with quiet_bars():
         model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(device).eval()
     return model, tokenizer, {"name": name, "path": str(path), "sha256": weights_hash(path)}
 
 
 @contextmanager
-def _quiet_loading():
-    """transformers' "Loading weights" bar off (a local directory: no download to watch), except
-    with `--log-level debug`."""
+def quiet_bars():
+    """transformers' own bars ("Loading weights", "Writing model shards") off while a local
+    directory is read or written (no download to watch), except with `--log-level debug`."""
     from transformers.utils import logging as hf_logging
 
     if log.isEnabledFor(logging.DEBUG) or not hf_logging.is_progress_bar_enabled():

@@ -96,7 +96,8 @@ def _load(model_name: str, cfg: RunConfig):
 def _save_merged(trainer, tokenizer, out: Path, name: str) -> str:
     """Merge the adapter, save the policy as a plain model directory, return its weights hash."""
     merged = trainer.model.merge_and_unload()
-    merged.save_pretrained(out)
+    with models.quiet_bars():
+        merged.save_pretrained(out)
     tokenizer.save_pretrained(out)
     sha = models.weights_hash(out)
     (out / "harness_model.json").write_text(json.dumps({"name": name, "sha256": sha}, indent=1))
@@ -106,14 +107,16 @@ def _save_merged(trainer, tokenizer, out: Path, name: str) -> str:
 def _train(trainer):
     """trainer.train(), its bar showing the latest loss instead of printing every step's log dict
     (`--log-level debug` keeps the dicts). Every logged row is in the stage's record anyway."""
-    from transformers.trainer_callback import ProgressCallback
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     class LossOnBar(ProgressCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
             if state.is_world_process_zero and self.training_bar is not None and "loss" in (logs or {}):
                 self.training_bar.set_postfix(loss=f"{logs['loss']:.4g}", refresh=False)
 
-    if not log.isEnabledFor(logging.DEBUG) and trainer.pop_callback(ProgressCallback):
+    # With transformers' logging quiet, Trainer picks PrinterCallback (no bar, every log printed)
+    if not log.isEnabledFor(logging.DEBUG) and (trainer.pop_callback(PrinterCallback) or
+                                                trainer.pop_callback(ProgressCallback)):
         trainer.add_callback(LossOnBar)
     return trainer.train()
 
