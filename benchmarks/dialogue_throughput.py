@@ -21,7 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from harness.backends import Usage  # noqa: E402
 from harness.backends.hf import HFBackend  # noqa: E402
 from harness.mas.dialogue import DialogueConfig, run_dialogues, start  # noqa: E402
-from tasks import get_task  # noqa: E402
+from harness.tasks import get_task  # noqa: E402
 
 
 def run(backend, questions, setting, cfg, one_at_a_time: bool):

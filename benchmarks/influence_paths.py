@@ -29,7 +29,7 @@ from harness import config, models  # noqa: E402
 from harness.config import SelectConfig  # noqa: E402
 from harness.dits.influence import PATHS, prepare  # noqa: E402
 from harness.mas.dialogue import start  # noqa: E402
-from tasks import get_task  # noqa: E402
+from harness.tasks import get_task  # noqa: E402
 
 
 def gold_pairs(task_name: str, model: str, data_dir: str | None, n: int) -> list[dict]:

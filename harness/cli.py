@@ -19,7 +19,7 @@ from harness import config as cfgmod
 from harness import runs
 from harness.config import EvalConfig, SelectConfig, SynthConfig
 from harness.errors import HarnessError
-from tasks.base import SPLITS
+from harness.tasks.base import SPLITS
 
 LOG_LEVELS = ("warning", "info", "debug")
 # Their info logs and deprecation warnings bury the harness's one-line messages.
@@ -29,7 +29,7 @@ NOISY_LIBRARIES = ("transformers", "trl", "peft", "datasets")
 def _logging(level: str) -> None:
     """`level` for the project's own loggers; below debug, the noisy libraries show errors only."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    for name in ("harness", "tasks"):
+    for name in ("harness",):
         logging.getLogger(name).setLevel(level.upper())
     if level != "debug":
         _quiet_libraries()
@@ -102,12 +102,13 @@ def _run_flags(args) -> dict:
 
 
 def cmd_run(args) -> int:
-    from harness.train.loop import execute, make_plan
+    from harness.experiment.executor import execute
+    from harness.experiment.plan import make_plan
 
     plan = make_plan(args.config, args.overrides, selector=args.selector, gamma=args.gamma, **_run_flags(args))
     _offline(plan.run.online)
     if args.dry_run:
-        from harness.train.loop import check_pools
+        from harness.experiment.pools import check_pools
 
         pools = check_pools(plan)
         print(dry_run_table(plan))
@@ -142,8 +143,8 @@ def run_table(results: dict) -> str:
 
 
 def cmd_suite(args) -> int:
-    from harness.train.loop import split_selectors
-    from harness.train.suite import run_suite, suite_table
+    from harness.experiment.plan import split_selectors
+    from harness.experiment.suite import run_suite, suite_table
 
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [None]
     flags = _run_flags(args) | {"seed": None}
@@ -236,7 +237,7 @@ def cmd_train(args) -> int:
 
     from harness.config import RunConfig
     from harness.train.trainers import train_dpo, train_sft, write_training
-    from tasks.base import read_jsonl
+    from harness.tasks.base import read_jsonl
 
     cfg = cfgmod.build(RunConfig, args.config, args.overrides, task=args.task, model=args.model, seed=args.seed)
     _offline(cfg.online)
@@ -262,7 +263,7 @@ def cmd_data_ls(args) -> int:
 
     data_dir = _data_dir(args)
     print(f"data directory: {data_dir}" if data_dir else "no data directory (--data-dir or HARNESS_DATA_DIR): "
-          "runs read the hub with --online, else the project-written samples in tasks/fixtures")
+          "runs read the hub with --online, else the project-written samples in harness/tasks/fixtures")
     records = inventory(Path(data_dir) if data_dir else None)
     print(tabulate([[r["task"], r["split"], "-" if r["rows"] is None else r["rows"], r["source"], r["problem"]]
                     for r in records], ["task", "split", "rows", "source", "problem"], tablefmt="github"))
@@ -309,7 +310,7 @@ def cmd_data_build_cbt(args) -> int:
 
 def cmd_ls(args) -> int:
     if args.what == "tasks":
-        from tasks import TASKS
+        from harness.tasks import TASKS
 
         rows = []
         for name in TASKS:
@@ -344,14 +345,14 @@ def cmd_ls(args) -> int:
         rows = [[n, WORD_TYPES.get(n).description, " ".join(WORD_TYPES.get(n).tags)] for n in WORD_TYPES]
         print(tabulate(rows, ["type", "blanked words", "tags"], tablefmt="github"))
     elif args.what == "metrics":
-        from tasks.metrics import METRICS
+        from harness.tasks.metrics import METRICS
 
         print("\n".join(METRICS.names()))
     return 0
 
 
 def cmd_validate(args) -> int:
-    from harness.train.loop import make_plan
+    from harness.experiment.plan import make_plan
 
     plan = make_plan(args.config, args.overrides)
     rows = [[section, k, v] for section, values in plan.configs().items() for k, v in sorted(values.items())]

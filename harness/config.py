@@ -1,7 +1,7 @@
 """Typed configuration: defaults live here, YAML files and `key=value` overrides change them.
 
 Unknown keys and values of the wrong type fail with one line naming the key and the nearest valid
-names. Presets are YAML files in ``configs/``: top-level keys apply to every command whose config has
+names. Presets are YAML files in ``harness/presets/`` (package data): top-level keys apply to every command whose config has
 them (task, model, decoding), and a mapping named after a command (``eval:``, ``synth:``) applies
 to that command only.
 """
@@ -20,7 +20,7 @@ import yaml
 from harness.errors import HarnessError
 from harness.registry import nearest
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = Path(__file__).resolve().parent / "presets"
 
 
 @dataclass

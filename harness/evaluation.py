@@ -21,8 +21,8 @@ from harness.errors import HarnessError
 from harness.mas.dialogue import Dialogue, DialogueConfig, run_dialogues, start
 from harness.mas.progress import UtteranceBar
 from harness.references import applies, reference_rows
-from tasks import get_task
-from tasks.metrics import METRICS, score
+from harness.tasks import get_task
+from harness.tasks.metrics import METRICS, score
 
 log = logging.getLogger(__name__)
 

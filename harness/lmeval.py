@@ -20,11 +20,11 @@ from lm_eval.api.registry import register_model
 from harness.backends import BACKENDS
 from harness.errors import HarnessError
 from harness.mas.dialogue import DialogueConfig, run_dialogues, start
-from tasks import get_task
-from tasks.base import Question
-from tasks.metrics import LMEVAL_EXACT_MATCH_KWARGS
+from harness.tasks import get_task
+from harness.tasks.base import Question
+from harness.tasks.metrics import LMEVAL_EXACT_MATCH_KWARGS
 
-CONFIGS = Path(__file__).resolve().parent.parent / "tasks" / "lmeval"
+CONFIGS = Path(__file__).resolve().parent / "tasks" / "lmeval"
 
 
 def task_config(task: str, data_dir: str | Path, splits=("test",)) -> dict:

@@ -151,7 +151,7 @@ MODELS.register("smollm2-135m", CatalogueEntry(
     "harness.models:build_smollm2", recipe="gguf-q4_1-fp32-v1"))
 def _tiny_recipe() -> str:
     """The tiny models are built from these sources; any change to them rebuilds the cache."""
-    from tasks.base import FIXTURES
+    from harness.tasks.base import FIXTURES
 
     here = Path(__file__).parent
     h = hashlib.sha1()

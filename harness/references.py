@@ -23,7 +23,7 @@ from harness.backends.base import Backend, Choice
 from harness.mas.dialogue import best_option
 from harness.mas.prompts import NO_INFORMATION
 from harness.registry import Registry
-from tasks.base import Question
+from harness.tasks.base import Question
 
 # One model alone with a story: no partner, no protocol.
 SOLO = Template("""\

@@ -20,7 +20,7 @@ from harness import runs
 from harness.config import SelectConfig
 from harness.errors import HarnessError
 from harness.registry import Registry
-from tasks.base import read_jsonl
+from harness.tasks.base import read_jsonl
 
 
 @dataclass(frozen=True)
@@ -43,9 +43,9 @@ class Selector(ABC):
 
 SELECTORS: Registry[type[Selector]] = Registry("selector")
 for _name, _target in {
-    "random": "baselines.random_pairs:RandomSelector",
-    "qvalue": "baselines.qvalue:QValueSelector",
-    "optima_full": "baselines.optima_full:OptimaFullSelector",
+    "random": "harness.baselines.random_pairs:RandomSelector",
+    "qvalue": "harness.baselines.qvalue:QValueSelector",
+    "optima_full": "harness.baselines.optima_full:OptimaFullSelector",
     "dits": "harness.dits.selector:DITSSelector",
     "loss_influence": "harness.dits.selector:LossInfluenceSelector",
 }.items():

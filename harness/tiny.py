@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from harness.mas.dialogue import NAMES, Dialogue, Utterance, start
-from tasks.base import FIXTURES
+from harness.tasks.base import FIXTURES
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
@@ -85,7 +85,7 @@ def fixture_dialogues() -> list[Dialogue]:
     answer is then a copy from the context, which a tiny model can learn to do on unseen questions
     too. Debate: Alice gives the option (letter and text), Bob approves, Alice repeats it.
     """
-    from tasks import get_task
+    from harness.tasks import get_task
 
     dialogues = []
     for name in FITTED_TASKS:

@@ -7,7 +7,7 @@ import torch
 
 from harness.backends import Request, Sampling
 from harness.mas.dialogue import CLOSING, DialogueConfig, run_dialogues, start
-from tasks import get_task
+from harness.tasks import get_task
 
 
 def _dialogue_texts(backend, questions, setting, **cfg):

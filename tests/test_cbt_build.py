@@ -10,7 +10,7 @@ from harness.cli import main
 from harness.data.books import CBT_HEADER, Book, assign_splits, read_books
 from harness.data.cbt_items import BLANK, CONTEXT, OPTIONS, WORD_TYPES, book_items, make_item, windows
 from harness.errors import HarnessError
-from tasks import get_task
+from harness.tasks import get_task
 
 CN = WORD_TYPES.get("CN")
 

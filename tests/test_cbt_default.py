@@ -14,8 +14,8 @@ import pytest
 from harness.data import shipped
 from harness.data.books import Book, assign_splits, read_books, read_declared_splits
 from harness.errors import HarnessError
-from tasks import get_task
-from tasks.base import FIXTURES, SPLITS
+from harness.tasks import get_task
+from harness.tasks.base import FIXTURES, SPLITS
 
 MINIMUM = {"train": 300, "validation": 100, "test": 200}
 
@@ -27,7 +27,7 @@ def no_data_dir(monkeypatch, tmp_path):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(shipped, "_results", {})
-    monkeypatch.setattr("tasks.base._WARNED_SAMPLES", set())
+    monkeypatch.setattr("harness.tasks.base._WARNED_SAMPLES", set())
     return tmp_path / "cache"
 
 

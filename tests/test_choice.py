@@ -9,9 +9,9 @@ from harness.backends import Choice
 from harness.evaluation import evaluate
 from harness.mas.dialogue import NAMES, DialogueConfig, Utterance, run_dialogues, start
 from harness.synth.reward import RECIPES, RewardConfig, reward
-from tasks import get_task
-from tasks.base import Question
-from tasks.metrics import score
+from harness.tasks import get_task
+from harness.tasks.base import Question
+from harness.tasks.metrics import score
 
 
 def independent_logprob(backend, messages, prefix, continuation) -> float:

@@ -45,7 +45,7 @@ def test_each_command_help_is_one_line_of_an_80_column_help(monkeypatch):
 
 @pytest.fixture
 def restored_loggers():
-    names = ("harness", "tasks", "transformers", "trl", "peft", "datasets")
+    names = ("harness", "transformers", "trl", "peft", "datasets")
     levels = {n: logging.getLogger(n).level for n in names}
     yield
     for n, level in levels.items():

@@ -6,8 +6,8 @@ import pytest
 
 from harness.cli import main
 from harness.errors import HarnessError
-from tasks import get_task
-from tasks.base import FIXTURES
+from harness.tasks import get_task
+from harness.tasks.base import FIXTURES
 
 
 # -- fetch through a local stand-in for the hub -------------------------------------------------
@@ -95,7 +95,7 @@ def test_a_missing_task_folder_names_the_folders_there(tmp_path):
 def test_the_sample_warning_is_given_once_a_task(monkeypatch, caplog):
     # Every stage of a run loads its questions: the warning would repeat at each.
     monkeypatch.delenv("HARNESS_DATA_DIR", raising=False)
-    monkeypatch.setattr("tasks.base._WARNED_SAMPLES", set())
+    monkeypatch.setattr("harness.tasks.base._WARNED_SAMPLES", set())
     for task, split in [("cbt", "train"), ("cbt", "test"), ("arc_c", "test"), ("cbt", "train")]:
         get_task(task).load(split)
     warned = [r.getMessage() for r in caplog.records if "project-written sample" in r.getMessage()]

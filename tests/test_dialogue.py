@@ -5,7 +5,7 @@ import pytest
 from harness.mas.dialogue import CLOSING, Dialogue, Utterance, parse_answer, start
 from harness.mas.progress import UtteranceBar
 from harness.mas.prompts import system_prompts
-from tasks.base import Question
+from harness.tasks.base import Question
 
 
 @pytest.mark.parametrize("text, answer", [

@@ -18,7 +18,7 @@ KNOBS = ["--config", "smoke"]  # V = 4, units of 2 pairs, 2 warm-up steps, eta 1
 @pytest.fixture(scope="module")
 def pairs_file(tmp_path_factory):
     from harness.mas.dialogue import start
-    from tasks import get_task
+    from harness.tasks import get_task
 
     # Debate: tiny-fitted picks options well above zero on unseen questions, so the validation
     # metric can move either way after a step.

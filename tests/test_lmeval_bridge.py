@@ -5,7 +5,7 @@ import lm_eval
 import harness.lmeval  # noqa: F401  (registers the harness-mas model)
 from harness import evaluate
 from harness.lmeval import task_config
-from tasks.base import FIXTURES
+from harness.tasks.base import FIXTURES
 
 N = 12
 

@@ -7,7 +7,7 @@ import pytest
 from harness.mas.dialogue import Utterance
 from harness.synth.mcts import Tree, merge_distance, select_distance
 from harness.synth.pairs import PairRule, extract_pairs
-from tasks.base import Question
+from harness.tasks.base import Question
 
 QUESTION = Question(id="q1", question="Who?", golds=("Y",), contexts=(("a",), ("b",)))
 SYSTEMS = ("You are Alice.", "You are Bob.")

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from harness.errors import HarnessError
-from tasks.metrics import (
+from harness.tasks.metrics import (
     LMEVAL_EXACT_MATCH_KWARGS,
     METRICS,
     Metric,

@@ -20,7 +20,7 @@ from harness.report import costs, power, tables
 from harness.report.build import build
 from harness.report.check import check
 from harness.report.leaderboard import SCHEMA, document, validate
-from harness.train.suite import budget_points
+from harness.experiment.suite import budget_points
 from conftest import SMOKE_TASKS
 
 REFERENCE = Path(__file__).resolve().parents[1] / "results" / "reference" / "smoke-arc_c.json"

@@ -60,7 +60,7 @@ def test_impersonation(text, expected):
 
 
 def test_recipes_cover_every_task_with_the_reference_values():
-    from tasks import TASKS
+    from harness.tasks import TASKS
 
     assert set(RECIPES) == set(TASKS.names())
     qa = RECIPES["hotpotqa"]

@@ -11,15 +11,16 @@ from conftest import SMOKE_SELECTORS as SELECTORS
 from harness.cli import main
 from harness.errors import HarnessError
 from harness.mas.dialogue import Dialogue, Utterance
-from harness.train import loop
-from harness.train.loop import (
+from harness.experiment import executor
+from harness.experiment.plan import (
     make_plan,
     parse_selector,
     split_overrides,
     split_selectors,
 )
+from harness.experiment.stages import Pipeline
+from harness.tasks.base import Question
 from harness.train.sft_data import agent_view, keep_best
-from tasks.base import Question
 
 
 def read_jsonl(path):
@@ -96,7 +97,7 @@ def test_selector_specs_and_section_overrides():
 
 
 def test_each_iteration_draws_fresh_pools(shared_data, capsys):
-    from harness.train.loop import check_pools, pool_ranges
+    from harness.experiment.pools import check_pools, pool_ranges
 
     plan = make_plan("smoke", ["iterations=3"], selector="random", task="arc_c", data_dir=str(shared_data))
     ranges = pool_ranges(plan.run, plan.synth)
@@ -126,7 +127,7 @@ def test_a_search_without_pairs_stops_the_run(tmp_path):
     plan = make_plan("smoke", [], selector="qvalue", task="mmlu", out=str(tmp_path))
     (tmp_path / "mcts").mkdir()
     (tmp_path / "mcts" / "pairs.jsonl").write_text("")
-    stage = loop.Pipeline(plan).select("tiny-fitted", tmp_path / "mcts")
+    stage = Pipeline(plan).select("tiny-fitted", tmp_path / "mcts")
     with pytest.raises(HarnessError, match="the tree search yielded no pairs"):
         stage(tmp_path / "select")
     assert not (tmp_path / "select").exists()
@@ -209,7 +210,7 @@ def test_a_killed_run_resumes_to_the_same_outputs(suite, tmp_path, monkeypatch, 
         return stage
 
     with monkeypatch.context() as m:
-        m.setattr(loop.Pipeline, "dpo", killed)
+        m.setattr(Pipeline, "dpo", killed)
         assert main(args) == 130
     run = _run_dir(tmp_path, "qvalue")
     assert json.loads((run / "status.json").read_text()) | {"time": 0} == {"state": "failed", "stage": "it0/dpo",
@@ -260,8 +261,8 @@ def test_keys_added_since_a_run_started_are_no_change_at_their_defaults():
     plan = make_plan("smoke", [], selector="dits", task="arc_c")
     configs = json.loads(json.dumps(plan.configs()))
     old = {section: {k: v for k, v in values.items() if k != "eta_auto"} for section, values in configs.items()}
-    assert loop._changed(old, plan.configs()) == []
+    assert executor._changed(old, plan.configs()) == []
     old["select"]["eta"] = 1.0
-    assert loop._changed(old, plan.configs()) == ["select.eta"]
+    assert executor._changed(old, plan.configs()) == ["select.eta"]
     new = make_plan("smoke", ["select.eta_auto=true"], selector="dits", task="arc_c").configs()
-    assert loop._changed(configs, new) == ["select.eta_auto"]
+    assert executor._changed(configs, new) == ["select.eta_auto"]

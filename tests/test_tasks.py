@@ -3,7 +3,7 @@ import json
 import pytest
 
 from harness.errors import HarnessError
-from tasks import TASKS, get_task
+from harness.tasks import TASKS, get_task
 
 ALL = ["hotpotqa", "2wmh", "triviaqa", "cbt", "arc_c", "mmlu", "webwalker"]
 
@@ -15,7 +15,7 @@ def test_registry_lists_all_seven_tasks():
 @pytest.mark.parametrize("name", ALL)
 def test_fixtures_load_with_a_warning(name, caplog, monkeypatch):
     monkeypatch.delenv("HARNESS_DATA_DIR", raising=False)
-    monkeypatch.setattr("tasks.base._WARNED_SAMPLES", set())  # given once a process: earlier tests gave it
+    monkeypatch.setattr("harness.tasks.base._WARNED_SAMPLES", set())  # given once a process: earlier tests gave it
     qs = get_task(name).load("test")
     assert len(qs) >= 20
     assert "project-written sample" in caplog.text
@@ -82,7 +82,7 @@ def test_malformed_row_names_file_and_line(tmp_path, name, row, what):
 
 
 def _first_fixture_row(name):
-    from tasks.base import FIXTURES
+    from harness.tasks.base import FIXTURES
 
     return json.loads((FIXTURES / name / "test.jsonl").read_text().splitlines()[0])
 

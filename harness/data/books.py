@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.errors import HarnessError
-from tasks.base import SPLITS
+from harness.tasks.base import SPLITS
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from harness.data.books import assign_splits, read_books, read_declared_splits
 from harness.data.cbt_items import CONTEXT, WORD_TYPES, book_items
 from harness.data.tagging import Tagger
 from harness.errors import HarnessError
-from tasks.base import SPLITS
+from harness.tasks.base import SPLITS
 
 log = logging.getLogger(__name__)
 

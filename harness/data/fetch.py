@@ -8,7 +8,7 @@ from pathlib import Path
 
 from harness import runs
 from harness.errors import HarnessError
-from tasks import get_task
+from harness.tasks import get_task
 
 # `datasets.load_dataset` builders for files downloaded from the hub, by extension.
 FILE_BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv"}

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.errors import HarnessError
-from tasks import TASKS, get_task
-from tasks.base import SPLITS
+from harness.tasks import TASKS, get_task
+from harness.tasks.base import SPLITS
 
 
 def inventory(data_dir: Path | None) -> list[dict]:

@@ -52,7 +52,7 @@ from harness.errors import HarnessError
 from harness.evaluation import dialogue_score, seed_everything
 from harness.mas.dialogue import DialogueConfig, run_dialogues, same_answer, start
 from harness.synth.reward import RECIPES
-from tasks import get_task
+from harness.tasks import get_task
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from harness.backends.base import Backend, Choice, Completion, Request, Sampling
 from harness.mas.progress import UtteranceBar
 from harness.mas.prompts import opening, system_prompts
-from tasks.base import ANSWER_MODES, Question
+from harness.tasks.base import ANSWER_MODES, Question
 
 NAMES = ("Alice", "Bob")
 # One line, last match wins, a missing ">" on the closing tag tolerated (as the reference parser).

@@ -16,8 +16,8 @@ from harness import config as cfgmod
 from harness.config import SelectConfig
 from harness.errors import HarnessError
 from harness.selection import SELECTORS
-from harness.train.loop import stage_cost
-from tasks.base import read_jsonl
+from harness.experiment.work import stage_cost
+from harness.tasks.base import read_jsonl
 
 # Keys every run of a task shares except these: a comparison differs only by them.
 # (Training keys such as dpo_lr do not change the shared stages, but they do change what is compared.)

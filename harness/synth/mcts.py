@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from rapidfuzz.distance import Levenshtein
 
 from harness.mas.dialogue import Dialogue, Utterance
-from tasks.base import Question
+from harness.tasks.base import Question
 
 
 def select_distance(a: str, b: str) -> float:

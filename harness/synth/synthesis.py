@@ -37,9 +37,9 @@ from harness.mas.prompts import system_prompts
 from harness.synth.mcts import Tree
 from harness.synth.pairs import PairRule, extract_pairs
 from harness.synth.reward import RECIPES, RewardConfig, reward, reward_config
-from tasks import get_task
-from tasks.base import Question
-from tasks.metrics import METRICS
+from harness.tasks import get_task
+from harness.tasks.base import Question
+from harness.tasks.metrics import METRICS
 
 log = logging.getLogger(__name__)
 

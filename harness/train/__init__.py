@@ -1,2 +1,2 @@
-"""Training (SFT and DPO with trl and LoRA), the SFT data rules, the iteration loop of `harness run`
-and the selector comparison of `harness suite`."""
+"""Training: SFT and DPO with trl and LoRA, and the SFT data rules. The experiment that runs them is
+`harness.experiment`."""

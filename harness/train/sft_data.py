@@ -17,7 +17,7 @@ from harness.evaluation import dialogue_score
 from harness.mas.dialogue import NAMES, Dialogue, DialogueConfig, run_dialogues, start
 from harness.mas.progress import UtteranceBar
 from harness.synth.reward import RewardConfig, reward
-from tasks.base import Question
+from harness.tasks.base import Question
 
 
 def keep_best(best_rewards: list[float], keep_fraction: float, epsilon: float) -> list[int]:

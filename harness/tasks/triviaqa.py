@@ -8,7 +8,7 @@ metric: SQuAD token F1, max over the answer aliases
 licence: Apache-2.0 (dataset card: unknown)
 """
 
-from tasks.base import Question, RowError, Task, require
+from harness.tasks.base import Question, RowError, Task, require
 
 
 class TriviaQA(Task):

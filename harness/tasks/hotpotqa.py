@@ -8,7 +8,7 @@ metric: SQuAD token F1 against the answer
 licence: CC BY-SA 4.0
 """
 
-from tasks.base import Question, RowError, Task, require
+from harness.tasks.base import Question, RowError, Task, require
 
 
 class HotpotQA(Task):

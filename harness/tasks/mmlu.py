@@ -8,7 +8,7 @@ metric: accuracy; the answer may be the option text or its letter
 licence: MIT
 """
 
-from tasks.base import Question, RowError, Task, options_text, require, row_hash
+from harness.tasks.base import Question, RowError, Task, options_text, require, row_hash
 
 
 class MMLU(Task):

@@ -9,8 +9,8 @@ metric: SQuAD token F1 against the answer
 licence: Apache-2.0
 """
 
-from tasks.base import Question, RowError, Task, require
-from tasks.hotpotqa import deal
+from harness.tasks.base import Question, RowError, Task, require
+from harness.tasks.hotpotqa import deal
 
 
 class TwoWikiMultihopQA(Task):

@@ -7,7 +7,7 @@ metric: accuracy; the answer may be the option text or its letter
 licence: CC BY-SA 4.0
 """
 
-from tasks.base import Question, RowError, Task, options_text, require
+from harness.tasks.base import Question, RowError, Task, options_text, require
 
 
 class ARCChallenge(Task):

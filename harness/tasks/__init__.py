@@ -1,7 +1,7 @@
 """Task adapters: one module a task, each opening with its metadata."""
 
-from tasks.base import Question, Task
-from tasks.registry import TASKS
+from harness.tasks.base import Question, Task
+from harness.tasks.registry import TASKS
 
 
 def get_task(name: str, **kwargs) -> Task:

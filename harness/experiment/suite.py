@@ -15,9 +15,10 @@ from tabulate import tabulate
 
 from harness import runs
 from harness.errors import HarnessError
+from harness.experiment.executor import execute
+from harness.experiment.plan import make_plan, parse_selector
 from harness.report import records, tables
 from harness.selection import SELECTORS
-from harness.train.loop import execute, make_plan, parse_selector
 
 
 def budget_points(axes: list[str]) -> list[tuple[str, str]]:

@@ -10,7 +10,7 @@ choice continuation (answer_mode=choice): the query sentence with the blank fill
 licence: GFDL
 """
 
-from tasks.base import Question, RowError, Task, options_text, require, row_hash
+from harness.tasks.base import Question, RowError, Task, options_text, require, row_hash
 
 
 class CBT(Task):

@@ -8,7 +8,7 @@ metric: SQuAD token F1 against the answer
 licence: Apache-2.0
 """
 
-from tasks.base import Question, Task, require, row_hash
+from harness.tasks.base import Question, Task, require, row_hash
 
 
 class WebWalker(Task):

@@ -1,0 +1,144 @@
+"""A run's plan: every config resolved and checked before any work, its id and shared-stage key."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness import config as cfgmod
+from harness import models, runs
+from harness.backends import BACKENDS
+from harness.config import EvalConfig, RunConfig, SelectConfig, SynthConfig
+from harness.errors import HarnessError
+from harness.experiment.stages import Pipeline, Stage
+from harness.selection import SELECTORS
+from harness.tasks import get_task
+from harness.tasks.metrics import METRICS
+from harness.train.trainers import dpo_config, sft_config
+
+# Keys every stage must agree on: the run's values replace the sections'.
+IDENTITY = ("task", "seed", "data_dir", "online", "backend", "device", "dtype", "context_mode", "metric",
+            "max_turns", "kv_cache", "answer_mode", "closing_turn")
+# Run keys that act only from the selection on: they do not change the shared stages.
+SELECTION_KEYS = ("selector", "gamma", "alpha", "iterations", "suite", "out", "budget") + tuple(
+    f.name for f in dataclasses.fields(RunConfig) if f.name.startswith("dpo_"))
+
+
+@dataclass
+class Plan:
+    run: RunConfig
+    synth: SynthConfig
+    select: SelectConfig
+    eval: EvalConfig
+    run_id: str
+    run_dir: Path
+    shared_dir: Path
+    key: str
+    stages: list[Stage] = field(default_factory=list)
+
+    def configs(self) -> dict:
+        return {name: cfgmod.as_dict(getattr(self, name)) for name in ("run", "synth", "select", "eval")}
+
+
+
+
+def parse_selector(spec: str) -> tuple[str, list[str]]:
+    """`dits:gamma=0,alpha=0.3` -> ("dits", ["gamma=0", "alpha=0.3"])."""
+    name, _, rest = spec.partition(":")
+    return name, [item for item in rest.split(",") if item]
+
+
+def split_selectors(text: str) -> list[str]:
+    """`random,dits:gamma=0,alpha=0.3,qvalue` -> ["random", "dits:gamma=0,alpha=0.3", "qvalue"]."""
+    specs: list[str] = []
+    for item in (t.strip() for t in text.split(",")):
+        if "=" in item and ":" not in item and specs:
+            specs[-1] += f",{item}"
+        elif item:
+            specs.append(item)
+    return specs
+
+
+def split_overrides(items: list[str] | None) -> dict[str, list[str]]:
+    """Overrides by section: `synth.explore_time=4` goes to the synth config, `iterations=1` to run."""
+    sections = {c.section: [] for c in cfgmod.CONFIG_CLASSES}
+    out = {"": [], **sections}
+    for item in items or []:
+        head, dot, rest = item.partition(".")
+        if dot and head in sections and "=" in rest:
+            out[head].append(rest)
+        elif dot and "=" not in head and head.isidentifier() and "=" in rest:
+            raise HarnessError(f"override {item!r}: unknown section {head!r}; valid: {', '.join(sections)}")
+        else:
+            out[""].append(item)
+    return out
+
+
+def make_plan(file: str | None, overrides: list[str] | None = None, **flags) -> Plan:
+    """Every config of a run, resolved and checked (trl's included) before any work."""
+    sections = split_overrides(overrides)
+    name, extra = parse_selector(flags.pop("selector", None) or "")
+    run = cfgmod.build(RunConfig, file, sections["run"] + sections[""] + extra, selector=name or None, **flags)
+    SELECTORS.get(run.selector)
+    run = dataclasses.replace(run, answer_mode=get_task(run.task).answer_mode(run.answer_mode))
+    identity = {k: getattr(run, k) for k in IDENTITY}
+
+    def section(cls, **forced):
+        built = cfgmod.build(cls, file, sections[cls.section])
+        names = {f.name for f in dataclasses.fields(cls)}
+        return dataclasses.replace(built, **{k: v for k, v in {**identity, **forced}.items() if k in names})
+
+    synth = section(SynthConfig, model=run.model, question_offset=run.sft_questions, reward_model=run.model)
+    select = section(SelectConfig, selector=run.selector)
+    select = dataclasses.replace(select, gamma=select.gamma if run.gamma is None else run.gamma,
+                                 alpha=select.alpha if run.alpha is None else run.alpha)
+    evalc = section(EvalConfig, model=run.model, split="test", limit=run.test_questions, temperature=0.0)
+    for key in ("iterations", "sft_questions", "sft_samples", "sft_epochs", "sft_batch_size", "dpo_batch_size",
+                "sft_grad_accum", "dpo_grad_accum", "max_seq_length", "max_prompt_length"):
+        if getattr(run, key) < 1:
+            raise HarnessError(f"{key} must be at least 1, got {getattr(run, key)}")
+    for key in ("sft_lr", "dpo_lr"):
+        if not getattr(run, key) > 0:
+            raise HarnessError(f"{key} must be positive, got {getattr(run, key)}")
+    if not 0 <= run.warmup_ratio < 1:
+        raise HarnessError(f"warmup_ratio must be in [0, 1), got {run.warmup_ratio}")
+    if not 0 < run.sft_keep_fraction <= 1:
+        raise HarnessError(f"sft_keep_fraction must be in (0, 1], got {run.sft_keep_fraction}")
+    models.check(run.model)
+    BACKENDS.get(run.backend)
+    METRICS.get(run.metric or get_task(run.task, context_mode=run.context_mode).metric)
+    # trl's configs check their arguments when built; a GPU profile is checked as the CPU one where
+    # there is no GPU (trl refuses bf16 there), so a paper config validates on a laptop.
+    import torch
+
+    checked = run if torch.cuda.is_available() else dataclasses.replace(run, device="cpu", dtype="float32")
+    scratch = Path("/nonexistent")
+    try:
+        sft_config(checked, scratch)
+        dpo_config(checked, scratch)
+    except (TypeError, ValueError) as e:
+        raise HarnessError(f"trl rejects the training config: {e}") from None
+
+    rid = runs.run_id("run", selector=run.selector, gamma=select.gamma if SELECTORS.get(run.selector).influence else None,
+                      alpha=None if SELECTORS.get(run.selector).keeps_all else select.alpha, task=run.task,
+                      model=run.model, seed=run.seed, iterations=run.iterations, answer=run.answer_mode,
+                      budget=run.budget)
+    root = Path(run.out) if run.out else Path("runs") / run.suite
+    shared = {"run": {k: v for k, v in cfgmod.as_dict(run).items() if k not in SELECTION_KEYS},
+              "synth": cfgmod.as_dict(synth), "eval": cfgmod.as_dict(evalc), "model": _model_identity(run.model)}
+    key = hashlib.sha256(json.dumps(shared, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    plan = Plan(run, synth, select, evalc, rid, root / runs.dir_name(rid), root / "shared" / key, key)
+    plan.stages = Pipeline(plan).stages()
+    return plan
+
+
+def _model_identity(name: str) -> str:
+    """A local directory's weights hash, a catalogue name with its recipe, or a hub id: no build
+    or download needed."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return models.weights_hash(path)
+    return f"{name}@{models.MODELS.get(name).recipe}" if name in models.MODELS else name
