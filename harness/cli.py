@@ -121,8 +121,10 @@ def cmd_run(args) -> int:
 
 
 def dry_run_table(plan) -> str:
-    rows = [[s.label, "shared" if s.shared else "run", "done" if s.path.is_dir() else "to do", s.does]
-            for s in plan.stages]
+    from harness.records import manifest
+
+    rows = [[s.label, "shared" if s.shared else "run", "to do" if manifest.problem(s.path, hashes=False) else "done",
+             s.does] for s in plan.stages]
     return (f"{plan.run_id}\nrun directory: {plan.run_dir}\nshared stages: {plan.shared_dir}\n"
             + tabulate(rows, ["stage", "owner", "state", "work"], tablefmt="github"))
 
@@ -237,7 +239,7 @@ def cmd_train(args) -> int:
 
     from harness.config import RunConfig
     from harness.train.trainers import train_dpo, train_sft, write_training
-    from harness.tasks.base import read_jsonl
+    from harness.runs import read_jsonl
 
     cfg = cfgmod.build(RunConfig, args.config, args.overrides, task=args.task, model=args.model, seed=args.seed)
     _offline(cfg.online)
@@ -339,6 +341,12 @@ def cmd_ls(args) -> int:
 
         print(tabulate([[n, (SELECTORS.get(n).__doc__ or "").split("\n")[0]] for n in SELECTORS],
                        ["selector", "what it keeps"], tablefmt="github"))
+    elif args.what == "rosters":
+        from harness.mas.roster import ROSTERS
+
+        rows = [[n, ", ".join(f"{a.name} ({a.role})" for a in ROSTERS.get(n).agents), ROSTERS.get(n).termination]
+                for n in ROSTERS]
+        print(tabulate(rows, ["roster", "agents (role), in turn order", "ends on"], tablefmt="github"))
     elif args.what == "cbt-types":
         from harness.data.cbt_items import WORD_TYPES
 
@@ -352,6 +360,20 @@ def cmd_ls(args) -> int:
 
 
 def cmd_validate(args) -> int:
+    if args.run:
+        from pathlib import Path
+
+        from harness.records.validate import validate_run
+
+        state, problems = validate_run(Path(args.run))
+        for line in problems:
+            print(line)
+        if problems:
+            print(f"{args.run}: {len(problems)} problem(s)", file=sys.stderr)
+            return 2
+        where = f" at stage {state['stage']}" if state.get("stage") else ""
+        print(f"{args.run}: records consistent ({state['state']}{where})")
+        return 0
     from harness.experiment.plan import make_plan
 
     plan = make_plan(args.config, args.overrides)
@@ -523,13 +545,17 @@ def parser() -> argparse.ArgumentParser:
     b.set_defaults(fn=cmd_data_build_cbt)
 
     ls = sub.add_parser("ls", help="list tasks, models, presets and other names")
-    ls.add_argument("what", choices=["tasks", "models", "presets", "selectors", "metrics", "cbt-types"],
+    ls.add_argument("what", choices=["tasks", "models", "presets", "selectors", "rosters", "metrics", "cbt-types"],
                     help="what to list")
     ls.set_defaults(fn=cmd_ls)
 
-    v = sub.add_parser("validate", help="check a config without running it",
-                       description="check a config (every section, and trl's) without running it")
+    v = sub.add_parser("validate", help="check a config, or a run's records (--run)",
+                       description="check a config (every section, and trl's) without running it; with --run, "
+                                   "a run directory's records (its run_spec against the schema, every finished "
+                                   "stage against its manifest, the status against the stages): one line per "
+                                   "problem, exit 2 if any")
     v.add_argument("--config", "--preset", dest="config", default="cpu", help="preset name or YAML file")
+    v.add_argument("--run", metavar="DIR", help="check this run directory's records instead of a config")
     v.add_argument("overrides", nargs="*", metavar="key=value", help="as harness run takes them")
     v.set_defaults(fn=cmd_validate)
     return p

@@ -25,7 +25,7 @@ CONFIGS = Path(__file__).resolve().parent / "presets"
 
 @dataclass
 class RuntimeConfig:
-    """What every command that runs the two-agent system shares: task, model, data, decoding."""
+    """What every command that runs the agents shares: task, model, agents, data, decoding."""
 
     task: str = "cbt"
     model: str = "smollm2-135m"
@@ -48,6 +48,11 @@ class RuntimeConfig:
     # A dialogue capped without an answer gets one closing answer turn (harness.mas.dialogue); the
     # paper's protocol has none
     closing_turn: bool = True
+    # The agents (harness.mas.roster.ROSTERS): default the task's setting's, information_exchange or debate
+    roster: str | None = None
+    # Frozen speakers, agent=model by comma ("Bob=tiny-random"): those agents speak with that model,
+    # never trained; the others with `model`, the policy
+    speaker_models: str | None = None
 
 
 @dataclass
@@ -98,7 +103,7 @@ class SynthConfig(RuntimeConfig):
 class SelectConfig:
     """`harness select`: score candidate pairs and keep the best alpha fraction.
 
-    The DITS knobs follow the reference code (section 8 of the Optima/DITS report)."""
+    The DITS knobs follow the reference code (docs/reference-code.md §8)."""
 
     section: ClassVar[str] = "select"
     selector: str | None = None  # required: harness ls selectors
@@ -146,6 +151,8 @@ class SelectConfig:
     max_turns: int = 10
     max_new_tokens: int = 128
     context_mode: str = "paragraph"
+    roster: str | None = None  # as RuntimeConfig.roster: the validation dialogues' agents
+    speaker_models: str | None = None  # as RuntimeConfig.speaker_models
 
 
 @dataclass

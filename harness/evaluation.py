@@ -2,26 +2,29 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
-import random
-import sys
 import time
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 from tabulate import tabulate
 
 from harness import config as cfgmod
-from harness import models, runs
-from harness.backends import BACKENDS
+from harness import machine, models, runs
+from harness.backends import make_backend
 from harness.config import EvalConfig
 from harness.errors import HarnessError
 from harness.mas.dialogue import Dialogue, DialogueConfig, run_dialogues, start
 from harness.mas.progress import UtteranceBar
+from harness.mas.roster import task_and_roster
+from harness.mas.scoring import dialogue_score
+from harness.mas.speakers import Speakers
+from harness.records import spec
 from harness.references import applies, reference_rows
-from harness.tasks import get_task
+from harness.seeding import seed_everything
+from harness.tasks import TASKS
 from harness.tasks.metrics import METRICS, score
 
 log = logging.getLogger(__name__)
@@ -36,15 +39,6 @@ class EvalResult:
     per_instance: list[dict]
 
 
-def seed_everything(seed: int) -> None:
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def mean_stderr(values: list[float]) -> tuple[float, float]:
     n = len(values)
     mean = sum(values) / n if n else float("nan")
@@ -52,11 +46,6 @@ def mean_stderr(values: list[float]) -> tuple[float, float]:
         return mean, float("nan")
     var = sum((v - mean) ** 2 for v in values) / (n - 1)
     return mean, math.sqrt(var / n)
-
-
-def dialogue_score(d: Dialogue, metric: str, tokenizer) -> float:
-    """The task metric of a dialogue's final answer against its question's golds."""
-    return score(metric, d.final_answer, d.question.golds, options=d.question.options, tokenizer=tokenizer)
 
 
 def instance_record(d: Dialogue, metric: str, tokenizer) -> dict:
@@ -80,15 +69,16 @@ def instance_record(d: Dialogue, metric: str, tokenizer) -> dict:
 def evaluate(config: EvalConfig | None = None, **overrides) -> EvalResult:
     """Python API of `harness eval`: returns what it writes. Overrides are config keys."""
     cfg = cfgmod.build(EvalConfig, overrides={**cfgmod.as_dict(config or EvalConfig()), **overrides})
-    task = get_task(cfg.task, context_mode=cfg.context_mode, seed=cfg.seed)
-    if task.setting == "web":
+    if TASKS.get(cfg.task).setting == "web":
         raise HarnessError(f"{cfg.task}: the web environment its agents navigate is not in this release; "
                            "only loading and the metric are")
+    task, roster = task_and_roster(cfg)
     metric = cfg.metric or task.metric
     METRICS.get(metric)
     cfg = dataclasses.replace(cfg, answer_mode=task.answer_mode(cfg.answer_mode))
     answer_mode = cfg.answer_mode
-    models.check(cfg.model)
+    for model in (cfg.model, *roster.frozen_models):
+        models.check(model)
     questions = task.load(cfg.split, cfg.data_dir, cfg.limit, cfg.online)
     if not questions:
         raise HarnessError(f"{cfg.task}/{cfg.split}: no questions to evaluate")
@@ -98,8 +88,8 @@ def evaluate(config: EvalConfig | None = None, **overrides) -> EvalResult:
 
     seed_everything(cfg.seed)
     started = time.time()
-    backend = BACKENDS.get(cfg.backend)(model=cfg.model, device=cfg.device, dtype=cfg.dtype,
-                                       batch_size=cfg.batch_size, kv_cache=cfg.kv_cache)
+    backend = make_backend(cfg)
+    speakers = Speakers.for_roster(roster, backend, lambda model: make_backend(cfg, model=model), cfg.model)
     load_seconds = time.time() - started
     dialogue_cfg = DialogueConfig(max_turns=cfg.max_turns, max_new_tokens=cfg.max_new_tokens,
                                   temperature=cfg.temperature, answer_mode=answer_mode,
@@ -109,13 +99,12 @@ def evaluate(config: EvalConfig | None = None, **overrides) -> EvalResult:
         # only that many dialogues' key/value caches in memory (a 1,000-token agent prompt of SmolLM2
         # holds about 46 MB of them).
         dialogues = [d for i in range(0, len(questions), cfg.batch_size) for d in run_dialogues(
-            start(questions[i:i + cfg.batch_size], task.setting), backend, dialogue_cfg, cfg.seed, bar)]
-    wanted = cfg.references and answer_mode == "choice" and applies(task)
+            start(questions[i:i + cfg.batch_size], roster), speakers, dialogue_cfg, cfg.seed, bar)]
+    wanted = cfg.references and answer_mode == "choice" and applies(task) and roster.slots > 0
     references = reference_rows(questions, backend) if wanted else {}
     wall = time.time() - started
 
-    tokenizer = getattr(backend, "tokenizer", None)
-    per_instance = [instance_record(d, metric, tokenizer) for d in dialogues]
+    per_instance = [instance_record(d, metric, backend.tokenizer) for d in dialogues]
     scores = [r["score"] for r in per_instance]
     mean, stderr = mean_stderr(scores)
     tokens = [r["tokens"] for r in per_instance]
@@ -133,14 +122,10 @@ def evaluate(config: EvalConfig | None = None, **overrides) -> EvalResult:
         stats["references"] = {name: row["mean"] for name, row in references.items()}
     cost = {**backend.usage.as_dict(), "wall_seconds": wall, "model_load_seconds": load_seconds,
             "dialogues": len(dialogues)}
-    run_spec = {
-        "run_id": rid, "kind": "eval", "config": cfgmod.as_dict(cfg), "seed": cfg.seed,
-        "dialogue": vars(dialogue_cfg), "setting": task.setting, "answer_mode": answer_mode,
-        "model": getattr(backend, "model_info", {"name": cfg.model}),
-        "data": {"source": task.source, "question_ids": [q.id for q in questions]},
-        "versions": runs.versions(), "device": runs.device_info(cfg.device), "git_sha": runs.git_sha(),
-        "command": sys.argv,
-    }
+    run_spec = spec.run_spec("eval", rid, cfgmod.as_dict(cfg), cfg.seed, device=machine.device_info(cfg.device),
+                             dialogue=vars(dialogue_cfg), setting=task.setting, answer_mode=answer_mode,
+                             model=backend.model_info, frozen_speakers=speakers.frozen_info(),
+                             data={"source": task.source, "question_ids": [q.id for q in questions]})
     with runs.run_directory(out) as tmp:
         runs.write_json(tmp / "run_spec.json", run_spec)
         runs.write_jsonl(tmp / "per_instance.jsonl", per_instance)

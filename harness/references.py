@@ -4,8 +4,8 @@ the floor is, whether the dialogue adds anything, and where the top is.
 - `chance`: the expected score of a uniform guess, 1 / options.
 - `most_frequent_option`: the option that occurs most often in the whole story (ties: the first
   listed), no model.
-- `one_agent`: the policy alone with one agent's half of the story (Alice's), its choice by
-  log-likelihood as in `answer_mode=choice`, no dialogue.
+- `one_agent`: the policy alone with the first agent's slot of the story (with two agents, Alice's
+  half), its choice by log-likelihood as in `answer_mode=choice`, no dialogue.
 - `whole_story`: the policy alone with the whole story: the ceiling a dialogue that passed on every
   fact would approach.
 
@@ -55,7 +55,7 @@ def chance(questions: list[Question], backend: Backend) -> list[float]:
 def most_frequent_option(questions: list[Question], backend: Backend) -> list[float]:
     out = []
     for q in questions:
-        words = re.findall(r"\w+", " ".join(q.contexts[0] + q.contexts[1]).casefold())
+        words = re.findall(r"\w+", " ".join(sum(q.contexts, ())).casefold())
         counts = [words.count(o.casefold()) for o in q.options]
         out.append(_correct(q, best_option(q.options, counts)))
     return out
@@ -79,7 +79,7 @@ def one_agent(questions: list[Question], backend: Backend) -> list[float]:
 
 @REFERENCES.register("whole_story")
 def whole_story(questions: list[Question], backend: Backend) -> list[float]:
-    return _alone(questions, backend, lambda q: q.contexts[0] + q.contexts[1])
+    return _alone(questions, backend, lambda q: sum(q.contexts, ()))
 
 
 def reference_rows(questions: list[Question], backend: Backend) -> dict[str, dict]:

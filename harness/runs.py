@@ -1,22 +1,26 @@
-"""Run ids, run directories and atomic writes.
+"""Run ids, run directories and the one way records are written: atomically and durably.
 
-A run directory (or a data file) is written under a temporary name and renamed into place when
-complete, so a directory that exists under its final name is always finished. Long runs write into a
-fixed ``.<name>.partial`` directory as they go, which `--resume` continues. Run ids are canonical HELM-style
-strings, ``eval:task=cbt,model=smollm2-135m,split=test,seed=0``, that double as directory names.
+Every file is written under a temporary name in its own folder, flushed and synced to disk, renamed
+into place and its folder synced, so a crash leaves either the old file or the whole new one. A run
+directory (or a data file) is written the same way as a whole: a directory under its final name was
+complete when renamed (a stage is finished only once its manifest is written after it:
+`harness.records.manifest`). Long runs write into a fixed ``.<name>.partial`` directory as they go,
+which `--resume` continues. Run ids are canonical HELM-style strings,
+``eval:task=cbt,model=smollm2-135m,split=test,seed=0``, that double as directory names.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import platform
+import secrets
 import shutil
 import subprocess
-import tempfile
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
+
+from harness.errors import HarnessError
 
 PACKAGES = ("dits-harness", "torch", "transformers", "trl", "peft", "datasets", "lm_eval", "tokenizers")
 
@@ -53,66 +57,94 @@ def git_sha() -> str | None:
     return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
-def device_info(device: str) -> dict:
-    import torch
-
-    info = {"device": device, "platform": platform.platform(), "python": platform.python_version(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
-    if device.startswith("cuda") and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
-
-
 def write_json(path: Path, data) -> None:
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    write_text(path, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
 def write_jsonl(path: Path, rows) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+    write_text(path, "".join(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in rows))
+
+
+def write_text(path: Path, text: str) -> None:
+    """`text` as `path`, atomically and durably."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def _temporary_name(final: Path) -> Path:
+    # Beside `final` (a rename within one file system is atomic); created with the default mode,
+    # not tempfile's private 0600, so records stay readable as before.
+    return final.parent / f".{final.name[:40]}.partial-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def _sync(path: Path) -> None:
+    """Flush a file's or a folder's contents (a folder's: its names) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sync_tree(root: Path) -> None:
+    """Every file and folder under `root`, also what libraries wrote there (model weights)."""
+    for folder, _, files in os.walk(root):
+        for name in files:
+            if not os.path.islink(os.path.join(folder, name)):
+                _sync(Path(folder) / name)
+        _sync(Path(folder))
+
+
+def _rename_durably(tmp: Path, final: Path) -> None:
+    os.replace(tmp, final)
+    _sync(final.parent)  # the rename itself survives a crash only once its folder is synced
 
 
 @contextmanager
 def atomic_file(final: Path):
-    """Yield a temporary path beside `final`; on success it replaces `final`, on failure it is removed."""
+    """Yield a temporary path beside `final`; on success it is synced and replaces `final` (the
+    rename synced too), on failure it is removed."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{final.name[:40]}.partial-", dir=final.parent)
-    os.close(fd)
-    tmp = Path(name)
+    tmp = _temporary_name(final)
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         yield tmp
-        os.replace(tmp, final)
+        _sync(tmp)
+        _rename_durably(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
 
 
 @contextmanager
 def run_directory(final: Path):
-    """Yield a temporary directory; on success it replaces `final`, on failure it is removed."""
+    """Yield a temporary directory; on success everything in it is synced and it replaces `final`,
+    on failure it is removed."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name[:40]}.partial-", dir=final.parent))
+    tmp = _temporary_name(final)
+    tmp.mkdir()
     try:
         yield tmp
+        _sync_tree(tmp)
         if final.exists():
             shutil.rmtree(final)
-        tmp.rename(final)
+        _rename_durably(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextmanager
 def resumable_directory(final: Path, resume: bool):
-    """Yield the partial directory of a long run; on success it replaces `final`. On failure it
-    stays, so `resume=True` continues from what it holds; without it, a stale one is cleared."""
+    """Yield the partial directory of a long run; on success it is synced and replaces `final`. On
+    failure it stays, so `resume=True` continues from what it holds; without it, a stale one is cleared."""
     partial = final.parent / f".{final.name}.partial"
     if partial.exists() and not resume:
         shutil.rmtree(partial)
     partial.mkdir(parents=True, exist_ok=True)
     yield partial
+    _sync_tree(partial)
     if final.exists():
         shutil.rmtree(final)
-    partial.rename(final)
+    _rename_durably(partial, final)
 
 
 def append_jsonl(path: Path, rows) -> None:
@@ -137,3 +169,20 @@ def read_complete_jsonl(path: Path) -> list[dict]:
         except json.JSONDecodeError:
             break
     return rows
+
+
+def read_jsonl(path: Path) -> list[tuple[int, dict]]:
+    """Rows with their 1-based line numbers; a bad line is one `file:line: reason` error."""
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise HarnessError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise HarnessError(f"{path}:{i}: expected a JSON object, got {type(row).__name__}")
+            out.append((i, row))
+    return out

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +18,8 @@ from harness import config as cfgmod
 from harness import runs
 from harness.config import SelectConfig
 from harness.errors import HarnessError
+from harness.records.spec import FILE, run_spec
 from harness.registry import Registry
-from harness.tasks.base import read_jsonl
 
 
 @dataclass(frozen=True)
@@ -35,6 +34,13 @@ class Scores:
 class Selector(ABC):
     keeps_all = False  # optima_full: alpha does not apply
     influence = False  # DITS and its ablation: gamma weighs Q, and a validation pool is used
+    kind: str | None = None  # what an influence selector's influence is measured on: "metric", "loss"
+
+    @classmethod
+    def traits(cls) -> dict:
+        """What reports need to know of the selector, recorded with each selection (so they read
+        it from the record instead of importing the selector)."""
+        return {"influence": cls.influence, "keeps_all": cls.keeps_all, "kind": cls.kind}
 
     @abstractmethod
     def score(self, pairs: list[dict], cfg: SelectConfig) -> Scores:
@@ -87,7 +93,7 @@ def read_pairs(path: Path) -> list[dict]:
     if not path.is_file():
         raise HarnessError(f"{path}: pairs file not found")
     pairs = []
-    for n, pair in read_jsonl(path):
+    for n, pair in runs.read_jsonl(path):
         for key in ("pair_id", "question_id", "task", "policy", "prompt", "chosen", "rejected", "q_chosen"):
             if key not in pair:
                 raise HarnessError(f"{path}:{n}: missing key {key!r}")
@@ -108,12 +114,11 @@ def run_select(cfg: SelectConfig) -> tuple[Path, list[dict], list[dict]]:
     rid = runs.run_id("select", selector=cfg.selector, task=pairs[0]["task"], alpha=cfg.alpha,
                       gamma=cfg.gamma if SELECTORS.get(cfg.selector).influence else None, seed=cfg.seed)
     out = Path(cfg.out) if cfg.out else Path(cfg.pairs).parent / "select" / runs.dir_name(rid)
-    run_spec = {"run_id": rid, "kind": "select", "config": cfgmod.as_dict(cfg), "seed": cfg.seed,
-                "task": pairs[0]["task"], "policy": pairs[0]["policy"], "candidates": len(pairs),
-                "selected": len(selected), "selector_facts": scores.extra or {},
-                "versions": runs.versions(), "git_sha": runs.git_sha(), "command": sys.argv}
+    record = run_spec("select", rid, cfgmod.as_dict(cfg), cfg.seed, task=pairs[0]["task"], policy=pairs[0]["policy"],
+                      candidates=len(pairs), selected=len(selected), selector_facts=scores.extra or {},
+                      selector_traits=SELECTORS.get(cfg.selector).traits())
     with runs.run_directory(out) as tmp:
         runs.write_jsonl(tmp / "selected.jsonl", selected)
         runs.write_jsonl(tmp / "scores.jsonl", rows)
-        runs.write_json(tmp / "run_spec.json", run_spec)
+        runs.write_json(tmp / FILE, record)
     return out, selected, rows

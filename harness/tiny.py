@@ -7,6 +7,8 @@ from a fixed seed, and fitting runs a fixed number of steps in a fixed order.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import math
 import re
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from harness import mas
 from harness.mas.dialogue import NAMES, Dialogue, Utterance, start
 from harness.tasks.base import FIXTURES
 
@@ -24,6 +27,21 @@ CHAT_TEMPLATE = (
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 FITTED_TASKS = ("hotpotqa", "triviaqa", "cbt", "arc_c", "mmlu")
 SEED = 1234
+# The fit's float sums depend on how many threads split them, and a few hundred steps carry the
+# difference into other answers: it always runs on this many, whatever the machine's cores or
+# OMP_NUM_THREADS, so a CPU of one kind always builds the same model (the smoke references' model).
+FIT_THREADS = 2
+
+
+@functools.cache
+def sources_hash() -> str:
+    """The models' recipe in the catalogue (`harness.models`): a hash of what they are built from
+    (this file, the agents' package, whose prompts and dialogue format they are fitted on, and the
+    task fixtures), so that any change there rebuilds them."""
+    h = hashlib.sha1()
+    for f in [Path(__file__), *sorted(Path(mas.__file__).parent.glob("*.py")), *sorted(FIXTURES.glob("*/*.jsonl"))]:
+        h.update(f.read_bytes())
+    return h.hexdigest()[:12]
 
 
 def _fixture_texts():
@@ -141,6 +159,15 @@ def epoch_batches(lengths: list[int], batch_size: int, generator: torch.Generato
 
 
 def build_fitted(out: Path, steps: int = 800, batch_size: int = 8, lr: float = 1e-2) -> None:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(FIT_THREADS)
+    try:
+        _fit(out, steps, batch_size, lr)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit(out: Path, steps: int, batch_size: int, lr: float) -> None:
     import torch.nn.functional as F
     from transformers import AutoTokenizer, LlamaForCausalLM
 

@@ -58,6 +58,41 @@ def test_sampled_generation_is_seeded(tiny_random):
     assert a == b and a != c
 
 
+def test_a_sampled_requests_text_depends_on_its_seed_not_on_its_batch(tiny_random):
+    prompts = [[{"role": "user", "content": t}] for t in ("Tell me about the river.", "Name a colour.", "Why?")]
+    s = Sampling(temperature=1.0, top_p=0.9, max_new_tokens=10)
+    together = tiny_random.generate([Request(p, seed=7 + i) for i, p in enumerate(prompts)], s, seed=1)
+    alone = [tiny_random.generate([Request(p, seed=7 + i)], s, seed=2)[0] for i, p in enumerate(prompts)]
+    assert [c.text for c in together] == [c.text for c in alone]
+    # Requests without a seed of their own draw from the call's seed and their place in the call,
+    # however the backend splits the call into batches.
+    unseeded = [Request(p) for p in prompts]
+    batch_size = tiny_random.batch_size
+    try:
+        tiny_random.batch_size = 1
+        one_by_one = [c.text for c in tiny_random.generate(unseeded, s, seed=1)]
+    finally:
+        tiny_random.batch_size = batch_size
+    assert [c.text for c in tiny_random.generate(unseeded, s, seed=1)] == one_by_one
+
+
+def test_make_backend_builds_the_configured_engine_from_a_config():
+    import dataclasses
+
+    from harness.backends import make_backend
+    from harness.backends.hf import HFBackend
+    from harness.config import EvalConfig
+    from harness.errors import HarnessError
+
+    cfg = EvalConfig(model="tiny-random", batch_size=3, kv_cache=False)
+    backend = make_backend(cfg)
+    assert isinstance(backend, HFBackend) and backend.batch_size == 3 and not backend.kv_cache
+    assert backend.model_info["name"] == "tiny-random" and backend.tokenizer is not None
+    assert make_backend(None, model="tiny-random", batch_size=5).batch_size == 5  # no config: the lm-eval bridge
+    with pytest.raises(HarnessError, match="unknown backend 'vllm'"):
+        make_backend(dataclasses.replace(cfg, backend="vllm"))
+
+
 def test_batched_equals_one_at_a_time_and_counts_tokens(tiny_random):
     prompts = [[{"role": "user", "content": t}] for t in ("a short one", "a much longer prompt " * 5)]
     s = Sampling(max_new_tokens=8)
@@ -109,12 +144,12 @@ def test_turn_nll_scores_the_content_of_one_assistant_turn(tiny_random):
 def test_decode_cache_layer_appends_in_place_and_grows_past_its_room():
     import torch
 
-    from harness.backends.hf import _RoomyLayer
+    from harness.backends.kv_cache import RoomyLayer
 
     full = torch.randn(2, 3, 9, 4)
     buf = torch.zeros(2, 3, 5, 4)
     buf[:, :, :3] = full[:, :, :3]
-    layer = _RoomyLayer(buf, buf.clone(), 3)
+    layer = RoomyLayer(buf, buf.clone(), 3)
     for start, stop in ((3, 5), (5, 6), (6, 9)):  # the second step fills the room, the third grows it
         keys, _ = layer.update(full[:, :, start:stop], full[:, :, start:stop])
         assert torch.equal(keys, full[:, :, :stop]) and layer.get_seq_length() == stop
@@ -155,7 +190,7 @@ def test_a_slot_started_from_keys_and_values_computed_elsewhere_is_reused(tiny_r
     fresh = tiny_random.generate([Request(messages, cache_key="fresh/0")], Sampling(max_new_tokens=12))[0]
     ids = tiny_random.encode(messages)
     with torch.no_grad():
-        past = tiny_random.model(input_ids=torch.tensor([ids]), use_cache=True).past_key_values
+        past = tiny_random.model(input_ids=torch.tensor([ids]), use_cache=True).cache
     tiny_random.keep("kept/0", ids, [(layer.keys, layer.values) for layer in past.layers])
     kept = tiny_random.generate([Request(messages, cache_key="kept/0")], Sampling(max_new_tokens=12))[0]
     tiny_random.release("fresh/")
@@ -170,7 +205,7 @@ def test_grouped_sdpa_is_transformers_sdpa_without_copied_heads(rows, queries, k
 
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    from harness.backends.hf import grouped_sdpa
+    from harness.backends.attention import grouped_sdpa
 
     torch.manual_seed(rows + queries)
     query = torch.randn(rows, 6, queries, 8)
@@ -190,7 +225,7 @@ def test_causal_after_cache_attention_is_lower_right_causal(cached, new):
 
     from transformers.integrations.sdpa_attention import repeat_kv
 
-    from harness.backends.hf import causal_after_cache
+    from harness.backends.attention import causal_after_cache
 
     torch.manual_seed(cached + new)
     query = torch.randn(1, 6, new, 8)
@@ -206,16 +241,16 @@ def test_a_model_on_causal_after_cache_attention_continues_a_cache_as_one_pass_w
     from transformers import DynamicCache
 
     from harness import models
-    from harness.backends.hf import CAUSAL_AFTER_CACHE
+    from harness.backends.attention import CAUSAL_AFTER_CACHE
 
     model = models.load("tiny-random")[0].eval()
     ids = torch.randint(0, model.config.vocab_size, (1, 30), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         whole = model(input_ids=ids).logits
         model.set_attn_implementation(CAUSAL_AFTER_CACHE)
-        past = model(input_ids=ids[:, :12], use_cache=True).past_key_values
+        past = model(input_ids=ids[:, :12], use_cache=True).cache
         rest = model(input_ids=ids[:, 12:], position_ids=torch.arange(12, 30)[None],
-                     past_key_values=DynamicCache([(layer.keys, layer.values) for layer in past.layers])).logits
+                     cache=DynamicCache([(layer.keys, layer.values) for layer in past.layers])).logits
         with pytest.raises(ValueError, match="no attention mask"):
             model(input_ids=ids, attention_mask=torch.ones_like(ids)[None, None].expand(1, 1, 30, 30).bool())
     assert torch.allclose(rest, whole[:, 12:], atol=1e-5)

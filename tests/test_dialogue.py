@@ -4,7 +4,7 @@ import pytest
 
 from harness.mas.dialogue import CLOSING, Dialogue, Utterance, parse_answer, start
 from harness.mas.progress import UtteranceBar
-from harness.mas.prompts import system_prompts
+from harness.mas.roster import DEBATE, INFORMATION_EXCHANGE
 from harness.tasks.base import Question
 
 
@@ -107,12 +107,12 @@ def test_memory_roles_own_turns_assistant_partner_user():
 
 
 def test_information_exchange_prompts_hold_only_own_context():
-    alice, bob = system_prompts("information_exchange", "Q?", (("fact A",), ("fact B",)))
+    alice, bob = INFORMATION_EXCHANGE.system_prompts(Question("q", "Q?", ("x",), (("fact A",), ("fact B",))))
     assert "fact A" in alice and "fact B" not in alice
     assert "fact B" in bob and "fact A" not in bob
     assert alice.count("Alice") >= 2 and "<A>" in alice
 
 
 def test_debate_critic_is_told_not_to_answer():
-    solver, critic = system_prompts("debate", "Q?", ((), ()))
+    solver, critic = DEBATE.system_prompts(Question("q", "Q?", ("x",)))
     assert "<A>answer</A>" in solver and "<A>" not in critic and "Do not give the answer" in critic

@@ -13,28 +13,45 @@ from harness.errors import HarnessError
 from harness.selection import select
 
 KNOBS = ["--config", "smoke"]  # V = 4, units of 2 pairs, 2 warm-up steps, eta 1e-2, LoRA r 4
+THREE = "information_exchange_3"  # Alice, Bob and Carol
+
+
+def write_pairs(directory, task_name: str, roster: str | None = None):
+    """Six pairs on train questions, grown by tiny-fitted: at Alice's first turn in the roster's
+    dialogue (default: the task's setting's), the gold answer over a wrong option (or, without
+    options, the next question's answer)."""
+    from harness.mas.dialogue import start
+    from harness.mas.roster import roster_for
+    from harness.tasks import get_task
+
+    team = roster_for(get_task(task_name).setting, roster)
+    task = get_task(task_name, slots=team.slots)
+    _, _, info = models.load("tiny-fitted")
+    questions = task.load("train")[:7]
+    rows = []
+    for i, d in enumerate(start(questions[:6], team)):
+        q = d.question
+        wrong = next(o for o in q.options if o != q.golds[0]) if q.options else questions[i + 1].golds[0]
+        rows.append({"pair_id": f"{task_name}:{q.id}/n0", "question_id": q.id, "task": task_name,
+                     "policy": {"name": "tiny-fitted", "sha256": info["sha256"]}, "prompt": d.messages(0),
+                     "chosen": f"Alice: <A>{q.golds[0]}</A>", "rejected": f"Alice: <A>{wrong}</A>",
+                     "q_chosen": 0.5 + 0.1 * i, "q_rejected": 0.1})
+    path = directory / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
 
 
 @pytest.fixture(scope="module")
 def pairs_file(tmp_path_factory):
-    from harness.mas.dialogue import start
-    from harness.tasks import get_task
-
     # Debate: tiny-fitted picks options well above zero on unseen questions, so the validation
     # metric can move either way after a step.
-    task = get_task("arc_c")
-    _, _, info = models.load("tiny-fitted")
-    rows = []
-    for i, d in enumerate(start(task.load("train")[:6], task.setting)):
-        q = d.question
-        wrong = next(o for o in q.options if o != q.golds[0])
-        rows.append({"pair_id": f"arc_c:{q.id}/n0", "question_id": q.id, "task": "arc_c",
-                     "policy": {"name": "tiny-fitted", "sha256": info["sha256"]}, "prompt": d.messages(0),
-                     "chosen": f"Alice: <A>{q.golds[0]}</A>", "rejected": f"Alice: <A>{wrong}</A>",
-                     "q_chosen": 0.5 + 0.1 * i, "q_rejected": 0.1})
-    path = tmp_path_factory.mktemp("dits") / "pairs.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+    return write_pairs(tmp_path_factory.mktemp("dits"), "arc_c")
+
+
+@pytest.fixture(scope="module")
+def three_agent_pairs(tmp_path_factory):
+    # ARC-C again, for the metric tiny-fitted moves there: three informants, each without a context to read
+    return write_pairs(tmp_path_factory.mktemp("dits3"), "arc_c", THREE)
 
 
 def test_units_are_seeded_blocks_of_a_shuffle():
@@ -77,6 +94,8 @@ def test_dits_scores_every_pair_and_gamma_runs_share_one_estimate(pairs_file, tm
     (["step_optimizer=adam"], "step_optimizer must be one of adamw, sgd"),
     (["eta=0"], "eta must be positive"),
     (["decode_lookahead=-1"], "decode_lookahead must be at least 0, got -1"),
+    (["backend=vllm"], "influence estimates run on the hf backend"),
+    (["speaker_models=Bob=tiny-random", "influence_path=fast"], "speaker_models needs select.influence_path=reference"),
 ])
 def test_bad_influence_input_is_one_line(pairs_file, tmp_path, capsys, overrides, message):
     models.resolve("tiny-random")  # built beforehand: a first build logs its progress on stderr,
@@ -202,14 +221,17 @@ def test_shared_prompt_logps_equal_the_padded_batchs_with_their_gradient():
     assert all(torch.allclose(a, b, rtol=0, atol=1e-4 * scale) for a, b in zip(padded_grads, shared_grads))
 
 
-def test_fast_path_gives_the_reference_paths_influence(pairs_file, tmp_path):
+@pytest.mark.parametrize("pairs, roster", [("pairs_file", []), ("three_agent_pairs", [f"roster={THREE}"])],
+                         ids=["two_agents", "three_agents"])
+def test_fast_path_gives_the_reference_paths_influence(pairs, roster, request, tmp_path):
+    pairs_file = request.getfixturevalue(pairs)
     facts = {}
     for path in ("reference", "fast"):
         out = tmp_path / path
         # 12 questions and one pair a unit, so the units' F values differ (with 4 questions and units of
         # 2 pairs the three units tied on an AMD AVX2 CPU)
         assert main(["select", "--selector", "dits", "--pairs", str(pairs_file), "--out", str(out), *KNOBS,
-                     "validation_size=12", "unit_size=1", f"influence_path={path}"]) == 0
+                     "validation_size=12", "unit_size=1", f"influence_path={path}", *roster]) == 0
         facts[path] = json.loads((out / "run_spec.json").read_text())["selector_facts"]
     ref, fast = facts["reference"], facts["fast"]
     assert len(set(ref["f_after"])) > 1  # the units differ, so agreement means something
@@ -225,13 +247,20 @@ def test_fast_path_gives_the_reference_paths_influence(pairs_file, tmp_path):
     assert ref["drafts"] == {}
 
 
-def test_a_draft_checked_on_its_own_weights_holds(pairs_file):
+@pytest.mark.parametrize("pairs, roster", [("pairs_file", None), ("three_agent_pairs", THREE)],
+                         ids=["two_agents", "three_agents"])
+def test_a_draft_checked_on_its_own_weights_holds(pairs, roster, request):
     from harness.dits.influence import FastPath, prepare
 
-    pairs = [json.loads(line) for line in pairs_file.read_text().splitlines()]
-    cfg = SelectConfig(selector="dits", validation_size=4, lora_r=4, lora_alpha=4, max_new_tokens=16)
+    pairs = [json.loads(line) for line in request.getfixturevalue(pairs).read_text().splitlines()]
+    cfg = SelectConfig(selector="dits", validation_size=4, lora_r=4, lora_alpha=4, max_new_tokens=16, roster=roster)
     path = FastPath(pairs, cfg, *prepare(pairs, cfg))
     draft = path.theta_star_dialogues()
+    names = path.roster.names
+    assert len(names) == (3 if roster else 2) and len(path.openings) == len(names)
+    for d, turns in zip(draft, path.draft_turns):  # each turn is its speaker's, in roster order
+        assert [u.speaker for u in d.utterances] == [names[t % len(names)] for t in range(len(turns))]
+        assert [path.tokenizer.decode(t.tokens) for t in turns] == [u.text for u in d.utterances]
     dialogues, resumed = path.check_drafts()
     assert dialogues == draft and resumed == []
     assert path.account["verified_dialogues"] == 4 and path.account["decoded_dialogues"] == 0
@@ -259,3 +288,32 @@ def test_a_run_in_parts_gives_the_run_and_calls_between_after_each_unit(pairs_fi
     assert calls == [(i, per_unit * (i + 1)) for i in range(len(start.units))]  # after each unit's checks
     assert (parts.f_before, parts.f_after, parts.changed_answers) == (whole.f_before, whole.f_after,
                                                                       whole.changed_answers)
+
+
+def test_the_reference_path_speaks_with_the_rosters_frozen_model(pairs_file, tmp_path):
+    from harness.dits.influence import ReferencePath, prepare
+
+    pairs = [json.loads(line) for line in pairs_file.read_text().splitlines()]
+    cfg = SelectConfig(selector="dits", validation_size=2, unit_size=6, warmup_steps=1, warmup_batch=2, max_turns=4,
+                       lora_r=4, lora_alpha=4, max_new_tokens=16, speaker_models="Alice=tiny-random",
+                       influence_path="reference")
+    path = ReferencePath(pairs, cfg, *prepare(pairs, cfg))
+    frozen = path.speakers.frozen["tiny-random"]
+    assert frozen is not path.backend  # no unit's step reaches the frozen speaker
+    dialogues = path.dialogues()
+    spoken = [u.speaker for d in dialogues for u in d.utterances]
+    assert frozen.usage.requests == spoken.count("Alice") > 0 and path.backend.usage.requests == spoken.count("Bob") > 0
+    # Loss influence's validation pairs take the policy's first turn: Bob's (the critic's, no answer), after Alice's
+    decode = path.tokenizer.decode
+    for pair, d in zip(path.validation_pairs(dialogues), dialogues, strict=True):
+        assert decode(pair.prompt).startswith(f"<|im_start|>system\n{d.systems[1]}")
+        assert decode(pair.prompt).endswith(f"{d.utterances[0].text}<|im_end|>\n<|im_start|>assistant\n")
+        assert decode(pair.rejected).startswith(d.utterances[1].text) and decode(pair.chosen).startswith("Bob: <A>")
+    estimate = path.run()
+    assert estimate.frozen_speakers == {"tiny-random": frozen.model_info} and len(frozen.model_info["sha256"]) == 64
+    # and end to end, with the fast path refused (test_bad_influence_input_is_one_line)
+    out = tmp_path / "frozen"
+    assert main(["select", "--selector", "dits", "--pairs", str(pairs_file), "--out", str(out), *KNOBS,
+                 "speaker_models=Bob=tiny-random", "influence_path=reference"]) == 0
+    facts = json.loads((out / "run_spec.json").read_text())["selector_facts"]
+    assert facts["influence_path"] == "reference" and facts["validation_dialogues"] == 4 * (1 + 3)

@@ -1,6 +1,7 @@
-"""The two-agent system scored by lm-eval and by `harness eval` gives the same answers and score."""
+"""The multi-agent system scored by lm-eval and by `harness eval` gives the same answers and score."""
 
 import lm_eval
+import pytest
 
 import harness.lmeval  # noqa: F401  (registers the harness-mas model)
 from harness import evaluate
@@ -10,13 +11,18 @@ from harness.tasks.base import FIXTURES
 N = 12
 
 
-def test_lm_eval_and_harness_eval_agree_on_mmlu(tmp_path):
+# The task's own roster, and three agents of which one speaks with a frozen model (the bridge's
+# `model_args` name the roster and the speaker's model as `harness eval`'s config keys do).
+@pytest.mark.parametrize("roster", [{}, {"roster": "information_exchange_3", "speaker_models": "Carol=tiny-random"}],
+                         ids=["own_roster", "three_agents_one_frozen"])
+def test_lm_eval_and_harness_eval_agree_on_mmlu(tmp_path, roster):
     # The fixtures' train split is what tiny-fitted was fitted on, so some answers are right.
     native = evaluate(task="mmlu", model="tiny-fitted", split="train", limit=N, data_dir=str(FIXTURES),
                       metric="em", out=str(tmp_path / "native"), max_new_tokens=48,
-                      answer_mode="generate")  # lm-eval's generate_until: answers the dialogue writes
+                      answer_mode="generate", **roster)  # lm-eval's generate_until: answers the dialogue writes
     results = lm_eval.simple_evaluate(
-        model="harness-mas", model_args="task=mmlu,model=tiny-fitted,max_new_tokens=48",
+        model="harness-mas", model_args=",".join(["task=mmlu,model=tiny-fitted,max_new_tokens=48",
+                                                   *(f"{k}={v}" for k, v in roster.items())]),
         tasks=[task_config("mmlu", FIXTURES, splits=("train",)) | {"test_split": "train"}],
         limit=N, bootstrap_iters=0, log_samples=True,
         random_seed=0, numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0,

@@ -5,6 +5,7 @@ import random
 import pytest
 
 from harness.mas.dialogue import Utterance
+from harness.mas.roster import INFORMATION_EXCHANGE
 from harness.synth.mcts import Tree, merge_distance, select_distance
 from harness.synth.pairs import PairRule, extract_pairs
 from harness.tasks.base import Question
@@ -18,7 +19,7 @@ def utt(speaker, text):
 
 
 def tree(seed=0):
-    return Tree("t:q1", QUESTION, SYSTEMS, random.Random(seed))
+    return Tree("t:q1", QUESTION, INFORMATION_EXCHANGE, SYSTEMS, random.Random(seed))
 
 
 def grow(t, parent, speaker, text):
@@ -39,7 +40,7 @@ def test_a_near_duplicate_merges_into_its_sibling_and_a_new_one_does_not():
     assert grow(t, 0, "Alice", "Alice: the city is Paris <A>Paris</A>.") == a  # 1 edit in 38 characters
     b = grow(t, 0, "Alice", "Alice: I do not know yet")
     assert b != a and t.nodes[0].children == [a, b]
-    assert (t.nodes[b].depth, t.nodes[b].parent, t.nodes[b].next_agent) == (1, 0, 1)
+    assert (t.nodes[b].depth, t.nodes[b].parent, t.next_agent(t.nodes[b])) == (1, 0, 1)
 
 
 def test_backup_keeps_running_means_up_to_the_root():
@@ -163,6 +164,6 @@ def test_pair_prompt_is_the_next_speakers_memory_at_the_node():
 def test_tree_records_round_trip():
     t, kids, deeper = pair_tree([0.9, 0.3], [0.8, 0.1])
     t.selected = [0, kids[0]]
-    again = Tree.from_record(t.to_record(), QUESTION, SYSTEMS)
+    again = Tree.from_record(t.to_record(), QUESTION, INFORMATION_EXCHANGE, SYSTEMS)
     assert again.to_record() == t.to_record()
     assert extract_pairs(again, PairRule(0.4, 0.2)) == extract_pairs(t, PairRule(0.4, 0.2))

@@ -18,10 +18,11 @@ from harness.cli import main
 from harness.errors import HarnessError
 from harness.report import costs, power, tables
 from harness.report.build import build
-from harness.report.check import check
+from harness.report.check import check, cpu_capability
 from harness.report.leaderboard import SCHEMA, document, validate
 from harness.experiment.suite import budget_points
-from conftest import SMOKE_TASKS
+from harness.records import cost, lock, manifest
+from conftest import SMOKE_ARGS, SMOKE_TASKS
 
 REFERENCE = Path(__file__).resolve().parents[1] / "results" / "reference" / "smoke-arc_c.json"
 
@@ -345,9 +346,13 @@ def test_leaderboard_refuses_unfinished_and_mismatched_runs(smoke_suite, tmp_pat
     run = next(p for p in copy.iterdir() if p.name.startswith("run:selector=qvalue") and ",seed=1," in p.name)
     status = run / "status.json"
     status.write_text(json.dumps({"state": "running", "stage": "it0/dpo", "time": 0}))
+    with lock.hold(run):  # a live process works in it
+        assert main(["leaderboard", "--suite", str(copy)]) == 2
+    assert "the run is unfinished (running at stage it0/dpo)" in capsys.readouterr().err
+    # it says running, but no process holds it: killed while it ran
     assert main(["leaderboard", "--suite", str(copy)]) == 2
     err = capsys.readouterr().err
-    assert "the run is unfinished (running at stage it0/dpo)" in err and not (copy / "leaderboard").exists()
+    assert "the run is unfinished (interrupted at stage it0/dpo)" in err and not (copy / "leaderboard").exists()
     status.write_text(json.dumps({"state": "complete", "stage": None, "time": 0}))
     spec = json.loads((run / "run_spec.json").read_text())
     spec["config"]["run"]["sft_lr"] = 0.1
@@ -355,6 +360,34 @@ def test_leaderboard_refuses_unfinished_and_mismatched_runs(smoke_suite, tmp_pat
     (run / "run_spec.json").write_text(json.dumps(spec))
     assert main(["leaderboard", "--suite", str(copy)]) == 2
     assert "differ in run.dpo_lr, run.sft_lr" in capsys.readouterr().err and not (copy / "leaderboard").exists()
+
+
+def _as_older_records(suite: Path) -> None:
+    """Make a suite's records read as commit a80c8ba wrote them: no schema_version, no selector
+    traits, no manifests or cost records, ledger lines without schema_version."""
+    for path in suite.rglob("run_spec.json"):
+        record = json.loads(path.read_text())
+        path.write_text(json.dumps({k: v for k, v in record.items() if k not in ("schema_version", "selector_traits")}))
+    for path in [*suite.rglob(manifest.FILE), *suite.rglob(cost.FILE)]:
+        path.unlink()
+    for path in suite.rglob("ledger.jsonl"):
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        path.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "schema_version"}) + "\n" for r in rows))
+
+
+def test_older_records_give_the_same_report_and_are_not_resumed(smoke_suite, report, tmp_path, capsys):
+    copy = _copy(smoke_suite, tmp_path)
+    finished = sorted(p.parent for p in copy.glob("*/results.json"))
+    assert len(finished) == 14 and all(main(["validate", "--run", str(run)]) == 0 for run in finished)
+    assert all(manifest.problem(p.parent) is None for p in copy.rglob(cost.FILE))
+    _as_older_records(copy)
+    older = build(str(copy))
+    for name, (numbers, _) in report.tables().items():
+        pd.testing.assert_frame_equal(older.tables()[name][0], numbers, obj=name)
+    capsys.readouterr()
+    assert main(["run", *SMOKE_ARGS, "--selector", "qvalue", "--out", str(copy), "--resume"]) == 2
+    assert "written by an older harness (no schema_version in run_spec.json)" in capsys.readouterr().err
+    assert main(["validate", "--run", str(finished[0])]) == 2
 
 
 class _Rows(HTMLParser):
@@ -476,6 +509,14 @@ def test_every_blessed_row_guards_something(path):
     """A row blessed at 0 (its lowest score on any listed machine) passes whatever the harness does."""
     rows = json.loads(path.read_text())["scores"]
     assert all(row["mean"] - row["tolerance"] > 0 for row in rows), [r for r in rows if r["mean"] <= r["tolerance"]]
+
+
+def test_the_blessing_machines_cpu_capability_is_torchs_read_without_torch(monkeypatch):
+    import torch
+
+    assert cpu_capability() == torch.backends.cpu.get_cpu_capability()
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")  # torch's override, obeyed as torch obeys it
+    assert cpu_capability() == "AVX2"
 
 
 def test_check_reports_missing_rows_and_bad_reference_files(report, tmp_path, capsys):

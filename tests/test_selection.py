@@ -78,7 +78,10 @@ def test_select_command_writes_every_score(tmp_path, capsys):
     assert [(r["rank"], r["selected"]) for r in rows] == [(3, False), (1, True), (4, False), (2, True)]
     assert [json.loads(line)["pair_id"] for line in (out / "selected.jsonl").read_text().splitlines()] == [
         "t:q1/n0", "t:q3/n0"]
-    assert json.loads((out / "run_spec.json").read_text())["candidates"] == 4
+    spec = json.loads((out / "run_spec.json").read_text())
+    assert spec["candidates"] == 4 and spec["schema_version"] == 1
+    # what reports need of the selector, recorded with the selection
+    assert spec["selector_traits"] == {"influence": False, "keeps_all": False, "kind": None}
 
 
 @pytest.mark.parametrize("content, message", [
@@ -113,8 +116,10 @@ def test_degenerate_influence_is_warned_and_recorded(tmp_path, monkeypatch, capl
     monkeypatch.setattr("harness.dits.selector.estimate", lambda *args: _estimate(f_after))
     pairs = write(tmp_path / "pairs.jsonl", pool([0.1 * i for i in range(12)]))
     out, _, _ = run_select(SelectConfig(selector="dits", pairs=str(pairs), gamma=gamma, out=str(tmp_path / "sel")))
-    facts = json.loads((out / "run_spec.json").read_text())["selector_facts"]
+    spec = json.loads((out / "run_spec.json").read_text())
+    facts = spec["selector_facts"]
     assert facts["resolution"]["degenerate"] == fallback
+    assert spec["selector_traits"] == {"influence": True, "keeps_all": False, "kind": "metric"}
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     if fallback:
         assert warned == ["metric influence is degenerate: 2 distinct values over 6 units, "

@@ -101,3 +101,56 @@ def test_bad_json_and_missing_split(tmp_path):
 def test_unknown_task_suggests_the_nearest():
     with pytest.raises(HarnessError, match="did you mean: hotpotqa"):
         get_task("hotpot")
+
+
+# Each information-exchange task's fixtures dealt into two slots, as sha256 of [[id, contexts], ...]
+# (its first 16 hex digits): computed with the dealing code before rosters (commit 317fbd1), so the
+# two-slot deal of every task stays today's.
+TWO_SLOT_DEALS = {
+    "hotpotqa/train": "811fa58ef85e497e", "hotpotqa/validation": "98fa59bb1d390337",
+    "hotpotqa/test": "f02a82342374eda0",
+    "2wmh/train": "de05f2ef036d742f", "2wmh/validation": "7856f3b963b86cca", "2wmh/test": "50369ce115dad7f9",
+    "triviaqa/train": "d06c4438bddfcaf6", "triviaqa/validation": "166463b8a9a08bfa",
+    "triviaqa/test": "46b1dcefcdfb7f1b",
+    "cbt/train": "e7eaa6bbdb25dfd5", "cbt/validation": "67e587e3122292f0", "cbt/test": "25937a99e43b72e7",
+}
+
+
+def _deal(name, split, slots=2):
+    return get_task(name, slots=slots).load(split)
+
+
+@pytest.mark.parametrize("what", sorted(TWO_SLOT_DEALS))
+def test_two_slots_deal_the_context_as_before_rosters(what):
+    import hashlib
+
+    dealt = json.dumps([[q.id, q.contexts] for q in _deal(*what.split("/"))])
+    assert hashlib.sha256(dealt.encode()).hexdigest()[:16] == TWO_SLOT_DEALS[what]
+
+
+@pytest.mark.parametrize("name", ["hotpotqa", "2wmh", "triviaqa", "cbt"])
+def test_three_slots_deal_the_same_context(name):
+    for two, three in zip(_deal(name, "test"), _deal(name, "test", slots=3)):
+        assert len(two.contexts) == 2 and len(three.contexts) == 3
+        assert sorted(sum(two.contexts, ())) == sorted(sum(three.contexts, ()))
+        if name == "cbt":  # consecutive blocks of the story, in order
+            assert sum(three.contexts, ()) == sum(two.contexts, ()) and [len(c) for c in three.contexts] == [6, 7, 7]
+
+
+@pytest.mark.parametrize("name, supporting", [
+    ("hotpotqa", lambda row: row["supporting_facts"]["title"]),
+    ("2wmh", lambda row: [f[0] for f in row["supporting_facts"]]),
+])
+def test_supporting_paragraphs_are_dealt_round_robin(name, supporting):
+    from harness.tasks.base import FIXTURES
+
+    for line in (FIXTURES / name / "test.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        titles = set(supporting(row))
+        q = get_task(name, slots=3).to_question(row, "test")
+        held = [sum(p.split(":")[0] in titles for p in slot) for slot in q.contexts]
+        assert sum(held) == len(titles) and max(held) - min(held) <= 1  # round robin over the three
+
+
+def test_debate_tasks_deal_no_context():
+    assert all(q.contexts == () for q in _deal("arc_c", "test", slots=3))

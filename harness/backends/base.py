@@ -1,9 +1,18 @@
-"""The Backend interface: batched chat generation with token accounting, and text scoring."""
+"""The Backend interface: batched chat generation with token accounting, and text scoring.
+
+What callers may use of any backend is declared here, nothing more: the model's identity
+(`model_info`), its tokenizer or None, the batch size, the usage ledger, `generate` with a sample
+seed per request, `loglikelihood`, `turn_nll` and `release`. Engine-specific helpers (the HF
+engine's cache slots, for instance) live on the engine and are used only by code that requires it.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import Any
+
+from harness.seeding import derive_seed
 
 
 @dataclass(frozen=True)
@@ -25,6 +34,10 @@ class Request:
     # The LoRA adapter to answer with, where the backend's model holds several and decodes a batch
     # of them together (one adapter per row); None: the model as it is.
     adapter: str | None = None
+    # The seed of this request's own sampling generator (temperature > 0): its text then depends on
+    # neither the batch it is decoded in nor the requests beside it. None: derived from the seed of
+    # the `generate` call and the request's place in it (`Backend.sample_seeds`).
+    seed: int | None = None
 
 
 @dataclass(frozen=True)
@@ -70,15 +83,23 @@ class Usage:
 
 
 class Backend(ABC):
-    usage: Usage
+    """A generation and scoring engine. Subclasses call `__init__` with what identifies them; one
+    registered in `BACKENDS` is built by `make_backend` with keywords `model` and the runtime
+    settings (`harness.backends.SETTINGS`: device, dtype, batch_size, kv_cache)."""
+
+    model_info: dict  # the model's identity: name, and where known its path and weights' sha256
+    tokenizer: Any | None  # a Hugging Face tokenizer, or None where the engine exposes none (a served model)
+    batch_size: int  # requests per forward pass: callers run that many dialogues at a time
+    usage: Usage  # what the backend spent since it was built, for cost ledgers
+
+    def __init__(self, model_info: dict, tokenizer: Any | None, batch_size: int):
+        self.model_info, self.tokenizer, self.batch_size = model_info, tokenizer, batch_size
+        self.usage = Usage()
 
     @abstractmethod
     def generate(self, requests: list[Request], sampling: Sampling, seed: int = 0) -> list[Completion]:
-        """One completion per request, in order. Same seed and inputs give the same outputs."""
-
-    @abstractmethod
-    def logprobs(self, texts: list[str]) -> list[list[float]]:
-        """Per-token log-probabilities of each text (the first token has none)."""
+        """One completion per request, in order. A sampled request draws from its own generator
+        (`sample_seeds`): same seeds and inputs give the same outputs, whatever the batching."""
 
     @abstractmethod
     def loglikelihood(self, choices: list[Choice]) -> list[list[tuple[float, int]]]:
@@ -92,3 +113,8 @@ class Backend(ABC):
 
     def release(self, cache_key_prefix: str) -> None:
         """Forget cached prefixes whose key starts with this prefix (a finished dialogue)."""
+
+    @staticmethod
+    def sample_seeds(requests: list[Request], seed: int) -> list[int]:
+        """Each request's sampling seed: its own, else one derived from the call's seed and its index."""
+        return [r.seed if r.seed is not None else derive_seed(seed, i) for i, r in enumerate(requests)]

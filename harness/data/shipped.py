@@ -45,7 +45,7 @@ def shipped_cbt_dir() -> tuple[Path | None, str]:
     "") or (None, why the sample is read instead). Builds on first use, about a minute."""
     if os.environ.get(SAMPLE_ENV, "") not in ("", "0"):
         return None, f"{SAMPLE_ENV} is set"
-    from harness.models import cache_root
+    from harness.cache import cache_root
 
     final = cache_root() / "data" / f"cbt-books-{cache_key()}"
     if final in _results:

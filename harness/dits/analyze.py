@@ -10,6 +10,7 @@ Spearman's rank correlation of each estimate with the true gain, and a scatter p
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -29,6 +30,7 @@ def analyze(pairs: list[dict], cfg: SelectConfig, units: int, steps: int, eval_s
     if units < 2 or steps < 1:
         raise HarnessError(f"--units must be at least 2 (a correlation needs two points) and --steps at least 1; "
                            f"got {units} and {steps}")
+    cfg = dataclasses.replace(cfg, influence_path="reference")  # the path it runs, whatever the preset's
     task, policy, validation = prepare(pairs, cfg)
     evaluation = task.load(eval_split, cfg.data_dir, eval_size, cfg.online)
     taken = {q.id for q in validation} | {p["question_id"] for p in pairs}

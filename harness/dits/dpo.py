@@ -75,12 +75,12 @@ def shared_prompt_logps(model, pairs: list[EncodedPair]) -> torch.Tensor:
         # Right padding needs no mask: no response token attends to the padding after it.
         ids = torch.tensor([r + [r[-1]] * (width - len(r)) for r in (p.chosen, p.rejected)], device=device)
         past = DynamicCache([(layer.keys.expand(2, -1, -1, -1), layer.values.expand(2, -1, -1, -1))
-                             for layer in prompt.past_key_values.layers])
+                             for layer in prompt.cache.layers])
         positions = torch.arange(len(p.prompt), len(p.prompt) + width - 1, device=device).expand(2, -1)
         # Row r's positions: the prompt's last one predicts its first token, each token the next.
         logits = [prompt.logits.expand(2, -1, -1)]
         if width > 1:
-            logits.append(model(input_ids=ids[:, :-1], position_ids=positions, past_key_values=past,
+            logits.append(model(input_ids=ids[:, :-1], position_ids=positions, cache=past,
                                 use_cache=True).logits)
         logits = torch.cat(logits, dim=1).float()
         token_lp = torch.log_softmax(logits, -1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)

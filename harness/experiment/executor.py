@@ -1,72 +1,115 @@
-"""Runs a plan's unfinished stages; writes the run's spec, status, ledger and results records."""
+"""Runs a plan's unfinished stages; writes the run's spec, status, ledger and results records.
+
+The run directory is locked while its process works in it, and a suite's shared stages while one
+of them is computed (`harness.records.lock`): a second process on the same run is refused, one
+that needs a shared stage another is computing waits for it. A stage is finished when its manifest
+is written after its files (`harness.records.manifest`); on resume every finished stage is checked
+against it and a stage whose files were cut or changed is redone, saying so. Records written by
+commit a80c8ba and before (no `schema_version`, no manifests) are read by reports, never resumed.
+"""
 
 from __future__ import annotations
 
 import json
-import sys
+import shutil
 import time
+from contextlib import nullcontext
+from typing import TYPE_CHECKING
 
 from harness import config as cfgmod
-from harness import runs
+from harness import machine, runs
 from harness.errors import HarnessError
 from harness.experiment.plan import Plan
 from harness.experiment.pools import check_pools
-from harness.experiment.work import headline, stage_cost
+from harness.experiment.work import headline
+from harness.records import cost, lock, manifest, spec, status
+
+if TYPE_CHECKING:
+    from harness.experiment.stages import Stage
 
 
 def execute(plan: Plan, resume: bool = False, progress=print) -> dict:
     """Run every unfinished stage of `plan`; returns the results record (also results.json)."""
     pools = check_pools(plan)
-    spec_path = plan.run_dir / "run_spec.json"
-    configs = plan.configs()
-    if spec_path.exists():
-        if not resume:
-            raise HarnessError(f"{plan.run_dir} exists; --resume continues it (or remove it)")
-        changed = _changed(json.loads(spec_path.read_text())["config"], configs)
-        if changed:
-            raise HarnessError(f"{plan.run_dir}: the config changed since the run started ({', '.join(changed)}); "
-                               "resume with the same config, or start a new run")
-    plan.run_dir.mkdir(parents=True, exist_ok=True)
-    if not spec_path.exists():
-        runs.write_json(spec_path, {
-            "run_id": plan.run_id, "kind": "run", "config": configs, "seed": plan.run.seed,
-            "shared_stages": str(plan.shared_dir), "shared_key": plan.key, "pools": pools,
-            "stages": [{"stage": s.label, "path": str(s.path), "shared": s.shared} for s in plan.stages],
-            "versions": runs.versions(), "device": runs.device_info(plan.run.device), "git_sha": runs.git_sha(),
-            "command": sys.argv})
-    for stage in plan.stages:
-        if stage.path.is_dir():
-            progress(f"[{stage.label}] done: {stage.path}")
-            continue
-        _status(plan, "running", stage.label)
-        progress(f"[{stage.label}] {stage.does}")
-        started = time.time()
-        try:
-            stage.run(stage.path)
-        except BaseException:
-            _status(plan, "failed", stage.label)
-            raise
-        ledger = (plan.shared_dir if stage.shared else plan.run_dir) / "ledger.jsonl"
-        runs.append_jsonl(ledger, [{"stage": stage.label, "path": str(stage.path), "device": plan.run.device,
-                                    "wall_seconds": time.time() - started, "finished": time.time(),
-                                    "cost": stage_cost(stage.name, stage.path)}])
-        progress(f"[{stage.label}] {headline(stage.name, stage.path)} ({time.time() - started:.0f} s)")
-    results = collect(plan)
-    runs.write_json(plan.run_dir / "results.json", results)
-    _status(plan, "complete", None)
+    with lock.hold(plan.run_dir):
+        _start(plan, pools, resume)
+        for stage in plan.stages:
+            with lock.hold(plan.shared_dir, wait=True, progress=progress) if stage.shared else nullcontext():
+                _run_stage(plan, stage, progress)
+        results = collect(plan)
+        runs.write_json(plan.run_dir / "results.json", results)
+        status.write(plan.run_dir, "complete", None)
     return results
 
+
+def _start(plan: Plan, pools: dict, resume: bool) -> None:
+    """The run's spec: written for a new run; for a resumed one, checked to be this harness's and
+    this config's."""
+    spec_path = plan.run_dir / spec.FILE
+    configs = plan.configs()
+    if not spec_path.exists():
+        runs.write_json(spec_path, spec.run_spec(
+            "run", plan.run_id, configs, plan.run.seed, device=machine.device_info(plan.run.device),
+            shared_stages=str(plan.shared_dir), shared_key=plan.key, pools=pools,
+            stages=[{"stage": s.label, "path": str(s.path), "shared": s.shared} for s in plan.stages]))
+        return
+    if not resume:
+        raise HarnessError(f"{plan.run_dir} exists; --resume continues it (or remove it)")
+    recorded = json.loads(spec_path.read_text())
+    if not spec.versioned(recorded):
+        raise HarnessError(f"{plan.run_dir}: written by an older harness (no schema_version in {spec.FILE}): "
+                           "reports read it, but it is not resumed; start the run in another directory (--out)")
+    changed = _changed(recorded["config"], configs)
+    if changed:
+        raise HarnessError(f"{plan.run_dir}: the config changed since the run started ({', '.join(changed)}); "
+                           "resume with the same config, or start a new run")
+
+
+def _run_stage(plan: Plan, stage: Stage, progress) -> None:
+    """Run `stage` unless it is finished; then its cost record, its manifest and its ledger line."""
+    if stage.path.exists():
+        issue = manifest.problem(stage.path)
+        if issue is None:
+            progress(f"[{stage.label}] done: {stage.path}")
+            return
+        if _older(plan, stage):
+            raise HarnessError(f"{stage.path}: finished by an older harness (no {manifest.FILE}): reports read it, "
+                               "but it is not resumed; start the run in another suite directory (--out)")
+        progress(f"[{stage.label}] redo: {issue} ({stage.path})")
+        shutil.rmtree(stage.path)
+    status.write(plan.run_dir, "running", stage.label)
+    progress(f"[{stage.label}] {stage.does}")
+    started = time.time()
+    try:
+        stage.run(stage.path)
+    except BaseException:
+        status.write(plan.run_dir, "failed", stage.label)
+        raise
+    wall = time.time() - started
+    record = cost.record(stage.label, stage.name, stage.path, plan.run.device, wall)
+    runs.write_json(stage.path / cost.FILE, record)
+    manifest.write(stage.path)  # last: the stage is finished from here on
+    runs.append_jsonl(_ledger(plan, stage), [{"schema_version": cost.SCHEMA_VERSION, "stage": stage.label,
+                                              "path": str(stage.path), "device": record["device"],
+                                              "wall_seconds": wall, "finished": time.time(), "cost": record["work"]}])
+    progress(f"[{stage.label}] {headline(stage.name, stage.path)} ({wall:.0f} s)")
+
+
+def _ledger(plan: Plan, stage: Stage):
+    return (plan.shared_dir if stage.shared else plan.run_dir) / "ledger.jsonl"
+
+
+def _older(plan: Plan, stage: Stage) -> bool:
+    """Whether `stage` was finished by a harness that wrote no manifests: its ledger line (written
+    when it finished) has no schema_version. Without a ledger line it stopped before finishing."""
+    rows = [r for r in runs.read_complete_jsonl(_ledger(plan, stage)) if r["stage"] == stage.label]
+    return bool(rows) and "schema_version" not in rows[-1]
 
 
 def _changed(old: dict, new: dict) -> list[str]:
     old = {section: cfgmod.recorded(section, old.get(section, {})) for section in new}
     return sorted(f"{section}.{k}" for section in new for k in new[section]
                   if old[section].get(k) != json.loads(json.dumps(new[section][k], default=str)))
-
-
-def _status(plan: Plan, state: str, stage: str | None) -> None:
-    with runs.atomic_file(plan.run_dir / "status.json") as tmp:
-        runs.write_json(tmp, {"state": state, "stage": stage, "time": time.time()})
 
 
 def collect(plan: Plan) -> dict:
@@ -94,8 +137,8 @@ def collect(plan: Plan) -> dict:
     counts, training = {}, {}
     for it in range(plan.run.iterations):
         mine = plan.run_dir / f"it{it}"
-        spec = json.loads((mine / "select" / "run_spec.json").read_text())
-        counts[f"it{it}"] = {"candidates": spec["candidates"], "selected": spec["selected"]}
+        selection = json.loads((mine / "select" / spec.FILE).read_text())
+        counts[f"it{it}"] = {"candidates": selection["candidates"], "selected": selection["selected"]}
         dpo = json.loads((mine / "dpo" / "stats.json").read_text())
         last = [r for r in runs.read_complete_jsonl(mine / "dpo" / "train_log.jsonl") if "rewards/margins" in r]
         training[f"it{it}"] = {"dpo_pairs": dpo["pairs"], "dpo_dropped_prompt_too_long": dpo["dropped_prompt_too_long"],

@@ -21,7 +21,7 @@ from harness.train.trainers import dpo_config, sft_config
 
 # Keys every stage must agree on: the run's values replace the sections'.
 IDENTITY = ("task", "seed", "data_dir", "online", "backend", "device", "dtype", "context_mode", "metric",
-            "max_turns", "kv_cache", "answer_mode", "closing_turn")
+            "max_turns", "kv_cache", "answer_mode", "closing_turn", "roster", "speaker_models")
 # Run keys that act only from the selection on: they do not change the shared stages.
 SELECTION_KEYS = ("selector", "gamma", "alpha", "iterations", "suite", "out", "budget") + tuple(
     f.name for f in dataclasses.fields(RunConfig) if f.name.startswith("dpo_"))

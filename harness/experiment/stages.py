@@ -12,16 +12,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from harness import runs
-from harness.backends import BACKENDS
+from harness.backends import make_backend
 from harness.errors import HarnessError
 from harness.evaluation import evaluate
 from harness.experiment.pools import pool_ranges
 from harness.mas.dialogue import DialogueConfig
+from harness.mas.roster import task_and_roster
+from harness.mas.speakers import Speakers
 from harness.selection import SELECTORS, run_select
 from harness.synth.reward import RECIPES, reward_config
-from harness.synth.synthesis import derive_seed, probe, synthesize
-from harness.tasks import get_task
-from harness.tasks.base import read_jsonl
+from harness.runs import read_jsonl
+from harness.seeding import derive_seed
+from harness.synth.synthesis import probe, synthesize
 from harness.train.sft_data import build_sft_data, sample_dialogues
 from harness.train.trainers import train_dpo, train_sft, write_training
 
@@ -43,13 +45,12 @@ class Stage:
         return self.name if self.iteration is None else f"it{self.iteration}/{self.name}"
 
 
-
 class Pipeline:
     """The stages of a plan, each a function of its output directory."""
 
     def __init__(self, plan: Plan):
         self.plan = plan
-        self.task = get_task(plan.run.task, context_mode=plan.run.context_mode, seed=plan.run.seed)
+        self.task, self.roster = task_and_roster(plan.run)
 
     def stages(self) -> list[Stage]:
         p, run, synth = self.plan, self.plan.run, self.plan.synth
@@ -58,7 +59,7 @@ class Pipeline:
         evaluated = f"{tests} greedy dialogues of up to {run.max_turns} x {self.plan.eval.max_new_tokens} tokens"
         out = [Stage("eval", None, p.shared_dir / "eval_initial", True, f"evaluate the initial policy: {evaluated}",
                      self.evaluate(initial, references=True))]
-        sft_examples = 2 * int(run.sft_questions * run.sft_keep_fraction)
+        sft_examples = len(self.roster.policy_agents) * int(run.sft_questions * run.sft_keep_fraction)
         sft_steps = math.ceil(sft_examples / (run.sft_batch_size * run.sft_grad_accum)) * run.sft_epochs
         rollouts = synth.questions * synth.explore_time * synth.expand_time
         for it in range(run.iterations):
@@ -112,21 +113,21 @@ class Pipeline:
                                                         references=references))
 
     def backend(self, model: str):
-        run = self.plan.run
-        return BACKENDS.get(run.backend)(model=model, device=run.device, dtype=run.dtype,
-                                        batch_size=run.batch_size, kv_cache=run.kv_cache)
+        return make_backend(self.plan.run, model=model)
 
     def sft_data(self, policy: str, iteration: int):
         def stage(out: Path) -> None:
             run, synth = self.plan.run, self.plan.synth
             lo, hi = pool_ranges(run, synth)[iteration]["sft"]
-            questions = self.task.load("train", run.data_dir, None, run.online)[lo:hi]
+            task, roster = self.task, self.roster
+            questions = task.load("train", run.data_dir, None, run.online)[lo:hi]
             started = time.time()
             backend = self.backend(policy)
             scorer = backend if policy == run.model else self.backend(run.model)
+            speakers = Speakers.for_roster(roster, backend, self.backend, policy)
             dialogue_cfg = DialogueConfig(run.max_turns, run.max_new_tokens, run.sft_temperature, synth.top_p,
                                           answer_mode=run.answer_mode, closing_turn=run.closing_turn)
-            groups = sample_dialogues(questions, self.task.setting, backend, run.sft_samples, dialogue_cfg,
+            groups = sample_dialogues(questions, roster, speakers, run.sft_samples, dialogue_cfg,
                                       derive_seed(run.seed, "sft_data", out.parent.name))
             texts = list(dict.fromkeys(u.text for g in groups for d in g for u in d.utterances))
             nll = dict(zip(texts, scorer.turn_nll(texts)))
@@ -143,7 +144,8 @@ class Pipeline:
             stats = {"questions": len(records), "dialogues": sum(map(len, groups)),
                      "kept_questions": sum(r["kept"] for r in records), "examples": len(examples), "epsilon": epsilon,
                      "reward_weights": {k: v for k, v in vars(weights).items() if k != "t_norm"}, "metric": metric,
-                     "policy": backend.model_info, "cost": backend.usage.as_dict() | {"wall_seconds": time.time() - started}}
+                     "policy": backend.model_info, "frozen_speakers": speakers.frozen_info(),
+                     "cost": backend.usage.as_dict() | {"wall_seconds": time.time() - started}}
             with runs.run_directory(out) as tmp:
                 runs.write_jsonl(tmp / "sft_data.jsonl", examples)
                 runs.write_jsonl(tmp / "questions.jsonl", records)
@@ -161,7 +163,9 @@ class Pipeline:
             rows = self.task.load("train", self.plan.run.data_dir, None, self.plan.run.online)
             lo, hi = pool_ranges(self.plan.run, self.plan.synth)[iteration]["probe"]
             with runs.run_directory(out) as tmp:
-                probe(tmp / "probe.json", rows[lo:hi], self.task.setting, self.backend(model), self.plan.synth)
+                backend = self.backend(model)
+                probe(tmp / "probe.json", rows[lo:hi], self.roster,
+                      Speakers.for_roster(self.roster, backend, self.backend, model), self.plan.synth)
         return stage
 
     def mcts(self, model: str, probe_dir: Path, iteration: int):

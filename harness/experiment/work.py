@@ -1,34 +1,10 @@
-"""What each finished stage recorded about its work (tokens, requests, rollouts, steps, pairs,
-units), and the headline figure printed when it ends: read from the stage's files only."""
+"""The headline figure each stage prints when it ends, read from the stage's files only. (What
+each stage recorded about its work is its cost record: `harness.records.cost`.)"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-
-# Where each stage records its work: (file in the stage directory, key in it or None for the top).
-COST_RECORDS = {"eval": ("cost.json", None), "eval_sft": ("cost.json", None), "sft_data": ("stats.json", "cost"),
-                "sft": ("stats.json", None), "probe": ("probe.json", "cost"), "mcts": ("cost.json", "search"),
-                "select": ("run_spec.json", None), "dpo": ("stats.json", None)}
-
-
-def stage_cost(name: str, path: Path) -> dict:
-    """The numbers a stage recorded about its work (tokens, requests, rollouts, steps, pairs, units)."""
-    file, key = COST_RECORDS[name]
-    record = json.loads((path / file).read_text())
-    if name == "select":
-        facts = record.get("selector_facts", {})
-        units = len(facts.get("units", []))
-        work = {"candidates": record["candidates"], "selected": record["selected"], "influence_units": units}
-        if units:
-            work |= {"warmup_steps": record["config"]["warmup_steps"],
-                     "validation_dialogues": facts["validation_dialogues"],
-                     "influence_seconds": sum(facts["seconds"].values()),
-                     "reused_estimate": facts["reused_estimate"]}
-            work |= {k: v for k, v in facts.get("usage", {}).items() if k.endswith("tokens")}
-        return work
-    record = record[key] if key else record
-    return {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def _score_line(stats: dict) -> str:

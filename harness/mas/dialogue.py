@@ -1,22 +1,24 @@
-"""The two-agent dialogue loop: one policy plays Alice and Bob; all dialogues advance together.
+"""The dialogue loop: the agents of a roster (`harness.mas.roster`) speak in turn; all dialogues
+advance together. The policy speaks for every agent but the roster's frozen speakers, each of which
+speaks with its own model (`harness.mas.speakers`).
 
 Memory convention (decided here, used by SFT masking and DPO prompts later): an agent's memory is
-``[system: its own prompt]`` followed by its own utterances as ``assistant`` messages and its
-partner's as ``user`` messages; Alice, who speaks first, also gets an opening ``user`` message with
-the question, so both memories alternate user/assistant strictly. The reference code sends both as ``assistant``; chat-tuned models
-expect alternating roles, and with this convention "train on assistant turns" is exactly "train on
-the agent's own utterances".
+``[system: its own prompt]`` followed by its own utterances as ``assistant`` messages and the other
+agents' as ``user`` messages; the first agent, who speaks first, also gets an opening ``user``
+message with the question, so every memory alternates user/assistant strictly. With three or more
+agents, the others' utterances since the agent last spoke are one ``user`` message, joined by a blank
+line (each begins with its speaker's name, as the prompts ask); with two there is only ever one. The
+reference code sends both agents' turns as ``assistant``; chat-tuned models expect alternating roles,
+and with this convention "train on assistant turns" is exactly "train on the agent's own utterances".
 
 Answers (``answer_mode``): ``generate`` parses ``<A>...</A>`` from the utterance (the paper's
 protocol); ``choice``, for questions with options, gives every utterance an answer: the option its
-speaker's policy scores highest by log-likelihood given the speaker's memory after that utterance
+speaker's model scores highest by log-likelihood given the speaker's memory after that utterance
 (lm-eval's ``acc``; ``acc_norm``, by log-likelihood per byte, is recorded beside it).
 
-A dialogue ends when two consecutive answer-bearing utterances give the same answer (utterances
-without an answer, such as the debate critic's, neither count nor break the chain) or at the turn
-cap. In choice mode every utterance bears one, so with two agents this is "every agent's latest
-choice agrees after each has spoken". The prediction is the last answer given; a dialogue without
-any answer predicts "".
+A dialogue ends when the roster's termination rule says so (by default `agreement`: the latest
+answers of every answering agent agree, `harness.mas.termination`) or at the turn cap. The
+prediction is the last answer given; a dialogue without any answer predicts "".
 
 With ``closing_turn``, a dialogue that reaches the turn cap without any answer gets one more
 utterance: the agent whose turn it is (in debate, with the even caps of every preset, the solver) is
@@ -31,10 +33,12 @@ from dataclasses import dataclass, field
 
 from harness.backends.base import Backend, Choice, Completion, Request, Sampling
 from harness.mas.progress import UtteranceBar
-from harness.mas.prompts import opening, system_prompts
+from harness.mas.prompts import opening
+from harness.mas.roster import INFORMATION_EXCHANGE, TERMINATIONS, Roster, roster_for
+from harness.mas.speakers import Speakers
 from harness.tasks.base import ANSWER_MODES, Question
 
-NAMES = ("Alice", "Bob")
+NAMES = INFORMATION_EXCHANGE.names  # the two agents of the default rosters: Alice, Bob
 # One line, last match wins, a missing ">" on the closing tag tolerated (as the reference parser).
 ANSWER = re.compile(r"<A>(.*?)</A")
 _keys = itertools.count()
@@ -91,13 +95,19 @@ class Utterance:
 @dataclass
 class Dialogue:
     question: Question
-    systems: tuple[str, str]
+    systems: tuple[str, ...]  # each agent's system prompt, in roster order
     utterances: list[Utterance] = field(default_factory=list)
     final_answer: str = ""
-    stop: str = ""  # "agreement" | "turn_cap"
+    stop: str = ""  # the termination rule's name ("agreement") | "turn_cap"
     key: str = field(default_factory=lambda: f"dlg{next(_keys)}")
-    adapter: str | None = None  # the LoRA adapter both agents speak with (Request.adapter)
+    adapter: str | None = None  # the LoRA adapter the policy's agents speak with (Request.adapter)
     closing: bool = False  # capped without an answer: the next utterance is the closing turn
+    roster: Roster = INFORMATION_EXCHANGE  # `start` gives the run's
+
+    def __post_init__(self):
+        if len(self.systems) != len(self.roster.agents):
+            raise ValueError(f"{len(self.systems)} system prompts for the {len(self.roster.agents)} agents of "
+                             f"roster {self.roster.name}")
 
     @property
     def done(self) -> bool:
@@ -105,31 +115,41 @@ class Dialogue:
 
     @property
     def next_agent(self) -> int:
-        return len(self.utterances) % 2
+        return self.roster.speaker(len(self.utterances))
 
     def cache_key(self, agent: int) -> str:
         """The backend cache slot of the agent's memory (`Request.cache_key`)."""
         return f"{self.key}/{agent}"
 
+    def adapter_of(self, agent: int) -> str | None:
+        """The adapter the agent speaks with: the policy's, none for a frozen speaker (its own model)."""
+        return None if self.roster.agents[agent].frozen else self.adapter
+
     def messages(self, agent: int) -> list[dict]:
-        """The agent's memory as chat messages: own turns `assistant`, the partner's `user`."""
-        name = NAMES[agent]
+        """The agent's memory as chat messages: own turns `assistant`, the others' `user` (those said
+        since its last turn joined into one)."""
+        name = self.roster.agents[agent].name
         out = [{"role": "system", "content": self.systems[agent]}]
         if agent == 0:
             out.append({"role": "user", "content": opening(self.question.question)})
         for u in self.utterances:
-            if u.closing and u.speaker == name:
-                out = close(out)
-            out.append({"role": "assistant" if u.speaker == name else "user", "content": u.text})
+            if u.speaker == name:
+                if u.closing:
+                    out = close(out)
+                out.append({"role": "assistant", "content": u.text})
+            elif out[-1]["role"] == "user":
+                out[-1] = {"role": "user", "content": f"{out[-1]['content']}\n\n{u.text}"}
+            else:
+                out.append({"role": "user", "content": u.text})
         return close(out) if self.closing and agent == self.next_agent else out
 
     def add(self, utterance: Utterance, max_turns: int, closing_turn: bool = False) -> None:
         self.utterances.append(utterance)
         self.closing = False
         if utterance.answer:
-            if self.final_answer and same_answer(utterance.answer, self.final_answer):
-                self.stop = "agreement"
             self.final_answer = utterance.answer
+        if TERMINATIONS.get(self.roster.termination)(self):
+            self.stop = self.roster.termination
         if not self.stop and len(self.utterances) >= max_turns:
             if closing_turn and not self.final_answer and not utterance.closing:
                 self.closing = True
@@ -142,7 +162,7 @@ class Dialogue:
         return next((u.answer_norm for u in reversed(self.utterances) if u.answer), "")
 
     def tokens_by_agent(self) -> dict[str, int]:
-        out = dict.fromkeys(NAMES, 0)
+        out = dict.fromkeys(self.roster.names, 0)
         for u in self.utterances:
             out[u.speaker] += u.completion_tokens
         return out
@@ -154,19 +174,24 @@ def close(messages: list[dict]) -> list[dict]:
     return messages[:-1] + [{**last, "content": f"{last['content']}\n\n{CLOSING}"}]
 
 
-def start(questions: list[Question], setting: str) -> list[Dialogue]:
-    return [Dialogue(q, system_prompts(setting, q.question, q.contexts, NAMES)) for q in questions]
+def start(questions: list[Question], roster: Roster | str) -> list[Dialogue]:
+    """New dialogues of a roster on the questions; a name stands for that roster (a setting's name for
+    the setting's default roster)."""
+    roster = roster if isinstance(roster, Roster) else roster_for(roster)
+    return [Dialogue(q, roster.system_prompts(q), roster=roster) for q in questions]
 
 
-def run_dialogues(dialogues: list[Dialogue], backend: Backend, cfg: DialogueConfig, seed: int,
+def run_dialogues(dialogues: list[Dialogue], speakers: Backend | Speakers, cfg: DialogueConfig, seed: int,
                   progress: UtteranceBar | None = None, release: bool = True) -> list[Dialogue]:
-    """Advance every dialogue to its end: one batched generate call per turn.
+    """Advance every dialogue to its end: one batched generate call per turn (per speaking model).
 
-    Dialogues may start part-way (a tree-search rollout replays the path it starts from); each
-    speaks in turn from where it is. Each agent of each dialogue is a cache slot in the backend, so
-    a turn only encodes the tokens added since that agent last spoke. `release=False` keeps the
-    slots for the caller's next dialogues on the same keys, which share their system prompts.
+    `speakers`: the backend that speaks for every agent, or `Speakers` where a roster has frozen
+    speakers. Dialogues may start part-way (a tree-search rollout replays the path it starts from);
+    each speaks in turn from where it is. Each agent of each dialogue is a cache slot in its
+    backend, so a turn only encodes the tokens added since that agent last spoke. `release=False`
+    keeps the slots for the caller's next dialogues on the same keys, which share their system prompts.
     """
+    speakers = Speakers.of(speakers)
     sampling = Sampling(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
                         lookahead=cfg.lookahead)
     if progress is not None:
@@ -176,19 +201,21 @@ def run_dialogues(dialogues: list[Dialogue], backend: Backend, cfg: DialogueConf
         if not active:
             break
         agents = [d.next_agent for d in active]
-        requests = [Request(d.messages(a), cache_key=d.cache_key(a), adapter=d.adapter)
+        requests = [Request(d.messages(a), cache_key=d.cache_key(a), adapter=d.adapter_of(a))
                     for d, a in zip(active, agents)]
-        completions = backend.generate(requests, sampling, seed=seed * 1000 + step)
-        said = [Utterance.from_completion(NAMES[a], c, d.closing) for d, a, c in zip(active, agents, completions)]
+        completions = speakers.generate([d.roster.agents[a] for d, a in zip(active, agents)], requests, sampling,
+                                        seed=seed * 1000 + step)
+        said = [Utterance.from_completion(d.roster.agents[a].name, c, d.closing)
+                for d, a, c in zip(active, agents, completions)]
         if cfg.answer_mode == "choice":
-            choose(active, agents, said, backend)
+            choose(active, agents, said, speakers)
         if progress is not None:
             progress.spoke(len(active))
         for d, a, u in zip(active, agents, said):
             d.add(u, cfg.max_turns, cfg.closing_turn)
             if d.done:
                 if release:
-                    backend.release(f"{d.key}/")
+                    speakers.release(f"{d.key}/")
                 if progress is not None:
                     progress.end(len(d.utterances))
     return dialogues
@@ -199,16 +226,18 @@ def best_option(options, scores: list[float]) -> str:
     return options[scores.index(max(scores))]
 
 
-def choose(dialogues: list[Dialogue], agents: list[int], said: list[Utterance], backend: Backend) -> None:
-    """Set each utterance's answer to the option its speaker scores highest, given the speaker's
-    memory with the utterance: each option's continuation (`Question.continuations`) scored as the
-    start of the speaker's next turn, after its name. Questions without options keep the parsed answer."""
+def choose(dialogues: list[Dialogue], agents: list[int], said: list[Utterance], speakers: Speakers) -> None:
+    """Set each utterance's answer to the option its speaker scores highest, with the speaker's own
+    model, given the speaker's memory with the utterance: each option's continuation
+    (`Question.continuations`) scored as the start of the speaker's next turn, after its name.
+    Questions without options keep the parsed answer."""
     rows = [(d, a, u) for d, a, u in zip(dialogues, agents, said) if d.question.options]
     if not rows:
         return
     choices = [Choice(d.messages(a) + [{"role": "assistant", "content": u.text}], d.question.continuations,
-                      prefix=f"{NAMES[a]}:", cache_key=d.cache_key(a), adapter=d.adapter) for d, a, u in rows]
-    for (d, _, u), scored in zip(rows, backend.loglikelihood(choices)):
+                      prefix=f"{u.speaker}:", cache_key=d.cache_key(a), adapter=d.adapter_of(a)) for d, a, u in rows]
+    scores = speakers.loglikelihood([d.roster.agents[a] for d, a, _ in rows], choices)
+    for (d, _, u), scored in zip(rows, scores):
         options, texts = d.question.options, d.question.continuations
         logprobs = [lp for lp, _ in scored]
         u.choice_logprobs = logprobs

@@ -14,6 +14,7 @@ produced, and the reference lists the machines, so one reference holds on every 
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -31,11 +32,9 @@ def bless(comparison: pd.DataFrame, suite: str, path: Path, tolerance: float, ke
     (if any), each score the lower of the two, its rows this suite lacks kept."""
     if tolerance < 0:
         raise HarnessError(f"tolerance must be at least 0, got {tolerance}")
-    import torch
-
     machine = {"blessed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "suite": suite,
                "git_sha": runsmod.git_sha(), "cpu": platform.processor() or platform.machine(),
-               "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
+               "torch_cpu_capability": cpu_capability()}
     earlier, machines = {}, []
     if keep_lowest and path.is_file():
         earlier = {(r["task"], r["policy"], r["metric"]): r for r in read_reference(path)}
@@ -48,9 +47,29 @@ def bless(comparison: pd.DataFrame, suite: str, path: Path, tolerance: float, ke
     # a row this suite lacks stays required: merging never loosens the gate
     scores = [*scores.values(), *(row for key, row in earlier.items() if key not in scores)]
     reference = {"suite": suite, "blessed": machine["blessed"], "machines": [*machines, machine], "scores": scores}
-    with runsmod.atomic_file(path) as tmp:
-        runsmod.write_json(tmp, reference)
+    runsmod.write_json(path, reference)
     return reference
+
+
+# ATen's rule (DispatchStub's compute_cpu_capability) for the kernels torch's CPU operators run:
+# AVX512 where the CPU has AVX-512 VL, BW and DQ and FMA, else AVX2 where it has AVX2 and FMA.
+CAPABILITIES = (("AVX512", {"avx512vl", "avx512bw", "avx512dq", "fma"}), ("AVX2", {"avx2", "fma"}))
+
+
+def cpu_capability() -> str | None:
+    """The vector width of torch's CPU kernels on this machine, as `torch.backends.cpu.get_cpu_capability()`
+    says it, from the CPU's flags (reports do not import torch); None off x86 Linux."""
+    forced = os.environ.get("ATEN_CPU_CAPABILITY")
+    if forced:
+        return forced.upper()
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return None
+    flags = next((set(line.partition(":")[2].split()) for line in lines if line.startswith("flags")), None)
+    if flags is None:
+        return None
+    return next((name for name, needs in CAPABILITIES if needs <= flags), "DEFAULT")
 
 
 def read_reference(path: Path) -> list[dict]:

@@ -14,7 +14,6 @@ import statistics
 import pandas as pd
 
 from harness.report.records import Run
-from harness.selection import SELECTORS
 
 CATEGORIES = {"sft_data": "SFT sampling", "probe": "probe", "mcts": "tree search", "select": "selection",
               "sft": "SFT", "dpo": "DPO", "eval": "eval", "eval_sft": "eval"}
@@ -30,7 +29,7 @@ COSTS = {"tokens": "generated_tokens", "device_seconds": "device_seconds"}
 
 
 def category(run: Run, name: str) -> str:
-    if name == "select" and SELECTORS.get(run.selector).influence:
+    if name == "select" and run.traits["influence"]:
         return "influence estimation"
     return CATEGORIES[name]
 

@@ -10,7 +10,6 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from harness.report.records import Run
-from harness.selection import SELECTORS
 
 
 def metric_against_cost(points: pd.DataFrame, metric: dict[str, str], out: Path) -> list[Path]:
@@ -34,7 +33,7 @@ def influence_panels(runs: list[Run], out: Path) -> list[Path]:
     colour per iteration) and the distribution of influence per iteration (box plots). Runs that
     differ only by gamma share one estimate, so each pair counts once per seed."""
     paths = []
-    for task, selector in dict.fromkeys((r.task, r.selector) for r in runs if SELECTORS.get(r.selector).influence):
+    for task, selector in dict.fromkeys((r.task, r.selector) for r in runs if r.traits["influence"]):
         points: dict[int, dict[tuple, tuple[float, float]]] = {}
         for run in runs:
             if run.task == task and run.selector == selector and run.budget is None:

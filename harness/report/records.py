@@ -1,8 +1,10 @@
 """A suite's runs read back from their records: specs, results, per-item scores and stage costs.
 
-Reports never recompute anything: every number comes from a file a stage wrote. A run belongs in a
-report only when finished, and runs compared with each other must agree on every key but the ones
-that make them differ on purpose (the selector, its knobs, the seed, a budget point).
+Reports never recompute anything: every number comes from a file a stage wrote, and they import no
+engine, training, method or torch to read it (what a selector is comes from its selection's record).
+A run belongs in a report only when finished, and runs compared with each other must agree on every
+key but the ones that make them differ on purpose (the selector, its knobs, the seed, a budget
+point). Records written by commit a80c8ba and before are read too (`legacy`).
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ from pathlib import Path
 from harness import config as cfgmod
 from harness.config import SelectConfig
 from harness.errors import HarnessError
-from harness.selection import SELECTORS
-from harness.experiment.work import stage_cost
-from harness.tasks.base import read_jsonl
+from harness.records import cost, status
+from harness.records import spec as specmod
+from harness.report import legacy
+from harness.runs import read_jsonl
 
 # Keys every run of a task shares except these: a comparison differs only by them.
 # (Training keys such as dpo_lr do not change the shared stages, but they do change what is compared.)
@@ -51,14 +54,21 @@ class Run:
     def budget(self) -> str | None:
         return self.config["run"].get("budget")
 
+    @cached_property
+    def traits(self) -> dict:
+        """The selector's traits (uses influence, keeps all, kind) as its first selection recorded them."""
+        path = self.stage_dir("it0/select") / specmod.FILE
+        recorded = json.loads(path.read_text()).get("selector_traits")
+        return recorded or legacy.selector_traits(self.selector, path)
+
     @property
     def label(self) -> str:
         """The selector as a suite names it: `dits:gamma=0`, `random`, `qvalue:alpha=0.3`."""
         select = self.config["select"]
         knobs = []
-        if SELECTORS.get(self.selector).influence:
+        if self.traits["influence"]:
             knobs.append(f"gamma={select['gamma']:g}")
-        if not SELECTORS.get(self.selector).keeps_all and select["alpha"] != SelectConfig.alpha:
+        if not self.traits["keeps_all"] and select["alpha"] != SelectConfig.alpha:
             knobs.append(f"alpha={select['alpha']:g}")
         return self.selector + (":" + ",".join(knobs) if knobs else "")
 
@@ -73,10 +83,7 @@ class Run:
         raise HarnessError(f"{self.path}: no stage {label!r} in run_spec.json")
 
     def relocated(self, recorded: str) -> Path:
-        """A path the run recorded, under the suite directory where the run is now (a published copy
-        of a suite keeps its layout, not its absolute paths)."""
-        root = Path(self.spec["shared_stages"]).parent.parent
-        return self.path.parent / Path(recorded).relative_to(root)
+        return specmod.relocate(self.spec, self.path, recorded)
 
     def eval_label(self, policy: str) -> str:
         return {"initial": "eval", "sft": "it0/eval_sft", "dpo": f"it{self.iterations - 1}/eval"}[policy]
@@ -93,19 +100,19 @@ class Run:
 
     @cached_property
     def stages(self) -> list[dict]:
-        """Every stage the run used, shared ones included, with its wall seconds and recorded work."""
-        walls = {}
-        for ledger in (self.relocated(self.spec["shared_stages"]) / "ledger.jsonl", self.path / "ledger.jsonl"):
-            walls.update({row["stage"]: row for _, row in read_jsonl(ledger)} if ledger.exists() else {})
+        """Every stage the run used, shared ones included, with its wall seconds, device and recorded
+        work: from its cost record, or for older records, its ledger line and its own files."""
+        ledger = None
         out = []
         for stage in self.spec["stages"]:
-            row = walls.get(stage["stage"])
-            if row is None:
-                raise HarnessError(f"{self.path}: stage {stage['stage']} has no ledger line; the run is unfinished")
-            name = stage["stage"].rpartition("/")[2]
-            out.append({"stage": stage["stage"], "name": name, "shared": stage["shared"],
-                        "device": row.get("device", "cpu"), "wall_seconds": row["wall_seconds"],
-                        "cost": stage_cost(name, self.relocated(stage["path"]))})
+            path = self.relocated(stage["path"])
+            record = cost.read(path)
+            if record is None:
+                ledger = ledger if ledger is not None else legacy.ledger_rows(
+                    [self.relocated(self.spec["shared_stages"]) / "ledger.jsonl", self.path / "ledger.jsonl"])
+                record = legacy.stage_cost(stage["stage"], stage["stage"].rpartition("/")[2], path, ledger, self.path)
+            out.append({"stage": stage["stage"], "name": record["name"], "shared": stage["shared"],
+                        "device": record["device"], "wall_seconds": record["wall_seconds"], "cost": record["work"]})
         return out
 
     def selection_scores(self, iteration: int) -> list[dict]:
@@ -113,20 +120,19 @@ class Run:
 
     def selection_facts(self, iteration: int) -> dict:
         """What the selector recorded about its choice (DITS: the influence estimate and its resolution)."""
-        spec = json.loads((self.stage_dir(f"it{iteration}/select") / "run_spec.json").read_text())
-        return spec["selector_facts"]
+        return json.loads((self.stage_dir(f"it{iteration}/select") / specmod.FILE).read_text())["selector_facts"]
 
     def influence_fallbacks(self) -> list[str | None]:
         """Per iteration of an influence selector, what its degenerate influence fell back to (None
         where it resolved the units); empty for other selectors. Records older than the check have none."""
-        if not SELECTORS.get(self.selector).influence:
+        if not self.traits["influence"]:
             return []
         return [self.selection_facts(it)["resolution"].get("degenerate") for it in range(self.iterations)]
 
 
 def load_run(path: Path) -> Run:
     """A finished run's records."""
-    return Run(path, json.loads((path / "run_spec.json").read_text()), json.loads((path / "results.json").read_text()))
+    return Run(path, json.loads((path / specmod.FILE).read_text()), json.loads((path / "results.json").read_text()))
 
 
 def load_suite(root: Path, allow_unfinished: bool = False) -> list[Run]:
@@ -136,17 +142,16 @@ def load_suite(root: Path, allow_unfinished: bool = False) -> list[Run]:
     if not root.is_dir():
         raise HarnessError(f"{root}: no such suite directory")
     out = []
-    for spec_path in sorted(root.glob("*/run_spec.json")):
+    for spec_path in sorted(root.glob(f"*/{specmod.FILE}")):
         spec = json.loads(spec_path.read_text())
         if spec.get("kind") != "run":
             continue
-        status_path = spec_path.parent / "status.json"
-        status = json.loads(status_path.read_text()) if status_path.exists() else {"state": "not started"}
-        if status["state"] != "complete":
+        state = status.read(spec_path.parent)
+        if state["state"] != "complete":
             if allow_unfinished:
                 continue
-            where = f" at stage {status['stage']}" if status.get("stage") else ""
-            raise HarnessError(f"{spec_path.parent}: the run is unfinished ({status['state']}{where}); finish it "
+            where = f" at stage {state['stage']}" if state.get("stage") else ""
+            raise HarnessError(f"{spec_path.parent}: the run is unfinished ({state['state']}{where}); finish it "
                                "with harness run --resume, or remove it from the suite")
         out.append(load_run(spec_path.parent))
     if not out:

@@ -24,7 +24,6 @@ from harness.errors import HarnessError
 from harness.report import power
 from harness.report.power import CONFIDENCE, TIE
 from harness.report.records import Run
-from harness.selection import SELECTORS
 
 # The policies every difference is against unless --baselines names others; the one declaration.
 BASELINES = ("optima_full", "random", "qvalue")
@@ -101,7 +100,7 @@ def influence_resolution(runs: list[Run]) -> pd.DataFrame:
     validation answers a unit's step changed, its split-half reliability and what it fell back to."""
     rows = []
     for run in runs:
-        if not SELECTORS.get(run.selector).influence:
+        if not run.traits["influence"]:
             continue
         for it in range(run.iterations):
             facts = run.selection_facts(it)

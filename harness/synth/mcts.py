@@ -1,6 +1,7 @@
-"""One search tree per question over two-agent dialogues (Optima's MCTS, section 7 of the report).
+"""One search tree per question over a roster's dialogues (Optima's MCTS, docs/reference-code.md §7).
 
-A node is one utterance; the root is the empty dialogue, Alice to speak. Q is the mean reward of
+A node is one utterance; the root is the empty dialogue, the roster's first agent to speak, and a
+node at depth d is followed by the utterance of the agent whose turn d is. Q is the mean reward of
 the rollouts that passed through a node. Each iteration selects one node, runs `expand_time`
 rollouts from it to the end of the dialogue, adds every utterance they generated to the tree (an
 utterance close to an existing sibling merges into it) and backs the rewards up to the root.
@@ -20,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from rapidfuzz.distance import Levenshtein
 
 from harness.mas.dialogue import Dialogue, Utterance
+from harness.mas.roster import Roster
 from harness.tasks.base import Question
 
 
@@ -47,16 +49,13 @@ class Node:
     def text(self) -> str:
         return self.utterance.text if self.utterance else ""
 
-    @property
-    def next_agent(self) -> int:
-        return self.depth % 2
-
 
 @dataclass
 class Tree:
     tree_id: str
     question: Question
-    systems: tuple[str, str]
+    roster: Roster
+    systems: tuple[str, ...]  # each agent's system prompt, in roster order
     rng: random.Random
     nodes: list[Node] = field(default_factory=lambda: [Node(0, None, 0, None)])
     selected: list[int] = field(default_factory=list)
@@ -70,9 +69,13 @@ class Tree:
             node_id = self.nodes[node_id].parent
         return out[::-1]
 
+    def next_agent(self, node: Node) -> int:
+        """The agent who says the node's children."""
+        return self.roster.speaker(node.depth)
+
     def dialogue(self, node_id: int, key: str, max_turns: int, closing_turn: bool = False) -> Dialogue:
         """The dialogue as it stands at a node, ready to be continued."""
-        d = Dialogue(self.question, self.systems, key=key)
+        d = Dialogue(self.question, self.systems, key=key, roster=self.roster)
         for node in self.path(node_id):
             d.add(node.utterance, max_turns, closing_turn)
         return d
@@ -120,10 +123,10 @@ class Tree:
         }
 
     @classmethod
-    def from_record(cls, record: dict, question: Question, systems: tuple[str, str]) -> "Tree":
+    def from_record(cls, record: dict, question: Question, roster: Roster, systems: tuple[str, ...]) -> "Tree":
         nodes = [Node(n["id"], n["parent"], n["depth"], Utterance(**n["utterance"]) if n["utterance"] else None,
                       list(n["children"]), n["q"], n["visits"]) for n in record["nodes"]]
-        return cls(record["tree_id"], question, systems, random.Random(), nodes, list(record["selected"]),
+        return cls(record["tree_id"], question, roster, systems, random.Random(), nodes, list(record["selected"]),
                    list(record["rollouts"]))
 
 

@@ -1,4 +1,4 @@
-"""Preference pairs from a grown tree (Optima's `generate`, section 7.6 of the report).
+"""Preference pairs from a grown tree (Optima's `generate`, docs/reference-code.md §7.6).
 
 At every node with two or more children, the best and the worst child by Q form a pair when the
 best Q exceeds `dpo_epsilon` and the gap exceeds `dpo_min_gap`; each tree keeps the `keep_fraction`
@@ -23,17 +23,18 @@ class PairRule:
 
 def extract_pairs(tree: Tree, rule: PairRule) -> list[dict]:
     """The tree's pairs, best chosen Q first. The prompt is the next speaker's memory at the node:
-    its system prompt with its own context, then the dialogue so far."""
+    its system prompt with its own context, then the dialogue so far. Only the policy's agents get
+    pairs: a frozen speaker's turns are context, never trained."""
     pairs = []
     for node in tree.nodes:
-        if len(node.children) < 2:
+        agent = tree.next_agent(node)
+        if len(node.children) < 2 or tree.roster.agents[agent].frozen:
             continue
         children = [tree.nodes[c] for c in node.children]
         best = max(children, key=lambda n: n.q)
         worst = min(children, key=lambda n: n.q)
         if best.q <= rule.dpo_epsilon or best.q - worst.q <= rule.dpo_min_gap:
             continue
-        agent = node.next_agent
         at = tree.dialogue(node.id, key="", max_turns=node.depth + 1)
         at.closing = best.utterance.closing  # closing answers were said after the closing instruction
         pairs.append({

@@ -2,11 +2,11 @@
 
     R = S_task + lambda1 * T / T_norm + lambda2 / max_i nll(m_i)
 
-S_task is the task metric of the dialogue's answer; T the tokens the dialogue generated (lambda1 is
-negative: a token penalty); nll(m_i) the mean token negative log-likelihood of utterance i alone,
-as one assistant turn, under the frozen initial model, so the last term rewards dialogues whose
-worst utterance is still readable language. The hard overrides are the reference's (section 5 of
-the Optima/DITS report), with one fix: the name prefix is removed as a prefix, where the reference's
+S_task is the task metric of the dialogue's answer; T the tokens the dialogue generated, every
+agent's (lambda1 is negative: a token penalty); nll(m_i) the mean token negative log-likelihood of
+utterance i alone, as one assistant turn, under the frozen initial model, so the last term rewards
+dialogues whose worst utterance is still readable language. The hard overrides are the reference's
+(docs/reference-code.md §5), with one fix: the name prefix is removed as a prefix, where the reference's
 ``str.strip("Alice:")`` strips a character set.
 """
 
@@ -73,36 +73,38 @@ class Reward:
         return asdict(self)
 
 
-def without_name(text: str) -> str:
+def without_name(text: str, names: Sequence[str] = NAMES) -> str:
     text = text.strip()
-    for name in NAMES:
+    for name in names:
         if text.startswith(f"{name}:"):
             return text[len(name) + 1:].strip()
     return text
 
 
-def impersonates(text: str) -> bool:
-    """The speaker wrote a turn for its partner too: both name tags, or one of them twice."""
-    counts = [text.count(f"{name}:") for name in NAMES]
-    return all(counts) or max(counts) >= 2
+def impersonates(text: str, names: Sequence[str] = NAMES) -> bool:
+    """The speaker wrote a turn for another agent too: name tags twice or more in all (two agents'
+    tags, or one tag twice)."""
+    return sum(text.count(f"{name}:") for name in names) >= 2
 
 
-def repeats(utterances: Sequence[Utterance]) -> bool:
+def repeats(utterances: Sequence[Utterance], names: Sequence[str] = NAMES) -> bool:
     seen = set()
     for u in utterances:
-        key = without_name(u.text).casefold()
+        key = without_name(u.text, names).casefold()
         if key in seen:
             return True
         seen.add(key)
     return False
 
 
-def reward(task_score: float, utterances: Sequence[Utterance], nlls: Sequence[float], cfg: RewardConfig) -> Reward:
-    """The reward of one dialogue; `nlls[i]` is utterance i's mean token NLL under the frozen model."""
+def reward(task_score: float, utterances: Sequence[Utterance], nlls: Sequence[float], cfg: RewardConfig,
+           names: Sequence[str] = NAMES) -> Reward:
+    """The reward of one dialogue; `nlls[i]` is utterance i's mean token NLL under the frozen model;
+    `names`: the roster's agents (whose name tags mark an impersonation)."""
     tokens = sum(u.completion_tokens for u in utterances)
     truncated = any(u.truncated for u in utterances)
-    impersonation = any(impersonates(u.text) for u in utterances)
-    repeated = repeats(utterances)
+    impersonation = any(impersonates(u.text, names) for u in utterances)
+    repeated = repeats(utterances, names)
 
     task = 0.0 if impersonation else task_score
     token = -1.0 if truncated or tokens <= cfg.min_tokens else cfg.lambda1 * tokens / cfg.t_norm

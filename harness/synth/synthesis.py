@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 
-import hashlib
 import json
 import logging
 import random
 import statistics
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,19 +23,22 @@ import numpy as np
 from tabulate import tabulate
 
 from harness import config as cfgmod
-from harness import models, runs
-from harness.backends import BACKENDS
+from harness import machine, models, runs
+from harness.backends import make_backend
 from harness.backends.base import Backend
 from harness.config import SynthConfig
 from harness.errors import HarnessError
-from harness.evaluation import dialogue_score, seed_everything
 from harness.mas.dialogue import DialogueConfig, run_dialogues, start
 from harness.mas.progress import UtteranceBar
-from harness.mas.prompts import system_prompts
+from harness.mas.roster import Roster, task_and_roster
+from harness.mas.scoring import dialogue_score
+from harness.mas.speakers import Speakers
+from harness.records import spec
+from harness.seeding import derive_seed, seed_everything
 from harness.synth.mcts import Tree
 from harness.synth.pairs import PairRule, extract_pairs
 from harness.synth.reward import RECIPES, RewardConfig, reward, reward_config
-from harness.tasks import get_task
+from harness.tasks import TASKS
 from harness.tasks.base import Question
 from harness.tasks.metrics import METRICS
 
@@ -53,11 +54,6 @@ class SynthResult:
     pairs: list[dict]
 
 
-def derive_seed(*parts) -> int:
-    """A seed for one named piece of the run, independent of how the others are scheduled."""
-    return int(hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()[:8], 16)
-
-
 def usage_delta(before: dict, after: dict) -> dict:
     return {k: after[k] - before[k] for k in after}
 
@@ -65,13 +61,14 @@ def usage_delta(before: dict, after: dict) -> dict:
 def synthesize(config: SynthConfig | None = None, resume: bool = False, **overrides) -> SynthResult:
     """Python API of `harness synth`: returns what it writes. Overrides are config keys."""
     cfg = cfgmod.build(SynthConfig, overrides={**cfgmod.as_dict(config or SynthConfig()), **overrides})
-    task = get_task(cfg.task, context_mode=cfg.context_mode, seed=cfg.seed)
-    if task.setting == "web":
+    if TASKS.get(cfg.task).setting == "web":
         raise HarnessError(f"{cfg.task}: the web environment its agents navigate is not in this release")
+    task, roster = task_and_roster(cfg)
     cfg = dataclasses.replace(cfg, answer_mode=task.answer_mode(cfg.answer_mode))
     metric = cfg.metric or task.metric
     METRICS.get(metric)
-    models.check(cfg.model)
+    for model in (cfg.model, *roster.frozen_models):
+        models.check(model)
     recipe = RECIPES[cfg.task]
     rule = PairRule(cfg.dpo_epsilon if cfg.dpo_epsilon is not None else recipe.dpo_epsilon,
                     cfg.dpo_min_gap, cfg.keep_fraction)
@@ -88,13 +85,12 @@ def synthesize(config: SynthConfig | None = None, resume: bool = False, **overri
         raise HarnessError(f"{cfg.task}/{cfg.split}: no questions left after the trees' for the probe "
                            f"({len(rows)} in all); lower --questions or set t_norm")
     # A pool with no evidence at all (TriviaQA rows without search results) runs closed-book, said in
-    # the record; within a pool that has evidence, a question missing an agent's half is skipped.
-    closed_book = task.setting == "information_exchange" and not any(any(q.contexts) for q in pool)
+    # the record; within a pool that has evidence, a question missing an agent's slot is skipped.
+    closed_book = roster.slots > 0 and not any(any(q.contexts) for q in pool)
     if closed_book:
         log.warning("%s/%s: no question in the pool has any context; the agents answer closed-book",
                     cfg.task, cfg.split)
-    skipped = [] if closed_book else [q.id for q in pool
-                                      if task.setting == "information_exchange" and not all(q.contexts)]
+    skipped = [] if closed_book else [q.id for q in pool if roster.slots and not all(q.contexts)]
     for qid in skipped:
         log.warning("%s/%s question %s: an agent's context is empty; no tree grown", cfg.task, cfg.split, qid)
     pool = [q for q in pool if q.id not in skipped]
@@ -104,19 +100,17 @@ def synthesize(config: SynthConfig | None = None, resume: bool = False, **overri
     out = Path(cfg.out) if cfg.out else Path("runs") / "synth" / runs.dir_name(rid)
     seed_everything(cfg.seed)
     started = time.time()
-    backend = BACKENDS.get(cfg.backend)(model=cfg.model, device=cfg.device, dtype=cfg.dtype,
-                                       batch_size=cfg.batch_size, kv_cache=cfg.kv_cache)
-    scorer = backend if cfg.reward_model in (None, cfg.model) else BACKENDS.get(cfg.backend)(
-        model=cfg.reward_model, device=cfg.device, dtype=cfg.dtype, batch_size=cfg.batch_size)
-    tokenizer = getattr(backend, "tokenizer", None)
+    backend = make_backend(cfg)
+    scorer = backend if cfg.reward_model in (None, cfg.model) else make_backend(cfg, model=cfg.reward_model)
+    tokenizer = backend.tokenizer
+    speakers = Speakers.for_roster(roster, backend, lambda model: make_backend(cfg, model=model), cfg.model)
 
     with runs.resumable_directory(out, resume) as tmp:
-        probed = probe(tmp / "probe.json", probe_pool, task.setting, backend, cfg)
+        probed = probe(tmp / "probe.json", probe_pool, roster, speakers, cfg)
         reward_cfg = reward_config(cfg, probed["t_norm"])
-        search = Search(cfg, backend, scorer, reward_cfg, metric, tokenizer, task.setting)
+        search = Search(cfg, speakers, scorer, reward_cfg, metric, tokenizer, roster)
         records = search.run(pool, tmp / "trees.jsonl")
-        trees = [Tree.from_record(r, q, system_prompts(task.setting, q.question, q.contexts))
-                 for r, q in zip(records, pool)]
+        trees = [Tree.from_record(r, q, roster, roster.system_prompts(q)) for r, q in zip(records, pool)]
         policy = {"name": cfg.model, "sha256": backend.model_info.get("sha256")}
         pairs = []
         for tree in trees:
@@ -134,15 +128,13 @@ def synthesize(config: SynthConfig | None = None, resume: bool = False, **overri
                 "rollouts": search_cost["rollouts"], "wall_seconds_this_process": wall,
                 "resumed_trees": search.resumed}
         summary = _summary(cfg, trees, pairs, skipped, probed, search_cost)
-        run_spec = {
-            "run_id": rid, "kind": "synth", "config": cfgmod.as_dict(cfg), "seed": cfg.seed,
-            "policy": backend.model_info, "reward_model": scorer.model_info, "reward": vars(reward_cfg),
-            "pair_rule": vars(rule), "metric": metric, "setting": task.setting, "closed_book": closed_book,
-            "data": {"source": task.source, "tree_question_ids": [q.id for q in pool],
-                     "probe_question_ids": [q.id for q in probe_pool], "skipped_question_ids": skipped},
-            "versions": runs.versions(), "device": runs.device_info(cfg.device), "git_sha": runs.git_sha(),
-            "command": sys.argv,
-        }
+        run_spec = spec.run_spec(
+            "synth", rid, cfgmod.as_dict(cfg), cfg.seed, device=machine.device_info(cfg.device),
+            policy=backend.model_info, frozen_speakers=speakers.frozen_info(), reward_model=scorer.model_info,
+            reward=vars(reward_cfg), pair_rule=vars(rule), metric=metric, setting=task.setting,
+            closed_book=closed_book,
+            data={"source": task.source, "tree_question_ids": [q.id for q in pool],
+                  "probe_question_ids": [q.id for q in probe_pool], "skipped_question_ids": skipped})
         runs.write_jsonl(tmp / "pairs.jsonl", pairs)
         runs.write_json(tmp / "cost.json", cost)
         runs.write_json(tmp / "summary.json", summary)
@@ -150,17 +142,20 @@ def synthesize(config: SynthConfig | None = None, resume: bool = False, **overri
     return SynthResult(out, run_spec, summary, cost, pairs)
 
 
-def probe(path: Path, questions: list[Question], setting: str, backend: Backend, cfg: SynthConfig) -> dict:
-    """T_norm: the `probe_percentile`-th percentile of the generated tokens of probe dialogues."""
+def probe(path: Path, questions: list[Question], roster: Roster | str, speakers: Backend | Speakers,
+          cfg: SynthConfig) -> dict:
+    """T_norm: the `probe_percentile`-th percentile of the generated tokens of probe dialogues (of
+    `start`'s roster, spoken by `run_dialogues`'s speakers); the cost is the policy's."""
     if cfg.t_norm:
         return {"t_norm": cfg.t_norm, "source": "config", "cost": {}}
     if path.exists():
         return json.loads(path.read_text())
+    backend = Speakers.of(speakers).policy
     before, started = backend.usage.as_dict(), time.time()
     dialogue_cfg = DialogueConfig(cfg.max_turns, cfg.max_new_tokens, cfg.probe_temperature, cfg.top_p,
                                   answer_mode=cfg.answer_mode, closing_turn=cfg.closing_turn)
     with UtteranceBar(len(questions), dialogue_cfg.max_utterances, "probe") as bar:
-        dialogues = run_dialogues(start(questions, setting), backend, dialogue_cfg,
+        dialogues = run_dialogues(start(questions, roster), speakers, dialogue_cfg,
                                   derive_seed(cfg.seed, "probe"), bar)
     tokens = [sum(u.completion_tokens for u in d.utterances) for d in dialogues]
     result = {
@@ -182,10 +177,10 @@ class Search:
     """Grows the trees of a question pool, a batch of trees at a time, appending each batch's
     trees to a JSONL file; trees already there (from a killed run) are kept, not regrown."""
 
-    def __init__(self, cfg: SynthConfig, backend: Backend, scorer: Backend, reward_cfg: RewardConfig,
-                 metric: str, tokenizer, setting: str):
-        self.cfg, self.backend, self.scorer, self.reward_cfg = cfg, backend, scorer, reward_cfg
-        self.metric, self.tokenizer, self.setting = metric, tokenizer, setting
+    def __init__(self, cfg: SynthConfig, speakers: Speakers, scorer: Backend, reward_cfg: RewardConfig,
+                 metric: str, tokenizer, roster: Roster):
+        self.cfg, self.speakers, self.backend, self.scorer = cfg, speakers, speakers.policy, scorer
+        self.reward_cfg, self.metric, self.tokenizer, self.roster = reward_cfg, metric, tokenizer, roster
         self.dialogue_cfg = DialogueConfig(cfg.max_turns, cfg.max_new_tokens, cfg.rollout_temperature, cfg.top_p,
                                            answer_mode=cfg.answer_mode, closing_turn=cfg.closing_turn)
         self.nll: dict[str, float] = {}
@@ -225,7 +220,7 @@ class Search:
         self.nll = {}
         before, started = backend.usage.as_dict(), time.time()
         scorer_before = self.scorer.usage.as_dict() if self.scorer is not backend else None
-        trees = [Tree(self.tree_id(q), q, system_prompts(self.setting, q.question, q.contexts),
+        trees = [Tree(self.tree_id(q), q, self.roster, self.roster.system_prompts(q),
                       random.Random(derive_seed(cfg.seed, "select", self.tree_id(q)))) for q in questions]
         for iteration in range(cfg.explore_time):
             rollouts = []
@@ -237,20 +232,20 @@ class Search:
                                                              cfg.closing_turn))
                              for j in range(cfg.expand_time)]
             dialogues = [d for _, _, d in rollouts]
-            run_dialogues(dialogues, backend, self.dialogue_cfg, derive_seed(cfg.seed, "search", batch, iteration),
-                          bar, release=False)
+            run_dialogues(dialogues, self.speakers, self.dialogue_cfg,
+                          derive_seed(cfg.seed, "search", batch, iteration), bar, release=False)
             self.score_utterances(dialogues)
             for tree, node, d in rollouts:
                 leaf = node
                 for u in d.utterances[node.depth:]:
                     leaf = tree.add(leaf.id, u, cfg.merge_distance)
                 r = reward(dialogue_score(d, self.metric, self.tokenizer), d.utterances,
-                           [self.nll[u.text] for u in d.utterances], self.reward_cfg)
+                           [self.nll[u.text] for u in d.utterances], self.reward_cfg, self.roster.names)
                 tree.backup(leaf.id, r.total)
                 tree.rollouts.append({"iteration": iteration, "from": node.id, "leaf": leaf.id,
                                       "answer": d.final_answer, "stop": d.stop, **r.as_dict()})
         for t in range(len(trees)):
-            backend.release(f"b{batch}t{t}r")
+            self.speakers.release(f"b{batch}t{t}r")
         cost = usage_delta(before, backend.usage.as_dict()) | {
             "wall_seconds": time.time() - started, "rollouts": len(trees) * cfg.explore_time * cfg.expand_time}
         if scorer_before is not None:

@@ -16,9 +16,10 @@ import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Iterable
+from typing import Any, ClassVar, Iterable, Sequence
 
 from harness.errors import HarnessError
+from harness.runs import read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,9 @@ class Question:
     id: str
     question: str
     golds: tuple[str, ...]
-    contexts: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())  # Alice's, Bob's
+    # The context dealt into the task's slots, one per context-holding agent in roster order (Alice's
+    # and Bob's in information exchange); () for a question without any (debate, the lm-eval bridge)
+    contexts: tuple[tuple[str, ...], ...] = ()
     options: tuple[str, ...] | None = None
     # answer_mode=choice: per option, the text whose log-likelihood after an agent's memory scores
     # that option (empty: " " + the option)
@@ -69,6 +72,18 @@ def options_text(options: Iterable[str]) -> str:
     return "\nPlease choose your answer from " + repr(list(options))
 
 
+def blocks(items: Sequence[str], slots: int) -> tuple[tuple[str, ...], ...]:
+    """`items` in `slots` consecutive blocks, later blocks one longer where they do not divide evenly
+    (two slots: the first half and the second)."""
+    bounds = [i * len(items) // slots for i in range(slots + 1)]
+    return tuple(tuple(items[lo:hi]) for lo, hi in zip(bounds, bounds[1:]))
+
+
+def round_robin(items: Sequence[str], slots: int) -> tuple[tuple[str, ...], ...]:
+    """`items` dealt one at a time to each slot in turn."""
+    return tuple(tuple(items[i::slots]) for i in range(slots))
+
+
 class Task:
     """A task is data about a dataset plus one row parser; subclasses set the class attributes."""
 
@@ -82,11 +97,16 @@ class Task:
     sizes: ClassVar[str]  # public split sizes, for `harness ls tasks`
     choices: ClassVar[bool] = False  # its questions have options: answer_mode=choice applies
 
-    def __init__(self, context_mode: str = "paragraph", seed: int = 0):
+    def __init__(self, context_mode: str = "paragraph", seed: int = 0, slots: int = 2):
+        """`slots`: how many agents the context is dealt to (`Roster.slots`; 2, the informants of the
+        information exchange roster, by default). Tasks without a context deal none."""
         if context_mode not in CONTEXT_MODES:
             raise HarnessError(f"context_mode must be one of {', '.join(CONTEXT_MODES)}, got {context_mode!r}")
+        if slots < 0:
+            raise HarnessError(f"context slots must be 0 or more, got {slots}")
         self.context_mode = context_mode
         self.seed = seed
+        self.slots = slots
 
     def to_question(self, row: dict, split: str) -> Question:
         raise NotImplementedError
@@ -172,20 +192,3 @@ class Task:
         except Exception as e:  # the hub's failures come in many types; the user needs one line
             raise HarnessError(f"could not load {where}: {type(e).__name__}: {e}".splitlines()[0]) from None
         return [(where, i + 1, row) for i, row in enumerate(itertools.islice(ds, limit))]
-
-
-def read_jsonl(path: Path) -> list[tuple[int, dict]]:
-    """Rows with their 1-based line numbers; a bad line is one `file:line: reason` error."""
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise HarnessError(f"{path}:{i}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise HarnessError(f"{path}:{i}: expected a JSON object, got {type(row).__name__}")
-            out.append((i, row))
-    return out

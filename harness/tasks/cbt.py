@@ -4,13 +4,14 @@ dataset: cam-cst/cbt, config CN (Hill et al., 2016); items built by `harness dat
     read the same way from a data directory; with none, items built once from the books shipped
     with the harness (harness/data/books/), or the project-written sample without spaCy
 splits: train, validation, test
-setting: information exchange: the first 10 context sentences to Alice, the last 10 to Bob
+setting: information exchange: the context sentences dealt in consecutive blocks, the first 10 to
+    Alice and the last 10 to Bob (with three informants: 6, 7 and 7)
 metric: SQuAD token F1 against the answer word (the reference scores CBT with F1)
 choice continuation (answer_mode=choice): the query sentence with the blank filled by the option
 licence: GFDL
 """
 
-from harness.tasks.base import Question, RowError, Task, options_text, require, row_hash
+from harness.tasks.base import Question, RowError, Task, blocks, options_text, require, row_hash
 
 
 class CBT(Task):
@@ -35,10 +36,9 @@ class CBT(Task):
         sentences, options = row["sentences"], row["options"]
         if row["answer"] not in options:
             raise RowError(f"answer {row['answer']!r} is not among the options")
-        half = len(sentences) // 2
         return Question(
             id=row.get("id") or row_hash(row), question=row["question"] + options_text(options),
-            golds=(row["answer"],), contexts=(tuple(sentences[:half]), tuple(sentences[half:])),
+            golds=(row["answer"],), contexts=blocks(sentences, self.slots),
             options=tuple(options),
             # lm-eval's CBT scoring: the query sentence with the blank filled by each option
             continuations=tuple(" " + row["question"].replace("XXXXX", o) for o in options),

@@ -2,7 +2,7 @@
 
 dataset: hotpotqa/hotpot_qa, config distractor (Yang et al., 2018)
 splits: train <- train; validation <- validation[1000:]; test <- validation[:1000] (as Optima)
-setting: information exchange: supporting paragraphs dealt alternately in random order, each
+setting: information exchange: supporting paragraphs dealt round robin in random order, each
     distractor to a random agent
 metric: SQuAD token F1 against the answer
 licence: CC BY-SA 4.0
@@ -33,20 +33,22 @@ class HotpotQA(Task):
         supporting = list(dict.fromkeys(t for t in row["supporting_facts"]["title"] if t in paragraphs))
         return Question(
             id=row["id"], question=row["question"], golds=(row["answer"],),
-            contexts=deal(self.rng(row["id"]), paragraphs, supporting, shuffle_supporting=True),
+            contexts=deal(self.rng(row["id"]), paragraphs, supporting, self.slots, shuffle_supporting=True),
             meta={"type": row.get("type"), "level": row.get("level")},
         )
 
 
-def deal(rng, paragraphs: dict[str, str], supporting: list[str], shuffle_supporting: bool):
-    """Supporting paragraphs alternate between the agents so that each holds part of the answer;
-    distractors go to a random agent. Paragraphs are rendered `title: text`."""
+def deal(rng, paragraphs: dict[str, str], supporting: list[str], slots: int, shuffle_supporting: bool):
+    """Supporting paragraphs go round robin to the `slots` agents so that each holds part of the
+    answer; distractors go to a random agent. Paragraphs are rendered `title: text`."""
+    if not slots:
+        return ()
     if shuffle_supporting:
         supporting = rng.sample(supporting, len(supporting))
-    agents: tuple[list[str], list[str]] = ([], [])
+    agents: list[list[str]] = [[] for _ in range(slots)]
     for i, title in enumerate(supporting):
-        agents[i % 2].append(f"{title}: {paragraphs[title]}")
+        agents[i % slots].append(f"{title}: {paragraphs[title]}")
     for title, text in paragraphs.items():
         if title not in supporting:
-            agents[rng.randrange(2)].append(f"{title}: {text}")
-    return tuple(agents[0]), tuple(agents[1])
+            agents[rng.randrange(slots)].append(f"{title}: {text}")
+    return tuple(map(tuple, agents))

@@ -2,13 +2,13 @@
 
 dataset: mandarjoshi/trivia_qa, config rc (Joshi et al., 2017)
 splits: train <- train; validation <- validation[1000:]; test <- validation[:1000] (as Optima)
-setting: information exchange: the search-result descriptions, shuffled and dealt alternately;
-    rows without snippets (rc.nocontext) leave both agents with their own knowledge only
+setting: information exchange: the search-result descriptions, shuffled and dealt round robin;
+    rows without snippets (rc.nocontext) leave every agent with its own knowledge only
 metric: SQuAD token F1, max over the answer aliases
 licence: Apache-2.0 (dataset card: unknown)
 """
 
-from harness.tasks.base import Question, RowError, Task, require
+from harness.tasks.base import Question, RowError, Task, require, round_robin
 
 
 class TriviaQA(Task):
@@ -32,5 +32,5 @@ class TriviaQA(Task):
         snippets = rng.sample(snippets, len(snippets))
         return Question(
             id=row["question_id"], question=row["question"], golds=tuple(aliases),
-            contexts=(tuple(snippets[0::2]), tuple(snippets[1::2])),
+            contexts=round_robin(snippets, self.slots),
         )

@@ -3,8 +3,8 @@
 dataset: the original release JSON (Ho et al., 2020); it has no official hub copy, so it is read
     from a data directory only (`<data_dir>/2wmh/{train,validation,test}.jsonl`, one record a line)
 splits: train <- train; validation and test <- disjoint parts of dev (as ../shared/data lays them out)
-setting: information exchange: supporting paragraphs alternate in file order, distractors to a
-    random agent (as the reference loader)
+setting: information exchange: supporting paragraphs dealt round robin in file order, distractors
+    to a random agent (as the reference loader)
 metric: SQuAD token F1 against the answer
 licence: Apache-2.0
 """
@@ -34,6 +34,6 @@ class TwoWikiMultihopQA(Task):
         supporting = list(dict.fromkeys(f[0] for f in row["supporting_facts"] if f and f[0] in paragraphs))
         return Question(
             id=row["_id"], question=row["question"], golds=(row["answer"],),
-            contexts=deal(self.rng(row["_id"]), paragraphs, supporting, shuffle_supporting=False),
+            contexts=deal(self.rng(row["_id"]), paragraphs, supporting, self.slots, shuffle_supporting=False),
             meta={"type": row.get("type")},
         )

@@ -3,8 +3,10 @@
 Per question, `sft_samples` dialogues are sampled with the current policy and rewarded with the
 Optima reward, its token normaliser the most tokens any of the question's samples used (samples
 cut at the utterance cap excepted, as the reference's "large" ones); the best one per question is a candidate; the questions are ranked by that reward,
-the top `keep_fraction` kept, and those under `epsilon` dropped. Each kept dialogue gives two
-examples, Alice's memory and Bob's, and SFT trains each on that agent's own utterances only.
+the top `keep_fraction` kept, and those under `epsilon` dropped. Each kept dialogue gives one
+example per agent the policy speaks for (Alice's memory and Bob's in the two settings), and SFT
+trains each on that agent's own utterances only; a frozen speaker's turns are context (`user`
+messages of the others' memories), never trained.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ import dataclasses
 
 
 from harness.backends.base import Backend
-from harness.evaluation import dialogue_score
-from harness.mas.dialogue import NAMES, Dialogue, DialogueConfig, run_dialogues, start
+from harness.mas.dialogue import Dialogue, DialogueConfig, run_dialogues, start
 from harness.mas.progress import UtteranceBar
+from harness.mas.roster import Roster
+from harness.mas.scoring import dialogue_score
+from harness.mas.speakers import Speakers
 from harness.synth.reward import RewardConfig, reward
 from harness.tasks.base import Question
 
@@ -35,15 +39,17 @@ def agent_view(d: Dialogue, agent: int) -> list[dict] | None:
     return None if last is None else messages[:last + 1]
 
 
-def sample_dialogues(questions: list[Question], setting: str, backend: Backend, samples: int,
+def sample_dialogues(questions: list[Question], roster: Roster | str, speakers: Backend | Speakers, samples: int,
                      cfg: DialogueConfig, seed: int) -> list[list[Dialogue]]:
-    """`samples` sampled dialogues per question, run `backend.batch_size` dialogues at a time."""
+    """`samples` sampled dialogues per question (`start`'s roster, `run_dialogues`'s speakers), run
+    the policy backend's `batch_size` dialogues at a time."""
+    speakers = Speakers.of(speakers)
+    size = speakers.policy.batch_size
     flat = [q for q in questions for _ in range(samples)]
     dialogues: list[Dialogue] = []
     with UtteranceBar(len(flat), cfg.max_utterances, "sft data") as bar:
-        for i in range(0, len(flat), backend.batch_size):
-            dialogues += run_dialogues(start(flat[i:i + backend.batch_size], setting), backend, cfg,
-                                       seed * 1000 + i, bar)
+        for i in range(0, len(flat), size):
+            dialogues += run_dialogues(start(flat[i:i + size], roster), speakers, cfg, seed * 1000 + i, bar)
     return [dialogues[i:i + samples] for i in range(0, len(dialogues), samples)]
 
 
@@ -61,7 +67,7 @@ def build_sft_data(groups: list[list[Dialogue]], nll: dict[str, float], weights:
     for group in groups:
         reward_cfg = dataclasses.replace(weights, t_norm=question_t_norm(group))
         rewards = [reward(dialogue_score(d, metric, tokenizer), d.utterances, [nll[u.text] for u in d.utterances],
-                          reward_cfg) for d in group]
+                          reward_cfg, d.roster.names) for d in group]
         top = max(range(len(group)), key=lambda i: rewards[i].total)
         best.append(group[top])
         records.append({"question_id": group[0].question.id, "t_norm": reward_cfg.t_norm,
@@ -70,9 +76,10 @@ def build_sft_data(groups: list[list[Dialogue]], nll: dict[str, float], weights:
     examples = []
     for i in keep_best([r["best_reward"]["total"] for r in records], keep_fraction, epsilon):
         records[i]["kept"] = True
-        for agent in (0, 1):
-            view = agent_view(best[i], agent)
+        d = best[i]
+        for agent in d.roster.policy_agents:
+            view = agent_view(d, agent)
             if view is not None:
-                examples.append({"question_id": records[i]["question_id"], "agent": NAMES[agent],
+                examples.append({"question_id": records[i]["question_id"], "agent": d.roster.agents[agent].name,
                                  "reward": records[i]["best_reward"]["total"], "messages": view})
     return examples, records

@@ -4,7 +4,7 @@ The loss masks and the length caps are ours, not trl's: SFT examples arrive toke
 assistant mask computed from the chat template (any template, no ``{% generation %}`` markers
 needed), and DPO pairs whose prompt exceeds `max_prompt_length` are dropped and counted, with trl's
 `max_length` set to the longest kept pair so nothing is truncated (the reference's `max_length` 512
-below its prompt cap emptied responses; see the Optima/DITS report, section 6.3).
+below its prompt cap emptied responses; see docs/reference-code.md §6.3).
 """
 
 from __future__ import annotations

@@ -1,0 +1,15 @@
+"""Influence of candidate units on the validation metric (DITS), in files with one job each:
+
+- `record`: what an estimate holds (`Estimate`), its units and the facts of the pairs it reads;
+- `reference_path`: the reference procedure, kept as the correctness oracle (`ReferencePath`);
+- `fast_path`: the same influence checking theta*'s validation dialogues as drafts (`FastPath`);
+- `estimator`: the entry point (`estimate`): inputs checked, the path chosen, results cached.
+"""
+
+from harness.dits.influence.estimator import KNOBS, PATHS, estimate, path_for, prepare
+from harness.dits.influence.fast_path import DraftTurn, FastPath, chains
+from harness.dits.influence.record import Estimate, answer_mode, closing_turn, make_units
+from harness.dits.influence.reference_path import STEP_OPTIMIZERS, ReferencePath, Start
+
+__all__ = ["KNOBS", "PATHS", "STEP_OPTIMIZERS", "DraftTurn", "Estimate", "FastPath", "ReferencePath", "Start",
+           "answer_mode", "chains", "closing_turn", "estimate", "make_units", "path_for", "prepare"]

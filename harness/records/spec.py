@@ -1,0 +1,41 @@
+"""`run_spec.json` of every kind of record, from one builder: what ran, with which config, code and
+machine. Each carries `schema_version`; records without one were written by commit a80c8ba or
+before: reports read them, `--resume` refuses them."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from harness import runs
+from harness.records import schemas
+
+FILE = "run_spec.json"
+SCHEMA_VERSION = 1
+
+
+def run_spec(kind: str, run_id: str, config: dict, seed: int | None, device: dict | None = None, **facts) -> dict:
+    """The record of one run, selection, evaluation or synthesis: its id, kind, config and seed, the
+    facts of its kind (`run_spec.schema.json` says which), the package versions, the git commit and
+    the command line; `device`: the machine it ran on (`harness.machine.device_info`). Refused (one
+    line) where it breaks the schema."""
+    spec = {"schema_version": SCHEMA_VERSION, "run_id": run_id, "kind": kind, "config": config, "seed": seed,
+            **facts, "versions": runs.versions(), "git_sha": runs.git_sha(), "command": list(sys.argv)}
+    if device is not None:
+        spec["device"] = device
+    spec = json.loads(json.dumps(spec, default=str))  # as it will read back: tuples as lists, paths as text
+    schemas.check(spec, "run_spec", f"{kind} {FILE}")
+    return spec
+
+
+def versioned(spec: dict) -> bool:
+    """Whether a record describes itself (written after commit a80c8ba)."""
+    return "schema_version" in spec
+
+
+def relocate(spec: dict, run_dir: Path, recorded: str) -> Path:
+    """A path a run recorded, under the suite directory where the run is now (a published or copied
+    suite keeps its layout, not its absolute paths)."""
+    root = Path(spec["shared_stages"]).parent.parent
+    return Path(run_dir).parent / Path(recorded).relative_to(root)
