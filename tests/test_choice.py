@@ -8,7 +8,7 @@ import torch
 from harness.backends import Choice
 from harness.evaluation import evaluate
 from harness.mas.dialogue import NAMES, DialogueConfig, Utterance, run_dialogues, start
-from harness.synth.reward import RECIPES, RewardConfig, reward
+from harness.synth.reward import RewardConfig, reward
 from harness.tasks import get_task
 from harness.tasks.base import Question
 from harness.tasks.metrics import score
@@ -96,7 +96,7 @@ def test_evaluation_reward_agreement_and_influence_read_the_same_answer(tmp_path
     assert answers == predictions
     assert f == pytest.approx(result.stats["mean"])
     assert items == pytest.approx([r["score"] for r in result.per_instance])
-    weights = RewardConfig(lambda1=RECIPES["arc_c"].lambda1, lambda2=RECIPES["arc_c"].lambda2, t_norm=100)
+    weights = RewardConfig(lambda1=task.recipe.lambda1, lambda2=task.recipe.lambda2, t_norm=100)
     for r, q in zip(result.per_instance, questions):
         said = [t["answer"] for t in r["transcript"]]
         assert r["prediction"] == said[-1]  # every utterance bears an answer; the last one given wins

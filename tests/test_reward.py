@@ -3,7 +3,7 @@
 import pytest
 
 from harness.mas.dialogue import Utterance
-from harness.synth.reward import RECIPES, RewardConfig, impersonates, reward, without_name
+from harness.synth.reward import RewardConfig, impersonates, reward, without_name
 
 CFG = RewardConfig(lambda1=-0.6, lambda2=1.0, t_norm=100, min_tokens=40, max_tokens=2000)
 
@@ -59,10 +59,18 @@ def test_impersonation(text, expected):
     assert impersonates(text) is expected
 
 
-def test_recipes_cover_every_task_with_the_reference_values():
+@pytest.mark.parametrize("task, recipe", [  # (lambda1, lambda2, dpo_epsilon, dpo_beta, sft_epsilon)
+    ("hotpotqa", (-0.6, 1.0, 0.4, 0.1, 0.5)),
+    ("2wmh", (-0.6, 1.0, 0.4, 0.5, 0.5)),
+    ("triviaqa", (-0.6, 1.0, 0.43, 0.7, 0.6)),
+    ("cbt", (-0.6, 1.0, 0.4, 0.7, 0.5)),
+    ("arc_c", (-0.5, 0.6, 0.45, 0.1, 0.6)),
+    ("mmlu", (-0.6, 1.0, 0.45, 0.1, 0.7)),
+    ("webwalker", (-0.6, 1.0, 0.4, 0.1, 0.5)),  # no reference recipe: QA's
+])
+def test_every_task_carries_its_reference_recipe(task, recipe):
+    from dataclasses import astuple
+
     from harness.tasks import TASKS
 
-    assert set(RECIPES) == set(TASKS.names())
-    qa = RECIPES["hotpotqa"]
-    assert (qa.lambda1, qa.lambda2, qa.dpo_epsilon, qa.dpo_beta) == (-0.6, 1.0, 0.4, 0.1)
-    assert RECIPES["arc_c"].dpo_epsilon == RECIPES["mmlu"].dpo_epsilon == 0.45
+    assert astuple(TASKS.get(task).recipe) == recipe

@@ -59,3 +59,29 @@ def test_two_models_evaluate(tmp_path):
     assert main([*EVAL, "--out", str(tmp_path / "eval"), "references=false", FROZEN_BOB]) == 0
     spec = json.loads((tmp_path / "eval" / "run_spec.json").read_text())
     assert spec["config"]["speaker_models"] == "Bob=tiny-random" and "tiny-random" in spec["frozen_speakers"]
+
+
+def test_three_agents_run_every_stage_with_dits_on_both_paths(tmp_path):
+    """`harness run` with Alice, Bob and Carol: SFT data, SFT, search, DITS selection on the fast and
+    the reference path (the same F per unit), DPO and evaluation. HotpotQA: generate mode, where the
+    fast path applies (choice mode takes the reference path)."""
+    facts, runs = {}, {}
+    for path in ("fast", "reference"):
+        assert main(["run", "--config", "smoke", "--task", "hotpotqa", "--selector", "dits",
+                     "--out", str(tmp_path / path), THREE, f"select.influence_path={path}"]) == 0
+        (run,) = (tmp_path / path).glob("run:*")
+        facts[path] = json.loads((run / "it0" / "select" / "run_spec.json").read_text())["selector_facts"]
+        runs[path] = run
+    assert facts["fast"]["influence_path"] == "fast" and facts["reference"]["influence_path"] == "reference"
+    assert facts["fast"]["units"] == facts["reference"]["units"] and len(facts["fast"]["units"]) > 1
+    assert facts["fast"]["f_after"] == facts["reference"]["f_after"]
+    (shared,) = (tmp_path / "fast" / "shared").iterdir()
+    trained = {e["agent"] for e in read_jsonl(shared / "it0" / "sft_data" / "sft_data.jsonl")}
+    assert trained <= {"Alice", "Bob", "Carol"} and len(trained) > 1
+    pairs = read_jsonl(shared / "it0" / "mcts" / "pairs.jsonl")
+    assert pairs and {p["speaker"] for p in pairs} <= {"Alice", "Bob", "Carol"}
+    for d in runs.values():
+        results = json.loads((d / "results.json").read_text())
+        assert [r["policy"] for r in results["scores"]] == ["initial", "sft", "dpo"]
+        transcript = read_jsonl(d / "it0" / "eval" / "per_instance.jsonl")[0]["transcript"]
+        assert [u["speaker"] for u in transcript] == [("Alice", "Bob", "Carol")[i % 3] for i in range(len(transcript))]

@@ -34,6 +34,7 @@ class DITSSelector(Selector):
             "validation_ids": est.validation_ids, "seconds": est.seconds, "usage": est.usage,
             "eta": est.eta, "eta_calibration": est.calibration, "drafts": est.drafts, "unit_seconds": est.unit_seconds,
             "validation_dialogues": est.validation_dialogues, "reused_estimate": est.reused,
+            "frozen_speakers": est.frozen_speakers,
             # The reference ranks by F(theta') itself; same order, recorded for comparison.
             "reference_rank_value": est.per_pair(est.f_after, len(pairs)),
             "resolution": resolution(est.f_after, est.changed_answers, len(est.validation_ids), cfg.gamma,

@@ -20,7 +20,7 @@ from harness.mas.dialogue import DialogueConfig
 from harness.mas.roster import task_and_roster
 from harness.mas.speakers import Speakers
 from harness.selection import SELECTORS, run_select
-from harness.synth.reward import RECIPES, reward_config
+from harness.synth.reward import reward_config
 from harness.runs import read_jsonl
 from harness.seeding import derive_seed
 from harness.synth.synthesis import probe, synthesize
@@ -132,7 +132,7 @@ class Pipeline:
             texts = list(dict.fromkeys(u.text for g in groups for d in g for u in d.utterances))
             nll = dict(zip(texts, scorer.turn_nll(texts)))
             weights = reward_config(synth, 0)  # T_norm is set per question
-            epsilon = run.sft_epsilon if run.sft_epsilon is not None else RECIPES[run.task].sft_epsilon
+            epsilon = run.sft_epsilon if run.sft_epsilon is not None else task.recipe.sft_epsilon
             metric = run.metric or self.task.metric
             examples, records = build_sft_data(groups, nll, weights, metric, backend.tokenizer,
                                                run.sft_keep_fraction, epsilon)

@@ -16,29 +16,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from harness.mas.dialogue import NAMES, Utterance
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """Per-task reward weights and pair threshold of the reference recipes (iSFT-DPO / DITS)."""
-
-    lambda1: float
-    lambda2: float
-    dpo_epsilon: float  # the chosen response's Q must exceed it
-    dpo_beta: float  # the DPO temperature of the task's iSFT-DPO recipe
-    sft_epsilon: float  # an SFT dialogue's reward must reach it
-
-
-RECIPES = {  # sft_epsilon: the reference's initial_episilon of iSFT-DPO
-    "hotpotqa": Recipe(lambda1=-0.6, lambda2=1.0, dpo_epsilon=0.4, dpo_beta=0.1, sft_epsilon=0.5),
-    "2wmh": Recipe(lambda1=-0.6, lambda2=1.0, dpo_epsilon=0.4, dpo_beta=0.5, sft_epsilon=0.5),
-    "triviaqa": Recipe(lambda1=-0.6, lambda2=1.0, dpo_epsilon=0.43, dpo_beta=0.7, sft_epsilon=0.6),
-    "cbt": Recipe(lambda1=-0.6, lambda2=1.0, dpo_epsilon=0.4, dpo_beta=0.7, sft_epsilon=0.5),
-    "arc_c": Recipe(lambda1=-0.5, lambda2=0.6, dpo_epsilon=0.45, dpo_beta=0.1, sft_epsilon=0.6),
-    "mmlu": Recipe(lambda1=-0.6, lambda2=1.0, dpo_epsilon=0.45, dpo_beta=0.1, sft_epsilon=0.7),  # DITS mmlu_DI weights
-    # No reference recipe: QA's.
-    "webwalker": Recipe(lambda1=-0.6, lambda2=1.0, dpo_epsilon=0.4, dpo_beta=0.1, sft_epsilon=0.5),
-}
+from harness.tasks import TASKS
 
 
 @dataclass(frozen=True)
@@ -52,7 +30,7 @@ class RewardConfig:
 
 def reward_config(cfg, t_norm: int) -> RewardConfig:
     """The reward of a `SynthConfig`: its weights, else the task's recipe, with this T_norm."""
-    recipe = RECIPES[cfg.task]
+    recipe = TASKS.get(cfg.task).recipe
     return RewardConfig(cfg.lambda1 if cfg.lambda1 is not None else recipe.lambda1,
                         cfg.lambda2 if cfg.lambda2 is not None else recipe.lambda2,
                         t_norm, cfg.min_dialogue_tokens, cfg.max_dialogue_tokens)

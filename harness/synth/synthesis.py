@@ -37,7 +37,7 @@ from harness.records import spec
 from harness.seeding import derive_seed, seed_everything
 from harness.synth.mcts import Tree
 from harness.synth.pairs import PairRule, extract_pairs
-from harness.synth.reward import RECIPES, RewardConfig, reward, reward_config
+from harness.synth.reward import RewardConfig, reward, reward_config
 from harness.tasks import TASKS
 from harness.tasks.base import Question
 from harness.tasks.metrics import METRICS
@@ -69,7 +69,7 @@ def synthesize(config: SynthConfig | None = None, resume: bool = False, **overri
     METRICS.get(metric)
     for model in (cfg.model, *roster.frozen_models):
         models.check(model)
-    recipe = RECIPES[cfg.task]
+    recipe = TASKS.get(cfg.task).recipe
     rule = PairRule(cfg.dpo_epsilon if cfg.dpo_epsilon is not None else recipe.dpo_epsilon,
                     cfg.dpo_min_gap, cfg.keep_fraction)
     if not 0 < cfg.keep_fraction <= 1:
@@ -118,7 +118,7 @@ def synthesize(config: SynthConfig | None = None, resume: bool = False, **overri
             if not found:
                 log.warning("tree %s: no node has children far enough apart in Q for a pair", tree.tree_id)
             pairs += [{**p, "task": cfg.task, "policy": policy, "seed": cfg.seed, "answer_mode": cfg.answer_mode,
-                       "closing_turn": cfg.closing_turn}
+                       "closing_turn": cfg.closing_turn, "roster": roster.name, "speaker_models": cfg.speaker_models}
                       for p in found]
         wall = time.time() - started
 

@@ -7,7 +7,7 @@ metric: accuracy; the answer may be the option text or its letter
 licence: CC BY-SA 4.0
 """
 
-from harness.tasks.base import Question, RowError, Task, options_text, require
+from harness.tasks.base import Question, Recipe, RowError, Task, options_text, require
 
 
 class ARCChallenge(Task):
@@ -17,6 +17,7 @@ class ARCChallenge(Task):
     hub_splits = {"train": "train", "validation": "validation", "test": "test"}
     setting = "debate"
     metric = "accuracy"
+    recipe = Recipe(lambda1=-0.5, lambda2=0.6, dpo_epsilon=0.45, dpo_beta=0.1, sft_epsilon=0.6)
     choices = True
     licence = "CC BY-SA 4.0"
     sizes = "1,119 / 299 / 1,172"

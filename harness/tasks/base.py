@@ -84,6 +84,22 @@ def round_robin(items: Sequence[str], slots: int) -> tuple[tuple[str, ...], ...]
     return tuple(tuple(items[i::slots]) for i in range(slots))
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """A task's training recipe: the reward weights, pair threshold, DPO temperature and SFT
+    threshold of the reference recipes (iSFT-DPO / DITS, docs/reference-code.md §5 and §6.3)."""
+
+    lambda1: float  # the reward's token-penalty weight (negative)
+    lambda2: float  # the reward's language-loss weight
+    dpo_epsilon: float  # a pair's chosen response's Q must exceed it
+    dpo_beta: float  # the DPO temperature of the task's iSFT-DPO recipe
+    sft_epsilon: float  # an SFT dialogue's reward must reach it (the reference's initial_episilon)
+
+
+# The information-exchange QA recipe: a task without a reference recipe of its own trains with it.
+QA_RECIPE = Recipe(lambda1=-0.6, lambda2=1.0, dpo_epsilon=0.4, dpo_beta=0.1, sft_epsilon=0.5)
+
+
 class Task:
     """A task is data about a dataset plus one row parser; subclasses set the class attributes."""
 
@@ -96,6 +112,7 @@ class Task:
     licence: ClassVar[str]
     sizes: ClassVar[str]  # public split sizes, for `harness ls tasks`
     choices: ClassVar[bool] = False  # its questions have options: answer_mode=choice applies
+    recipe: ClassVar[Recipe] = QA_RECIPE  # how the harness trains on it
 
     def __init__(self, context_mode: str = "paragraph", seed: int = 0, slots: int = 2):
         """`slots`: how many agents the context is dealt to (`Roster.slots`; 2, the informants of the

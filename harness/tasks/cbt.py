@@ -11,7 +11,7 @@ choice continuation (answer_mode=choice): the query sentence with the blank fill
 licence: GFDL
 """
 
-from harness.tasks.base import Question, RowError, Task, blocks, options_text, require, row_hash
+from harness.tasks.base import Question, Recipe, RowError, Task, blocks, options_text, require, row_hash
 
 
 class CBT(Task):
@@ -21,6 +21,7 @@ class CBT(Task):
     hub_splits = {"train": "train", "validation": "validation", "test": "test"}
     setting = "information_exchange"
     metric = "f1"
+    recipe = Recipe(lambda1=-0.6, lambda2=1.0, dpo_epsilon=0.4, dpo_beta=0.7, sft_epsilon=0.5)
     choices = True
     licence = "GFDL"
     sizes = "120,769 / 2,000 / 2,500"

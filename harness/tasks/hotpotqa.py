@@ -8,7 +8,7 @@ metric: SQuAD token F1 against the answer
 licence: CC BY-SA 4.0
 """
 
-from harness.tasks.base import Question, RowError, Task, require
+from harness.tasks.base import QA_RECIPE, Question, RowError, Task, require
 
 
 class HotpotQA(Task):
@@ -18,6 +18,7 @@ class HotpotQA(Task):
     hub_splits = {"train": "train", "validation": "validation[1000:]", "test": "validation[:1000]"}
     setting = "information_exchange"
     metric = "f1"
+    recipe = QA_RECIPE
     licence = "CC BY-SA 4.0"
     sizes = "90,447 / 6,405 / 1,000"
 

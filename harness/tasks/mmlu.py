@@ -8,7 +8,7 @@ metric: accuracy; the answer may be the option text or its letter
 licence: MIT
 """
 
-from harness.tasks.base import Question, RowError, Task, options_text, require, row_hash
+from harness.tasks.base import Question, Recipe, RowError, Task, options_text, require, row_hash
 
 
 class MMLU(Task):
@@ -18,6 +18,8 @@ class MMLU(Task):
     hub_splits = {"train": "auxiliary_train", "validation": "validation", "test": "test"}
     setting = "debate"
     metric = "accuracy"
+    # DITS's mmlu_DI weights
+    recipe = Recipe(lambda1=-0.6, lambda2=1.0, dpo_epsilon=0.45, dpo_beta=0.1, sft_epsilon=0.7)
     choices = True
     licence = "MIT"
     sizes = "99,842 / 1,531 / 14,042"

@@ -8,7 +8,7 @@ metric: SQuAD token F1, max over the answer aliases
 licence: Apache-2.0 (dataset card: unknown)
 """
 
-from harness.tasks.base import Question, RowError, Task, require, round_robin
+from harness.tasks.base import Question, Recipe, RowError, Task, require, round_robin
 
 
 class TriviaQA(Task):
@@ -18,6 +18,7 @@ class TriviaQA(Task):
     hub_splits = {"train": "train", "validation": "validation[1000:]", "test": "validation[:1000]"}
     setting = "information_exchange"
     metric = "f1"
+    recipe = Recipe(lambda1=-0.6, lambda2=1.0, dpo_epsilon=0.43, dpo_beta=0.7, sft_epsilon=0.6)
     licence = "Apache-2.0"
     sizes = "138,384 / 16,944 / 1,000"
 

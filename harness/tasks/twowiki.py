@@ -9,7 +9,7 @@ metric: SQuAD token F1 against the answer
 licence: Apache-2.0
 """
 
-from harness.tasks.base import Question, RowError, Task, require
+from harness.tasks.base import Question, Recipe, RowError, Task, require
 from harness.tasks.hotpotqa import deal
 
 
@@ -19,6 +19,7 @@ class TwoWikiMultihopQA(Task):
     hub_splits = {}
     setting = "information_exchange"
     metric = "f1"
+    recipe = Recipe(lambda1=-0.6, lambda2=1.0, dpo_epsilon=0.4, dpo_beta=0.5, sft_epsilon=0.5)
     licence = "Apache-2.0"
     sizes = "167,454 / 12,576 (dev)"
 

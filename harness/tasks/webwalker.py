@@ -8,7 +8,7 @@ metric: SQuAD token F1 against the answer
 licence: Apache-2.0
 """
 
-from harness.tasks.base import Question, Task, require, row_hash
+from harness.tasks.base import QA_RECIPE, Question, Task, require, row_hash
 
 
 class WebWalker(Task):
@@ -17,6 +17,7 @@ class WebWalker(Task):
     hub_splits = {"validation": "silver[:1000]", "test": "main"}
     setting = "web"
     metric = "f1"
+    recipe = QA_RECIPE  # no reference recipe: QA's
     licence = "Apache-2.0"
     sizes = "- / silver 14k / 680"
 

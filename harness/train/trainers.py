@@ -20,7 +20,7 @@ from harness import models, runs
 from harness.config import RunConfig
 from harness.dits.dpo import encode_pair
 from harness.errors import HarnessError
-from harness.synth.reward import RECIPES
+from harness.tasks import TASKS
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def sft_config(cfg: RunConfig, output_dir: Path, max_length: int | None = None):
 
 
 def dpo_beta(cfg: RunConfig) -> float:
-    return cfg.dpo_beta if cfg.dpo_beta is not None else RECIPES[cfg.task].dpo_beta
+    return cfg.dpo_beta if cfg.dpo_beta is not None else TASKS.get(cfg.task).recipe.dpo_beta
 
 
 def dpo_config(cfg: RunConfig, output_dir: Path, max_length: int | None = None):

@@ -36,7 +36,6 @@ from harness.mas.roster import roster_for
 from harness.mas.speakers import Speakers
 from harness.mas.scoring import dialogue_score
 from harness.seeding import seed_everything
-from harness.synth.reward import RECIPES
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +78,7 @@ class ReferencePath:
         from peft import LoraConfig, get_peft_model
 
         self.pairs, self.cfg, self.task, self.validation = pairs, cfg, task, validation
-        self.beta = cfg.beta if cfg.beta is not None else RECIPES[task.name].dpo_beta
+        self.beta = cfg.beta if cfg.beta is not None else task.recipe.dpo_beta
         seed_everything(cfg.seed)  # the LoRA A matrices are drawn at random
         model, self.tokenizer, info = models.load(policy, cfg.device, cfg.dtype)
         lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
