@@ -77,7 +77,7 @@ def main() -> None:
     # machine whose speed drifts over the hour weighs on both alike. A path's unit seconds are its own.
     began = {}
     for path in ("reference", "fast"):
-        cfg = config.build(SelectConfig, args.config, overrides + [f"influence_path={path}"])
+        cfg = config.build(SelectConfig, args.config, overrides + [f"influence.path={path}"])
         impl = PATHS[path](pairs, cfg, *prepare(pairs, cfg))
         began[path] = (impl, impl.begin())
     (ref_path, ref_start), (fast_path, fast_start) = began["reference"], began["fast"]

@@ -165,7 +165,7 @@ def cmd_analyze_influence(args) -> int:
     cfg = cfgmod.build(SelectConfig, args.config, args.overrides, pairs=args.pairs, seed=args.seed)
     _offline(cfg.online)
     result = analyze(read_pairs(Path(args.pairs)), cfg, args.units, args.steps, args.eval_split,
-                     args.eval_size or cfg.validation_size)
+                     args.eval_size or cfg.influence.validation_size)
     out = Path(args.out) if args.out else Path(args.pairs).parent / "analyze_influence"
     write(result, out)
     print(tabulate([[name, "-" if rho is None else f"{rho:+.3f}"] for name, rho in result["spearman"].items()],
@@ -377,7 +377,8 @@ def cmd_validate(args) -> int:
     from harness.experiment.plan import make_plan
 
     plan = make_plan(args.config, args.overrides)
-    rows = [[section, k, v] for section, values in plan.configs().items() for k, v in sorted(values.items())]
+    rows = [[section, k, v] for section, values in plan.configs().items()
+            for k, v in sorted(cfgmod.flatten(values).items())]
     print(tabulate(rows, ["section", "key", "value"], tablefmt="github"))
     print(dry_run_table(plan))
     print("config is valid (every section, and trl's SFT and DPO configs)")
@@ -413,7 +414,8 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--config", "--preset", dest="config", default="cpu",
                         help="preset name or YAML file (default: cpu; harness ls presets)")
         sp.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="run config overrides; synth.KEY=V, select.KEY=V, eval.KEY=V for those sections")
+                        help="config overrides: KEY=V reaches every section with KEY; run.KEY=V, synth.KEY=V, "
+                             "select.KEY=V, eval.KEY=V (and sft., dpo., lora., influence.) narrow it")
 
     # Each command's help fits one line of an 80-column `harness --help`.
     r = sub.add_parser("run", help="the self-training experiment, SFT to final eval")

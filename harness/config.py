@@ -1,17 +1,23 @@
 """Typed configuration: defaults live here, YAML files and `key=value` overrides change them.
 
-Unknown keys and values of the wrong type fail with one line naming the key and the nearest valid
-names. Presets are YAML files in ``harness/presets/`` (package data): top-level keys apply to every command whose config has
-them (task, model, decoding), and a mapping named after a command (``eval:``, ``synth:``) applies
-to that command only.
+A command's config is a section (`run`, `synth`, `select`, `eval`) built from the runtime fields every
+command shares and its own; `run` and `select` hold nested sections (`lora`, `sft`, `dpo`,
+`influence`). One grammar for presets (YAML, ``harness/presets/`` as package data) and the command
+line: an unprefixed `key` reaches every section and nested section that has it (a section's own key
+shadows a nested section's of the same name: `alpha` is the selection's fraction, LoRA's is
+`lora.alpha`); each prefix narrows it (`select.key`, `lora.key`, `select.lora.key`), and so does a
+YAML mapping named after a section. Precedence: defaults < preset top level < preset section <
+command-line flags < command-line unprefixed < command-line prefixed (the more prefixes, the later).
+Unknown keys and values of the wrong type fail with one line naming the key and the nearest valid names.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import ClassVar
 
@@ -100,24 +106,57 @@ class SynthConfig(RuntimeConfig):
 
 
 @dataclass
-class SelectConfig:
-    """`harness select`: score candidate pairs and keep the best alpha fraction.
+class LoraConfig:
+    """The LoRA adapter every training step uses (peft's r, lora_alpha, lora_dropout)."""
 
-    The DITS knobs follow the reference code (docs/reference-code.md §8)."""
+    section: ClassVar[str] = "lora"
+    r: int = 32
+    alpha: int = 32
+    dropout: float = 0.05
 
-    section: ClassVar[str] = "select"
-    selector: str | None = None  # required: harness ls selectors
-    pairs: str | None = None  # pairs.jsonl written by `harness synth`
-    alpha: float = 0.5  # the fraction of the pool kept (DITS: 0.5)
-    gamma: float = 1.0  # DITS: H = minmax(I) + gamma * Q
-    seed: int = 0
-    out: str | None = None  # default: <pairs dir>/select/<run id>
-    model: str | None = None  # the policy whose influence is estimated; default: the pairs' policy
+
+@dataclass
+class SFTConfig:
+    """The SFT data (sampled dialogues, the best kept) and trl's SFT recipe."""
+
+    section: ClassVar[str] = "sft"
+    # Disjoint question pools: train split [0, sft.questions) for SFT data, then the tree search's
+    # synth.questions, then synth.probe_size for the probe, each iteration fresh ones after the last's;
+    # select.influence.val_split for influence; test for eval.
+    questions: int = 64
+    samples: int = 10  # dialogues sampled per SFT question (the reference's explore_count)
+    temperature: float = 0.7
+    keep_fraction: float = 0.7  # questions kept, best reward first (the reference's top 70%)
+    epsilon: float | None = None  # a kept dialogue's reward must reach it; default: the task's recipe
+    from_initial: bool = True  # DITS: SFT from the initial model each iteration; False: from the last policy (Optima QA)
+    lr: float = 2e-4  # LoRA; the reference's full-parameter SFT: 2e-5 (QA), 1e-6 (ARC, MMLU)
+    epochs: int = 1  # the reference's iSFT-DPO: 1-2 (QA), 2-4 (debate)
+    batch_size: int = 4
+    grad_accum: int = 1
+    max_seq_length: int = 2048  # SFT examples longer than this are dropped (and counted)
+
+
+@dataclass
+class DPOConfig:
+    """trl's DPO recipe for the selected pairs."""
+
+    section: ClassVar[str] = "dpo"
+    lr: float = 5e-5  # LoRA (DITS's LoRA DPO recipe); the reference's full-parameter DPO: 5e-7
+    epochs: int = 1
+    beta: float | None = None  # default: the task's recipe
+    batch_size: int = 4
+    grad_accum: int = 2  # the reference: batch 1 x 8 GPUs x grad accumulation 8
+    max_prompt_length: int = 1024  # pairs whose prompt is longer are dropped (and counted); never truncated
+
+
+@dataclass
+class InfluenceConfig:
+    """DITS's influence estimate; the knobs follow the reference code (docs/reference-code.md §8)."""
+
+    section: ClassVar[str] = "influence"
     val_split: str = "validation"  # influence validation questions: disjoint from every training pool
     validation_size: int = 20  # V greedy validation dialogues
     allow_overlap: bool = False  # let validation questions be training questions (the reference's leak)
-    data_dir: str | None = None
-    online: bool = False
     unit_size: int = 5  # pairs per influence unit (the reference's block of 5)
     warmup_steps: int = 50  # LoRA DPO steps on the pool before the unit steps (the reference's checkpoint-50)
     warmup_batch: int = 8  # pairs per warm-up step (the reference: batch 1 x grad accumulation 8)
@@ -134,25 +173,30 @@ class SelectConfig:
     micro_batch: int = 1  # pairs per forward and backward pass in a warm-up or unit step (gradients accumulate)
     # "fast": theta*'s validation dialogues checked as a draft of each unit's, only diverging ones
     # decoded; "reference": every unit's decoded in full, as the reference code (the oracle).
-    influence_path: str = "fast"
+    path: str = "fast"
     # The fast path's diverging dialogues of this many units decode in one batch (one LoRA copy per unit).
     decode_units: int = 8
     # ...and guess up to this many tokens a decoding step from their own text (prompt lookup: SmolLM2's
     # agents copy their information and repeat each other), keeping those greedy decoding would pick.
     decode_lookahead: int = 8
-    beta: float | None = None  # DPO beta; default: the task's recipe
-    lora_r: int = 32
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0  # the reference's 0.05 makes each unit's step depend on a dropout draw
-    backend: str = "hf"
-    device: str = "cpu"
-    dtype: str = "float32"
-    batch_size: int = 32
-    max_turns: int = 10
-    max_new_tokens: int = 128
-    context_mode: str = "paragraph"
-    roster: str | None = None  # as RuntimeConfig.roster: the validation dialogues' agents
-    speaker_models: str | None = None  # as RuntimeConfig.speaker_models
+    beta: float | None = None  # DPO beta of the warm-up and unit steps; default: the task's recipe
+
+
+@dataclass
+class SelectConfig(RuntimeConfig):
+    """`harness select`: score candidate pairs and keep the best alpha fraction. The runtime fields
+    run the influence validation dialogues; their task, answer_mode and closing_turn are the pairs'."""
+
+    section: ClassVar[str] = "select"
+    model: str | None = None  # the policy whose influence is estimated; default: the pairs' policy
+    out: str | None = None  # default: <pairs dir>/select/<run id>
+    selector: str | None = None  # required: harness ls selectors
+    pairs: str | None = None  # pairs.jsonl written by `harness synth`
+    alpha: float = 0.5  # the fraction of the pool kept (DITS: 0.5)
+    gamma: float = 1.0  # DITS: H = minmax(I) + gamma * Q
+    influence: InfluenceConfig = field(default_factory=InfluenceConfig)
+    # dropout 0: the reference's 0.05 makes each unit's step depend on a dropout draw
+    lora: LoraConfig = field(default_factory=lambda: LoraConfig(dropout=0.0))
 
 
 @dataclass
@@ -172,39 +216,21 @@ class RunConfig(RuntimeConfig):
     iterations: int = 3  # DITS's iteration_times
     suite: str = "default"  # runs/<suite>/: runs of a suite share their stages before selection
     budget: str | None = None  # a budget point of `harness suite --budgets` (its overrides), in the run id
-    sft_from_initial: bool = True  # DITS: SFT from the initial model each iteration; False: from the last policy (Optima QA)
-    # Disjoint question pools: train split [0, sft_questions) for SFT data, then the tree search's
-    # synth.questions, then synth.probe_size for the probe, each iteration fresh ones after the last's;
-    # select.val_split for influence; test for eval.
-    sft_questions: int = 64
-    sft_samples: int = 10  # dialogues sampled per SFT question (the reference's explore_count)
-    sft_temperature: float = 0.7
-    sft_keep_fraction: float = 0.7  # questions kept, best reward first (the reference's top 70%)
-    sft_epsilon: float | None = None  # a kept dialogue's reward must reach it; default: the task's recipe
-    sft_lr: float = 2e-4  # LoRA; the reference's full-parameter SFT: 2e-5 (QA), 1e-6 (ARC, MMLU)
-    sft_epochs: int = 1  # the reference's iSFT-DPO: 1-2 (QA), 2-4 (debate)
-    sft_batch_size: int = 4
-    sft_grad_accum: int = 1
-    max_seq_length: int = 2048  # SFT examples longer than this are dropped (and counted)
-    dpo_lr: float = 5e-5  # LoRA (DITS's LoRA DPO recipe); the reference's full-parameter DPO: 5e-7
-    dpo_epochs: int = 1
-    dpo_beta: float | None = None  # default: the task's recipe
-    dpo_batch_size: int = 4
-    dpo_grad_accum: int = 2  # the reference: batch 1 x 8 GPUs x grad accumulation 8
-    max_prompt_length: int = 1024  # pairs whose prompt is longer are dropped (and counted); never truncated
-    lora_r: int = 32
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    lr_scheduler: str = "cosine"
-    warmup_ratio: float = 0.1
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    lr_scheduler: str = "cosine"  # SFT's and DPO's
+    warmup_ratio: float = 0.1  # SFT's and DPO's
     test_questions: int | None = 100  # first N of the test split, for every evaluated policy
 
 
 CONFIG_CLASSES = (EvalConfig, SynthConfig, SelectConfig, RunConfig)
+NESTED_CLASSES = (LoraConfig, SFTConfig, DPOConfig, InfluenceConfig)
 
 
-def _coerce(cls, key: str, value, source: str):
-    """`value` converted to the declared type of field `key` (strings come from the command line)."""
+def _coerce(cls, key: str, value, source: str, label: str | None = None):
+    """`value` converted to the declared type of field `key` (strings come from the command line);
+    errors name it `label` (its dotted path)."""
     hint = typing.get_type_hints(cls)[key]
     optional = isinstance(hint, types.UnionType) and type(None) in typing.get_args(hint)
     base = next(t for t in typing.get_args(hint) if t is not type(None)) if optional else hint
@@ -221,52 +247,157 @@ def _coerce(cls, key: str, value, source: str):
             raise ValueError
         return base(value)
     except (TypeError, ValueError):
-        raise HarnessError(f"{source}: {key} must be {base.__name__}, got {value!r}") from None
+        raise HarnessError(f"{source}: {label or key} must be {base.__name__}, got {value!r}") from None
+
+
+SECTIONS = {c.section: c for c in CONFIG_CLASSES}
+NESTED = {c.section: c for c in NESTED_CLASSES}
+
+# Records written before the nested sections (a80c8ba and before) hold flat keys: where each lives now.
+FLAT_KEYS = {
+    "run": {**{f"sft_{n}": ("sft", n) for n in SFTConfig.__dataclass_fields__ if n != "max_seq_length"},
+            **{f"dpo_{n}": ("dpo", n) for n in DPOConfig.__dataclass_fields__ if n != "max_prompt_length"},
+            "max_seq_length": ("sft", "max_seq_length"), "max_prompt_length": ("dpo", "max_prompt_length"),
+            **{f"lora_{n}": ("lora", n) for n in ("alpha", "dropout")}, "lora_r": ("lora", "r")},
+    "select": {**{n: ("influence", n) for n in InfluenceConfig.__dataclass_fields__ if n != "path"},
+               "influence_path": ("influence", "path"), "lora_r": ("lora", "r"),
+               **{f"lora_{n}": ("lora", n) for n in ("alpha", "dropout")}},
+}
+
+
+@functools.cache
+def _leaves(cls, prefix: tuple = ()) -> tuple[tuple[tuple[str, ...], type], ...]:
+    """Every settable field of `cls` as (path, owning class), nested sections' fields included."""
+    hints = typing.get_type_hints(cls)
+    out = ()
+    for f in fields(cls):
+        if hints[f.name] in NESTED_CLASSES:
+            out += _leaves(hints[f.name], prefix + (f.name,))
+        else:
+            out += ((prefix + (f.name,), cls),)
+    return out
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One `key=value` of a preset, a flag or the command line, with the sections it is narrowed to."""
+
+    prefix: tuple[str, ...]
+    key: str
+    value: object
+    source: str
+    level: int  # 0 preset, 1 command-line flag, 2 command-line override
+
+    @property
+    def rank(self) -> tuple[int, int]:
+        return self.level, len(self.prefix)
+
+    @property
+    def name(self) -> str:
+        return ".".join(self.prefix + (self.key,))
+
+
+def targets(setting: Setting, cls) -> list[tuple[tuple[str, ...], type]]:
+    """The fields of section `cls` a setting reaches: those named `key` under its prefixes (in order),
+    a section's own field shadowing its nested sections' of the same name."""
+    def under(path):
+        rest = iter((getattr(cls, "section", ""),) + path[:-1])
+        return all(p in rest for p in setting.prefix)
+
+    hits = [(path, owner) for path, owner in _leaves(cls) if path[-1] == setting.key and under(path)]
+    depth = min((len(p) for p, _ in hits), default=0)
+    return [(p, owner) for p, owner in hits if len(p) == depth]
+
+
+def _check(setting: Setting, classes) -> None:
+    """One line for a setting no section of `classes` has."""
+    for part in setting.prefix:
+        if part not in SECTIONS and part not in NESTED:
+            raise HarnessError(f"{setting.source}: {setting.name}: unknown section {part!r}; "
+                               f"valid: {', '.join([*SECTIONS, *NESTED])}")
+    if not any(targets(setting, c) for c in classes):
+        scope = {p[-1] for c in classes for p, _ in _leaves(c)
+                 if all(part in (getattr(c, "section", ""),) + p[:-1] for part in setting.prefix)}
+        current = {p[-1] for c in CONFIG_CLASSES for p, _ in _leaves(c)}
+        renamed = {flat: ".".join(path) for names in FLAT_KEYS.values() for flat, path in names.items()
+                   if flat not in current}
+        hint = f"renamed: {renamed[setting.key]}" if setting.key in renamed else nearest(setting.key, sorted(scope))
+        shown = setting.key if setting.level == 0 else setting.name  # a preset's source names its prefix
+        raise HarnessError(f"{setting.source}: unknown config key {shown!r}; {hint}")
+
+
+def _preset(file: str) -> list[Setting]:
+    """A YAML file's settings: a mapping named after a section or nested section narrows its keys."""
+    data, path = _read_yaml(file)
+
+    def walk(mapping: dict, prefix: tuple) -> list[Setting]:
+        out = []
+        for key, value in mapping.items():
+            key = str(key)
+            if key in SECTIONS or key in NESTED:
+                if not isinstance(value, dict):
+                    raise HarnessError(f"{path}: {'.'.join(prefix + (key,))}: expected a mapping of {key} config keys")
+                out += walk(value, prefix + (key,))
+            elif isinstance(value, dict):
+                raise HarnessError(f"{path}: unknown section {'.'.join(prefix + (key,))!r}; "
+                                   f"{nearest(key, [*SECTIONS, *NESTED])}")
+            else:
+                where = f"{path}: {'.'.join(prefix)}" if prefix else str(path)
+                out.append(Setting(prefix, key, value, where, 0))
+        return out
+
+    settings = walk(data, ())
+    for s in settings:  # checked now, not when that command runs
+        _check(s, CONFIG_CLASSES)
+    return settings
+
+
+def _overrides(items: list[str] | dict | None, source: str) -> list[Setting]:
+    """Command-line `[section.]key=value` items, or a mapping (nested mappings narrow their keys)."""
+    if isinstance(items, dict):
+        def walk(mapping, prefix):
+            return [s for k, v in mapping.items()
+                    for s in (walk(v, prefix + (k,)) if isinstance(v, dict) else [Setting(prefix, k, v, source, 2)])]
+        return walk(items, ())
+    out = []
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise HarnessError(f"override {item!r}: expected key=value")
+        *prefix, key = name.split(".")
+        out.append(Setting(tuple(prefix), key, value, source, 2))
+    return out
+
+
+def compose(cls, settings: list[Setting]):
+    """Section `cls` from its defaults and every setting that reaches it, lowest rank first."""
+    values: dict[tuple[str, ...], object] = {}
+    for s in sorted(settings, key=lambda s: s.rank):
+        for path, owner in targets(s, cls):
+            values[path] = _coerce(owner, path[-1], s.value, s.source, ".".join(path))
+    top = {path[0]: value for path, value in values.items() if len(path) == 1}
+    for f in fields(cls):  # a nested section: its default with the values set in it
+        inner = {path[1]: value for path, value in values.items() if len(path) == 2 and path[0] == f.name}
+        if inner:
+            top[f.name] = dataclasses.replace(f.default_factory(), **inner)
+    return cls(**top)
+
+
+def settings(classes, file: str | None = None, overrides: list[str] | dict | None = None,
+             flags: dict | None = None, flag_prefix: tuple[str, ...] = ()) -> list[Setting]:
+    """A preset's, the flags' and the command line's settings, each checked against `classes`."""
+    out = _preset(file) if file else []
+    given = [Setting(flag_prefix, k, v, f"--{k.replace('_', '-')}", 1) for k, v in (flags or {}).items() if v is not None]
+    label = f"{classes[0].section} override" if len(classes) == 1 and hasattr(classes[0], "section") else "override"
+    given += _overrides(overrides, label)
+    for s in given:
+        _check(s, classes)
+    return out + given
 
 
 def build(cls, file: str | None = None, overrides: list[str] | dict | None = None, **flags):
     """A config of type `cls` from defaults, then a YAML file, then flags, then overrides."""
-    names = [f.name for f in fields(cls)]
-    values: dict = {}
-
-    def put(key, value, source):
-        if key not in names:
-            raise HarnessError(f"{source}: unknown config key {key!r}; {nearest(key, names)}")
-        values[key] = _coerce(cls, key, value, source)
-
-    if file:
-        data, path = _read_yaml(file)
-        shared = {f.name for c in CONFIG_CLASSES for f in fields(c)}
-        sections = {c.section: c for c in CONFIG_CLASSES}
-        for key, value in data.items():
-            if key in sections:
-                if not isinstance(value, dict):
-                    raise HarnessError(f"{path}: {key}: expected a mapping of {key} config keys")
-                section_names = [f.name for f in fields(sections[key])]
-                for k, v in value.items():
-                    if sections[key] is cls:
-                        put(k, v, f"{path}: {key}")
-                    elif k not in section_names:  # checked now, not when that command runs
-                        raise HarnessError(f"{path}: {key}: unknown config key {k!r}; {nearest(k, section_names)}")
-            elif key not in shared:
-                valid = sorted(shared | set(sections))
-                raise HarnessError(f"{path}: unknown config key {key!r}; {nearest(key, valid)}")
-            elif key in names:
-                put(key, value, str(path))
-    for key, value in flags.items():
-        if value is not None:
-            put(key, value, f"--{key.replace('_', '-')}")
-    label = f"{cls.section} override" if hasattr(cls, "section") else "override"
-    if isinstance(overrides, dict):
-        for key, value in overrides.items():
-            put(key, value, label)
-        return cls(**values)
-    for item in overrides or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise HarnessError(f"override {item!r}: expected key=value")
-        put(key, value, label)
-    return cls(**values)
+    return compose(cls, settings([cls], file, overrides, flags))
 
 
 def _read_yaml(file: str) -> tuple[dict, Path]:
@@ -290,12 +421,35 @@ def as_dict(config) -> dict:
     return dataclasses.asdict(config)
 
 
+def flatten(values: dict, prefix: str = "") -> dict:
+    """A section's values (as `as_dict` or `recorded` give them) by dotted name: `lora.r`."""
+    out = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        out |= flatten(value, f"{name}.") if isinstance(value, dict) else {name: value}
+    return out
+
+
+def reached(name: str, section: str) -> list[str]:
+    """The dotted fields of `section` that the override key `name` reaches (`select.validation_size`
+    -> `influence.validation_size`)."""
+    *prefix, key = name.split(".")
+    return [".".join(path) for path, _ in targets(Setting(tuple(prefix), key, None, name, 2), SECTIONS[section])]
+
+
 def recorded(section: str, values: dict) -> dict:
-    """A section of a recorded config with the keys added to the harness since it was recorded at
-    their defaults: a run record stays comparable (and resumable) when a knob is added."""
-    cls = next(c for c in CONFIG_CLASSES if c.section == section)
-    defaults = {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
-    return defaults | values
+    """A section of a recorded config in today's nested layout (older records' flat keys moved into
+    their sections), with the keys added to the harness since it was recorded at their defaults: a run
+    record stays comparable (and resumable) when a knob is added."""
+    def merge(base: dict, over: dict) -> dict:
+        return base | {k: merge(base[k], v) if isinstance(base.get(k), dict) and isinstance(v, dict) else v
+                       for k, v in over.items()}
+
+    moved: dict = {}
+    for key, value in values.items():
+        *outer, leaf = FLAT_KEYS.get(section, {}).get(key, (key,))
+        moved = merge(moved, {outer[0]: {leaf: value}} if outer else {leaf: value})
+    return merge(as_dict(SECTIONS[section]()), moved)
 
 
 def presets() -> dict[str, Path]:

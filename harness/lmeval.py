@@ -53,8 +53,8 @@ def task_config(task: str, data_dir: str | Path, splits=("test",)) -> dict:
 @register_model("harness-mas")
 class MultiAgentLM(LM):
     def __init__(self, task: str = "arc_c", model: str = "smollm2-135m", seed: int = 0, max_turns: int = 10,
-                 max_new_tokens: int = 256, batch_size: int = 32, device: str = "cpu", roster: str | None = None,
-                 speaker_models: str | None = None, **_ignored):
+                 max_new_tokens: int = DialogueConfig.max_new_tokens, batch_size: int = 32, device: str = "cpu",
+                 roster: str | None = None, speaker_models: str | None = None, **_ignored):
         super().__init__()
         self.roster = roster_for(get_task(task).setting, roster, speaker_models)
         self.seed = int(seed)

@@ -76,7 +76,7 @@ def test_cbt_continuations_fill_the_blank_and_other_tasks_default_to_the_option(
 
 
 def test_evaluation_reward_agreement_and_influence_read_the_same_answer(tmp_path):
-    from harness.config import SelectConfig
+    from harness.config import LoraConfig, SelectConfig
     from harness.dits.influence import ReferencePath
 
     result = evaluate(task="arc_c", model="tiny-fitted", split="validation", limit=4, max_new_tokens=16,
@@ -89,8 +89,8 @@ def test_evaluation_reward_agreement_and_influence_read_the_same_answer(tmp_path
     q = questions[0]
     pair = {"prompt": start([q], task.setting)[0].messages(0), "chosen": f"Alice: <A>{q.golds[0]}</A>",
             "rejected": "Alice: no idea", "answer_mode": "choice"}
-    path = ReferencePath([pair], SelectConfig(max_turns=4, max_new_tokens=16, lora_r=4, lora_alpha=4), task,
-                         "tiny-fitted", questions)
+    cfg = SelectConfig(max_turns=4, max_new_tokens=16, lora=LoraConfig(r=4, alpha=4, dropout=0.0))
+    path = ReferencePath([pair], cfg, task, "tiny-fitted", questions)
     f, answers, items = path.validate()
     predictions = [r["prediction"] for r in result.per_instance]
     assert answers == predictions
@@ -128,7 +128,7 @@ def test_choice_mode_selection_takes_the_reference_path(tmp_path):
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert main(["select", "--selector", "dits", "--pairs", str(pairs), "--out", str(tmp_path / "sel"),
-                 "--config", "smoke", "influence_path=fast", "max_turns=4"]) == 0
+                 "--config", "smoke", "influence.path=fast", "max_turns=4"]) == 0
     facts = json.loads((tmp_path / "sel" / "run_spec.json").read_text())["selector_facts"]
     assert facts["answer_mode"] == "choice" and facts["influence_path"] == "reference"
     assert facts["drafts"] == {}

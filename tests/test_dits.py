@@ -6,11 +6,17 @@ import pytest
 
 from harness import models
 from harness.cli import main
-from harness.config import SelectConfig
+from harness.config import SelectConfig, build
 from harness.dits import influence as influence_mod
 from harness.dits.influence import make_units
 from harness.errors import HarnessError
 from harness.selection import select
+
+
+def select_config(**values) -> SelectConfig:
+    """A select config as the grammar composes it (`validation_size` reaches influence's)."""
+    return build(SelectConfig, overrides=values)
+
 
 KNOBS = ["--config", "smoke"]  # V = 4, units of 2 pairs, 2 warm-up steps, eta 1e-2, LoRA r 4
 THREE = "information_exchange_3"  # Alice, Bob and Carol
@@ -75,7 +81,7 @@ def test_dits_scores_every_pair_and_gamma_runs_share_one_estimate(pairs_file, tm
     # theta*'s validation dialogues, then one set per unit
     assert facts["validation_dialogues"] == 4 * (1 + 3) and not facts["reused_estimate"]
     for r, f in zip(rows, facts["reference_rank_value"]):
-        assert r["I"] == pytest.approx((f - facts["f_before"]) / spec["config"]["eta"])
+        assert r["I"] == pytest.approx((f - facts["f_before"]) / spec["config"]["influence"]["eta"])
     # gamma 0 reuses the cached estimate: no model is loaded again.
     monkeypatch.setattr(influence_mod.ReferencePath, "run", lambda self: pytest.fail("estimate not reused"))
     monkeypatch.setattr(influence_mod.ReferencePath, "__init__", lambda *a: pytest.fail("estimate not reused"))
@@ -95,7 +101,7 @@ def test_dits_scores_every_pair_and_gamma_runs_share_one_estimate(pairs_file, tm
     (["eta=0"], "eta must be positive"),
     (["decode_lookahead=-1"], "decode_lookahead must be at least 0, got -1"),
     (["backend=vllm"], "influence estimates run on the hf backend"),
-    (["speaker_models=Bob=tiny-random", "influence_path=fast"], "speaker_models needs select.influence_path=reference"),
+    (["speaker_models=Bob=tiny-random", "influence.path=fast"], "speaker_models needs influence.path=reference"),
 ])
 def test_bad_influence_input_is_one_line(pairs_file, tmp_path, capsys, overrides, message):
     models.resolve("tiny-random")  # built beforehand: a first build logs its progress on stderr,
@@ -109,12 +115,12 @@ def test_bad_influence_input_is_one_line(pairs_file, tmp_path, capsys, overrides
 
 def test_overlap_is_allowed_on_request(pairs_file):
     pairs = [json.loads(line) for line in pairs_file.read_text().splitlines()]
-    cfg = SelectConfig(selector="dits", val_split="train", allow_overlap=True, validation_size=2, unit_size=6,
-                       warmup_steps=1, warmup_batch=2, lora_r=4, lora_alpha=4, max_new_tokens=16)
+    cfg = select_config(selector="dits", val_split="train", allow_overlap=True, validation_size=2, unit_size=6,
+                        warmup_steps=1, warmup_batch=2, lora={"r": 4, "alpha": 4}, max_new_tokens=16)
     chosen, rows, _ = select(pairs, cfg)
     assert len(chosen) == 3 and len({r["I"] for r in rows}) == 1  # one unit: one influence value
     with pytest.raises(HarnessError, match="training questions"):
-        select(pairs, SelectConfig(selector="dits", val_split="train", validation_size=2))
+        select(pairs, select_config(selector="dits", val_split="train", validation_size=2))
 
 
 def test_eta_auto_grows_eta_until_the_median_unit_changes_the_target_share(pairs_file, tmp_path):
@@ -231,7 +237,7 @@ def test_fast_path_gives_the_reference_paths_influence(pairs, roster, request, t
         # 12 questions and one pair a unit, so the units' F values differ (with 4 questions and units of
         # 2 pairs the three units tied on an AMD AVX2 CPU)
         assert main(["select", "--selector", "dits", "--pairs", str(pairs_file), "--out", str(out), *KNOBS,
-                     "validation_size=12", "unit_size=1", f"influence_path={path}", *roster]) == 0
+                     "validation_size=12", "unit_size=1", f"influence.path={path}", *roster]) == 0
         facts[path] = json.loads((out / "run_spec.json").read_text())["selector_facts"]
     ref, fast = facts["reference"], facts["fast"]
     assert len(set(ref["f_after"])) > 1  # the units differ, so agreement means something
@@ -253,7 +259,7 @@ def test_a_draft_checked_on_its_own_weights_holds(pairs, roster, request):
     from harness.dits.influence import FastPath, prepare
 
     pairs = [json.loads(line) for line in request.getfixturevalue(pairs).read_text().splitlines()]
-    cfg = SelectConfig(selector="dits", validation_size=4, lora_r=4, lora_alpha=4, max_new_tokens=16, roster=roster)
+    cfg = select_config(selector="dits", validation_size=4, lora={"r": 4, "alpha": 4}, max_new_tokens=16, roster=roster)
     path = FastPath(pairs, cfg, *prepare(pairs, cfg))
     draft = path.theta_star_dialogues()
     names = path.roster.names
@@ -276,8 +282,8 @@ def test_a_run_in_parts_gives_the_run_and_calls_between_after_each_unit(pairs_fi
     from harness.dits.influence import FastPath, prepare
 
     pairs = [json.loads(line) for line in pairs_file.read_text().splitlines()]
-    cfg = SelectConfig(selector="dits", validation_size=4, unit_size=2, warmup_steps=1, warmup_batch=2, lora_r=4,
-                       lora_alpha=4, max_new_tokens=16, influence_path="fast")
+    cfg = select_config(selector="dits", validation_size=4, unit_size=2, warmup_steps=1, warmup_batch=2,
+                        lora={"r": 4, "alpha": 4}, max_new_tokens=16, influence={"path": "fast"})
     whole = FastPath(pairs, cfg, *prepare(pairs, cfg)).run()
     path = FastPath(pairs, cfg, *prepare(pairs, cfg))
     start, calls = path.begin(), []
@@ -294,9 +300,9 @@ def test_the_reference_path_speaks_with_the_rosters_frozen_model(pairs_file, tmp
     from harness.dits.influence import ReferencePath, prepare
 
     pairs = [json.loads(line) for line in pairs_file.read_text().splitlines()]
-    cfg = SelectConfig(selector="dits", validation_size=2, unit_size=6, warmup_steps=1, warmup_batch=2, max_turns=4,
-                       lora_r=4, lora_alpha=4, max_new_tokens=16, speaker_models="Alice=tiny-random",
-                       influence_path="reference")
+    cfg = select_config(selector="dits", validation_size=2, unit_size=6, warmup_steps=1, warmup_batch=2, max_turns=4,
+                        lora={"r": 4, "alpha": 4}, max_new_tokens=16, speaker_models="Alice=tiny-random",
+                        influence={"path": "reference"})
     path = ReferencePath(pairs, cfg, *prepare(pairs, cfg))
     frozen = path.speakers.frozen["tiny-random"]
     assert frozen is not path.backend  # no unit's step reaches the frozen speaker
@@ -314,6 +320,6 @@ def test_the_reference_path_speaks_with_the_rosters_frozen_model(pairs_file, tmp
     # and end to end, with the fast path refused (test_bad_influence_input_is_one_line)
     out = tmp_path / "frozen"
     assert main(["select", "--selector", "dits", "--pairs", str(pairs_file), "--out", str(out), *KNOBS,
-                 "speaker_models=Bob=tiny-random", "influence_path=reference"]) == 0
+                 "speaker_models=Bob=tiny-random", "influence.path=reference"]) == 0
     facts = json.loads((out / "run_spec.json").read_text())["selector_facts"]
     assert facts["influence_path"] == "reference" and facts["validation_dialogues"] == 4 * (1 + 3)

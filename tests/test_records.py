@@ -225,6 +225,7 @@ def test_every_kind_of_run_spec_comes_from_one_builder(kind):
     ("probe", {"probe.json": {"t_norm": 9, "cost": {"requests": 4}}}, {"requests": 4}),
     ("select", {"run_spec.json": {"candidates": 4, "selected": 2, "selector_facts": {}, "config": {}}},
      {"candidates": 4, "selected": 2, "influence_units": 0}),
+    # a record of the flat layout (a80c8ba and before): warmup_steps at the top of the select config
     ("select", {"run_spec.json": {"candidates": 4, "selected": 2, "config": {"warmup_steps": 1}, "selector_facts": {
         "units": [[0, 1], [2, 3]], "validation_dialogues": 6, "seconds": {"units": 2.0, "warmup": 1.0},
         "reused_estimate": False, "usage": {"completion_tokens": 50, "requests": 3}}}},

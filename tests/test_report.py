@@ -208,7 +208,7 @@ def test_budget_points(axes, points):
     assert budget_points(axes) == points
 
 
-@pytest.mark.parametrize("axis", ["questions=4", "run.sft_questions=4", "synth.questions="])
+@pytest.mark.parametrize("axis", ["questions=4", "run.sft.questions=4", "synth.questions="])
 def test_bad_budget_axes_are_refused(axis):
     with pytest.raises(HarnessError, match="expected synth.KEY=V1,V2"):
         budget_points([axis])
@@ -355,11 +355,11 @@ def test_leaderboard_refuses_unfinished_and_mismatched_runs(smoke_suite, tmp_pat
     assert "the run is unfinished (interrupted at stage it0/dpo)" in err and not (copy / "leaderboard").exists()
     status.write_text(json.dumps({"state": "complete", "stage": None, "time": 0}))
     spec = json.loads((run / "run_spec.json").read_text())
-    spec["config"]["run"]["sft_lr"] = 0.1
-    spec["config"]["run"]["dpo_lr"] = 0.1  # a training key: not shared stages, but what is compared
+    spec["config"]["run"]["sft"]["lr"] = 0.1
+    spec["config"]["run"]["dpo"]["lr"] = 0.1  # a training key: not shared stages, but what is compared
     (run / "run_spec.json").write_text(json.dumps(spec))
     assert main(["leaderboard", "--suite", str(copy)]) == 2
-    assert "differ in run.dpo_lr, run.sft_lr" in capsys.readouterr().err and not (copy / "leaderboard").exists()
+    assert "differ in run.dpo.lr, run.sft.lr" in capsys.readouterr().err and not (copy / "leaderboard").exists()
 
 
 def _as_older_records(suite: Path) -> None:

@@ -68,7 +68,7 @@ def test_three_agents_run_every_stage_with_dits_on_both_paths(tmp_path):
     facts, runs = {}, {}
     for path in ("fast", "reference"):
         assert main(["run", "--config", "smoke", "--task", "hotpotqa", "--selector", "dits",
-                     "--out", str(tmp_path / path), THREE, f"select.influence_path={path}"]) == 0
+                     "--out", str(tmp_path / path), THREE, f"select.influence.path={path}"]) == 0
         (run,) = (tmp_path / path).glob("run:*")
         facts[path] = json.loads((run / "it0" / "select" / "run_spec.json").read_text())["selector_facts"]
         runs[path] = run

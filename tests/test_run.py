@@ -15,7 +15,6 @@ from harness.experiment import executor
 from harness.experiment.plan import (
     make_plan,
     parse_selector,
-    split_overrides,
     split_selectors,
 )
 from harness.experiment.stages import Pipeline
@@ -84,13 +83,14 @@ def test_sft_mask_covers_own_turns_and_their_end_of_turn(tiny_fitted):
 def test_selector_specs_and_section_overrides():
     assert split_selectors("random,dits:gamma=0,alpha=0.3,qvalue") == ["random", "dits:gamma=0,alpha=0.3", "qvalue"]
     assert parse_selector("dits:gamma=0,alpha=0.3") == ("dits", ["gamma=0", "alpha=0.3"])
-    out = split_overrides(["iterations=2", "synth.explore_time=4", "select.unit_size=3"])
-    assert out[""] == ["iterations=2"] and out["synth"] == ["explore_time=4"] and out["select"] == ["unit_size=3"]
     with pytest.raises(HarnessError, match="unknown section 'synt'"):
-        split_overrides(["synt.explore_time=4"])
-    plan = make_plan("smoke", ["synth.explore_time=5", "select.unit_size=3"], selector="dits:gamma=0", task="mmlu")
-    assert (plan.synth.explore_time, plan.select.unit_size, plan.select.gamma) == (5, 3, 0.0)
-    assert plan.synth.question_offset == plan.run.sft_questions and plan.eval.limit == plan.run.test_questions
+        make_plan("smoke", ["synt.explore_time=4"])
+    plan = make_plan("smoke", ["synth.explore_time=5", "select.unit_size=3"], selector="dits:gamma=0,alpha=0.3",
+                     task="mmlu")
+    assert (plan.synth.explore_time, plan.select.influence.unit_size, plan.select.gamma) == (5, 3, 0.0)
+    # the selector's alpha is the selection's fraction, not LoRA's (a section's own key shadows a nested one's)
+    assert (plan.select.alpha, plan.run.lora.alpha, plan.select.lora.alpha) == (0.3, 4, 4)
+    assert plan.synth.question_offset == plan.run.sft.questions and plan.eval.limit == plan.run.test_questions
     # The selection does not change the shared stages; the tree search does.
     assert make_plan("smoke", [], selector="random", task="mmlu").key != plan.key
     assert make_plan("smoke", ["synth.explore_time=5"], selector="random", task="mmlu").key == plan.key
@@ -111,10 +111,11 @@ def test_each_iteration_draws_fresh_pools(shared_data, capsys):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["sft_questions=30"], "the disjoint pools need 42"),
-    (["sft_lr=-1"], "sft_lr must be positive"),
+    (["sft.questions=30"], "the disjoint pools need 42"),
+    (["sft.lr=-1"], "sft.lr must be positive"),
     (["selector=best"], "unknown selector 'best'"),
-    (["synth.explor_time=3"], "synth override: unknown config key 'explor_time'"),
+    (["synth.explor_time=3"], "override: unknown config key 'synth.explor_time'; did you mean: explore_time"),
+    (["sft_lr=0.1"], "unknown config key 'sft_lr'; renamed: sft.lr"),
 ])
 def test_bad_run_configs_stop_before_any_work(overrides, message, tmp_path, capsys):
     assert main(["run", *ARGS, "--out", str(tmp_path), "--dry-run", *overrides]) == 2
@@ -216,8 +217,8 @@ def test_a_killed_run_resumes_to_the_same_outputs(suite, tmp_path, monkeypatch, 
     assert json.loads((run / "status.json").read_text()) | {"time": 0} == {"state": "failed", "stage": "it0/dpo",
                                                                           "time": 0}
     assert main(args) == 2 and "--resume continues it" in capsys.readouterr().err
-    assert main([*args, "--resume", "dpo_lr=0.001"]) == 2
-    assert "config changed since the run started (run.dpo_lr)" in capsys.readouterr().err
+    assert main([*args, "--resume", "dpo.lr=0.001"]) == 2
+    assert "config changed since the run started (run.dpo.lr)" in capsys.readouterr().err
     assert main([*args, "--resume"]) == 0
     reference = _run_dir(suite, "qvalue")
     # The policy is named by its path, which differs between the two roots; its weights hash does not.
@@ -250,7 +251,7 @@ def test_each_training_stage_runs_alone(suite, tmp_path):
         (shared / "it0" / "sft" / "stats.json").read_text())["policy_sha256"]
     selected = _run_dir(suite, "qvalue") / "it0" / "select" / "selected.jsonl"
     assert main(["train", "--stage", "dpo", "--config", "smoke", "--task", "arc_c", "--model", str(sft_out / "model"),
-                 "--data", str(selected), "--out", str(dpo_out), "max_prompt_length=8"]) == 2  # every prompt is longer
+                 "--data", str(selected), "--out", str(dpo_out), "dpo.max_prompt_length=8"]) == 2  # every prompt is longer
     assert not dpo_out.exists()
     assert main(["train", "--stage", "dpo", "--config", "smoke", "--task", "arc_c", "--model", str(sft_out / "model"),
                  "--data", str(selected), "--out", str(dpo_out)]) == 0
@@ -260,9 +261,15 @@ def test_each_training_stage_runs_alone(suite, tmp_path):
 def test_keys_added_since_a_run_started_are_no_change_at_their_defaults():
     plan = make_plan("smoke", [], selector="dits", task="arc_c")
     configs = json.loads(json.dumps(plan.configs()))
-    old = {section: {k: v for k, v in values.items() if k != "eta_auto"} for section, values in configs.items()}
+    old = json.loads(json.dumps(configs))
+    del old["select"]["influence"]["eta_auto"]
     assert executor._changed(old, plan.configs()) == []
-    old["select"]["eta"] = 1.0
-    assert executor._changed(old, plan.configs()) == ["select.eta"]
+    old["select"]["influence"]["eta"] = 1.0
+    assert executor._changed(old, plan.configs()) == ["select.influence.eta"]
     new = make_plan("smoke", ["select.eta_auto=true"], selector="dits", task="arc_c").configs()
-    assert executor._changed(configs, new) == ["select.eta_auto"]
+    assert executor._changed(configs, new) == ["select.influence.eta_auto"]
+    # a record of the flat layout (a80c8ba and before) reads as today's
+    flat = {"select": {k: v for k, v in configs["select"].items() if k not in ("influence", "lora")}
+            | configs["select"]["influence"] | {f"lora_{k}": v for k, v in configs["select"]["lora"].items()}}
+    flat["select"]["influence_path"] = flat["select"].pop("path")
+    assert executor._changed(flat, {"select": configs["select"]}) == []

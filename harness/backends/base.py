@@ -17,9 +17,9 @@ from harness.seeding import derive_seed
 
 @dataclass(frozen=True)
 class Sampling:
+    max_new_tokens: int  # the utterance cap: the run's (RuntimeConfig.max_new_tokens), no default of its own
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
-    max_new_tokens: int = 256
     stop: tuple[str, ...] = ()  # as OpenAI: generation ends before the first stop string
     # Greedy only: each decoding step may also feed up to this many tokens guessed from the row's
     # own text (prompt lookup) and keep those the model would have generated; 0 = one token a step.

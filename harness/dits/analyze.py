@@ -30,21 +30,24 @@ def analyze(pairs: list[dict], cfg: SelectConfig, units: int, steps: int, eval_s
     if units < 2 or steps < 1:
         raise HarnessError(f"--units must be at least 2 (a correlation needs two points) and --steps at least 1; "
                            f"got {units} and {steps}")
-    cfg = dataclasses.replace(cfg, influence_path="reference")  # the path it runs, whatever the preset's
+    # the path it runs, whatever the preset's
+    cfg = dataclasses.replace(cfg, influence=dataclasses.replace(cfg.influence, path="reference"))
     task, policy, validation = prepare(pairs, cfg)
     evaluation = task.load(eval_split, cfg.data_dir, eval_size, cfg.online)
     taken = {q.id for q in validation} | {p["question_id"] for p in pairs}
     if not evaluation or taken & {q.id for q in evaluation}:
         raise HarnessError(f"{task.name}/{eval_split}: the evaluation questions must exist and be disjoint from the "
-                           f"validation questions ({cfg.val_split}) and the pairs' questions; choose another --eval-split")
+                           f"validation questions ({cfg.influence.val_split}) and the pairs' questions; choose another "
+                           "--eval-split")
     path = ReferencePath(pairs, cfg, task, policy, validation)
     theta_star = path.warm_up()
     at_theta_star = path.dialogues()
     f_before, answers_before, items_before = path.score(at_theta_star)
     probe = path.loss_probe(theta_star, at_theta_star)
     g_before = path.validate(evaluation)[0]
-    all_units = make_units(len(pairs), cfg.unit_size, cfg.seed)
-    eta = path.calibrate(theta_star, all_units, answers_before, items_before)[0] if cfg.eta_auto else cfg.eta
+    all_units = make_units(len(pairs), cfg.influence.unit_size, cfg.seed)
+    eta = (path.calibrate(theta_star, all_units, answers_before, items_before)[0] if cfg.influence.eta_auto
+           else cfg.influence.eta)
     rows = []
     for unit in tqdm(all_units[:units], desc="influence against gain", unit="unit", file=sys.stderr,
                      dynamic_ncols=True):

@@ -107,9 +107,10 @@ def _older(plan: Plan, stage: Stage) -> bool:
 
 
 def _changed(old: dict, new: dict) -> list[str]:
-    old = {section: cfgmod.recorded(section, old.get(section, {})) for section in new}
-    return sorted(f"{section}.{k}" for section in new for k in new[section]
-                  if old[section].get(k) != json.loads(json.dumps(new[section][k], default=str)))
+    """The keys (nested ones as `section.lora.r`) whose recorded value differs from the plan's."""
+    old = {s: cfgmod.flatten(cfgmod.recorded(s, old.get(s, {}))) for s in new}
+    new = {s: cfgmod.flatten(json.loads(json.dumps(v, default=str))) for s, v in new.items()}
+    return sorted(f"{s}.{k}" for s in new for k in new[s] if old[s].get(k) != new[s][k])
 
 
 def collect(plan: Plan) -> dict:

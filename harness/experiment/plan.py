@@ -23,8 +23,7 @@ from harness.train.trainers import dpo_config, sft_config
 IDENTITY = ("task", "seed", "data_dir", "online", "backend", "device", "dtype", "context_mode", "metric",
             "max_turns", "kv_cache", "answer_mode", "closing_turn", "roster", "speaker_models")
 # Run keys that act only from the selection on: they do not change the shared stages.
-SELECTION_KEYS = ("selector", "gamma", "alpha", "iterations", "suite", "out", "budget") + tuple(
-    f.name for f in dataclasses.fields(RunConfig) if f.name.startswith("dpo_"))
+SELECTION_KEYS = ("selector", "gamma", "alpha", "iterations", "suite", "out", "budget", "dpo")
 
 
 @dataclass
@@ -62,51 +61,40 @@ def split_selectors(text: str) -> list[str]:
     return specs
 
 
-def split_overrides(items: list[str] | None) -> dict[str, list[str]]:
-    """Overrides by section: `synth.explore_time=4` goes to the synth config, `iterations=1` to run."""
-    sections = {c.section: [] for c in cfgmod.CONFIG_CLASSES}
-    out = {"": [], **sections}
-    for item in items or []:
-        head, dot, rest = item.partition(".")
-        if dot and head in sections and "=" in rest:
-            out[head].append(rest)
-        elif dot and "=" not in head and head.isidentifier() and "=" in rest:
-            raise HarnessError(f"override {item!r}: unknown section {head!r}; valid: {', '.join(sections)}")
-        else:
-            out[""].append(item)
-    return out
-
-
 def make_plan(file: str | None, overrides: list[str] | None = None, **flags) -> Plan:
-    """Every config of a run, resolved and checked (trl's included) before any work."""
-    sections = split_overrides(overrides)
+    """Every config of a run, resolved and checked (trl's included) before any work. The overrides
+    follow the config grammar (harness.config: unprefixed ones reach every section); the flags and
+    the selector's options (`dits:gamma=0`) are the run section's."""
     name, extra = parse_selector(flags.pop("selector", None) or "")
-    run = cfgmod.build(RunConfig, file, sections["run"] + sections[""] + extra, selector=name or None, **flags)
+    given = cfgmod.settings(cfgmod.CONFIG_CLASSES, file, [*(overrides or []), *(f"run.{item}" for item in extra)],
+                            {**flags, "selector": name or None}, flag_prefix=("run",))
+    run = cfgmod.compose(RunConfig, given)
     SELECTORS.get(run.selector)
     run = dataclasses.replace(run, answer_mode=get_task(run.task).answer_mode(run.answer_mode))
     identity = {k: getattr(run, k) for k in IDENTITY}
 
     def section(cls, **forced):
-        built = cfgmod.build(cls, file, sections[cls.section])
+        built = cfgmod.compose(cls, given)
         names = {f.name for f in dataclasses.fields(cls)}
         return dataclasses.replace(built, **{k: v for k, v in {**identity, **forced}.items() if k in names})
 
-    synth = section(SynthConfig, model=run.model, question_offset=run.sft_questions, reward_model=run.model)
+    synth = section(SynthConfig, model=run.model, question_offset=run.sft.questions, reward_model=run.model)
     select = section(SelectConfig, selector=run.selector)
     select = dataclasses.replace(select, gamma=select.gamma if run.gamma is None else run.gamma,
                                  alpha=select.alpha if run.alpha is None else run.alpha)
     evalc = section(EvalConfig, model=run.model, split="test", limit=run.test_questions, temperature=0.0)
-    for key in ("iterations", "sft_questions", "sft_samples", "sft_epochs", "sft_batch_size", "dpo_batch_size",
-                "sft_grad_accum", "dpo_grad_accum", "max_seq_length", "max_prompt_length"):
-        if getattr(run, key) < 1:
-            raise HarnessError(f"{key} must be at least 1, got {getattr(run, key)}")
-    for key in ("sft_lr", "dpo_lr"):
-        if not getattr(run, key) > 0:
-            raise HarnessError(f"{key} must be positive, got {getattr(run, key)}")
+    for key, value in (("iterations", run.iterations), *((f"sft.{k}", getattr(run.sft, k)) for k in (
+            "questions", "samples", "epochs", "batch_size", "grad_accum", "max_seq_length")),
+            *((f"dpo.{k}", getattr(run.dpo, k)) for k in ("batch_size", "grad_accum", "max_prompt_length"))):
+        if value < 1:
+            raise HarnessError(f"{key} must be at least 1, got {value}")
+    for key, value in (("sft.lr", run.sft.lr), ("dpo.lr", run.dpo.lr)):
+        if not value > 0:
+            raise HarnessError(f"{key} must be positive, got {value}")
     if not 0 <= run.warmup_ratio < 1:
         raise HarnessError(f"warmup_ratio must be in [0, 1), got {run.warmup_ratio}")
-    if not 0 < run.sft_keep_fraction <= 1:
-        raise HarnessError(f"sft_keep_fraction must be in (0, 1], got {run.sft_keep_fraction}")
+    if not 0 < run.sft.keep_fraction <= 1:
+        raise HarnessError(f"sft.keep_fraction must be in (0, 1], got {run.sft.keep_fraction}")
     models.check(run.model)
     BACKENDS.get(run.backend)
     METRICS.get(run.metric or get_task(run.task, context_mode=run.context_mode).metric)

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 def pool_ranges(run: RunConfig, synth: SynthConfig) -> list[dict[str, tuple[int, int]]]:
     """Per iteration, the train rows [lo, hi) of its SFT, tree-search and probe pools: each iteration
     draws fresh questions after the last one's (as the reference's stateful loaders do)."""
-    sizes = {"sft": run.sft_questions, "mcts": synth.questions, "probe": synth.probe_size}
+    sizes = {"sft": run.sft.questions, "mcts": synth.questions, "probe": synth.probe_size}
     out, lo = [], 0
     for _ in range(run.iterations):
         ranges = {}
@@ -37,12 +37,14 @@ def check_pools(plan: Plan) -> dict:
     if len(train) < need:
         raise HarnessError(
             f"{run.task}/train has {len(train)} questions; the disjoint pools need {need} ({run.iterations} "
-            f"iteration(s) x (sft_questions {run.sft_questions} + synth.questions {synth.questions} + "
+            f"iteration(s) x (sft.questions {run.sft.questions} + synth.questions {synth.questions} + "
             f"synth.probe_size {synth.probe_size})); lower them, or use more data (for CBT: harness data build-cbt)")
     pools = {(name if run.iterations == 1 else f"it{it}/{name}"): train[lo:hi]
              for it, by_name in enumerate(ranges) for name, (lo, hi) in by_name.items()}
     if SELECTORS.get(select.selector).influence:
-        pools["influence_validation"] = task.load(select.val_split, run.data_dir, select.validation_size, run.online)
+        influence = select.influence
+        pools["influence_validation"] = task.load(influence.val_split, run.data_dir, influence.validation_size,
+                                                  run.online)
     pools["test"] = task.load("test", run.data_dir, run.test_questions, run.online)
     for name, pool in pools.items():
         if not pool:

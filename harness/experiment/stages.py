@@ -59,18 +59,18 @@ class Pipeline:
         evaluated = f"{tests} greedy dialogues of up to {run.max_turns} x {self.plan.eval.max_new_tokens} tokens"
         out = [Stage("eval", None, p.shared_dir / "eval_initial", True, f"evaluate the initial policy: {evaluated}",
                      self.evaluate(initial, references=True))]
-        sft_examples = len(self.roster.policy_agents) * int(run.sft_questions * run.sft_keep_fraction)
-        sft_steps = math.ceil(sft_examples / (run.sft_batch_size * run.sft_grad_accum)) * run.sft_epochs
+        sft_examples = len(self.roster.policy_agents) * int(run.sft.questions * run.sft.keep_fraction)
+        sft_steps = math.ceil(sft_examples / (run.sft.batch_size * run.sft.grad_accum)) * run.sft.epochs
         rollouts = synth.questions * synth.explore_time * synth.expand_time
         for it in range(run.iterations):
             d = (p.shared_dir if it == 0 else p.run_dir) / f"it{it}"
             mine = p.run_dir / f"it{it}"
             sft_model = str(d / "sft" / "model")
-            base = initial if run.sft_from_initial or it == 0 else policy
+            base = initial if run.sft.from_initial or it == 0 else policy
             out += [
                 Stage("sft_data", it, d / "sft_data", it == 0,
-                      f"{run.sft_questions} questions x {run.sft_samples} sampled dialogues of up to {run.max_turns} x "
-                      f"{run.max_new_tokens} tokens; keep the best per question, top {run.sft_keep_fraction:.0%}",
+                      f"{run.sft.questions} questions x {run.sft.samples} sampled dialogues of up to {run.max_turns} x "
+                      f"{run.max_new_tokens} tokens; keep the best per question, top {run.sft.keep_fraction:.0%}",
                       self.sft_data(policy, it)),
                 Stage("sft", it, d / "sft", it == 0,
                       f"LoRA SFT of {'the initial model' if base == initial else 'the last policy'}: at most "
@@ -88,8 +88,8 @@ class Pipeline:
                       f"{synth.max_new_tokens} tokens", self.mcts(sft_model, d / "probe", it)),
                 Stage("select", it, mine / "select", False, self.select_line(), self.select(sft_model, d / "mcts")),
                 Stage("dpo", it, mine / "dpo", False,
-                      f"LoRA DPO on the selected pairs ({run.dpo_epochs} epoch(s), "
-                      f"{run.dpo_batch_size * run.dpo_grad_accum} pairs a step)", self.dpo(sft_model, mine / "select")),
+                      f"LoRA DPO on the selected pairs ({run.dpo.epochs} epoch(s), "
+                      f"{run.dpo.batch_size * run.dpo.grad_accum} pairs a step)", self.dpo(sft_model, mine / "select")),
             ]
             policy = str(mine / "dpo" / "model")
             out.append(Stage("eval", it, mine / "eval", False, f"evaluate the DPO policy: {evaluated}",
@@ -100,10 +100,10 @@ class Pipeline:
         s = self.plan.select
         selector = SELECTORS.get(s.selector)
         if selector.influence:
-            scored = (f"{s.validation_size} greedy validation dialogues" if selector.kind == "metric" else
-                      f"the DPO loss on up to {s.validation_size} validation pairs")
-            return (f"{s.selector}: {s.warmup_steps} LoRA DPO warm-up steps, then per unit of {s.unit_size} pairs one "
-                    f"step and {scored}; keep alpha={s.alpha}")
+            scored = (f"{s.influence.validation_size} greedy validation dialogues" if selector.kind == "metric" else
+                      f"the DPO loss on up to {s.influence.validation_size} validation pairs")
+            return (f"{s.selector}: {s.influence.warmup_steps} LoRA DPO warm-up steps, then per unit of "
+                    f"{s.influence.unit_size} pairs one step and {scored}; keep alpha={s.alpha}")
         return f"{s.selector}: keep {'every pair' if SELECTORS.get(s.selector).keeps_all else f'alpha={s.alpha}'}"
 
     # -- stages ------------------------------------------------------------------------------
@@ -125,22 +125,22 @@ class Pipeline:
             backend = self.backend(policy)
             scorer = backend if policy == run.model else self.backend(run.model)
             speakers = Speakers.for_roster(roster, backend, self.backend, policy)
-            dialogue_cfg = DialogueConfig(run.max_turns, run.max_new_tokens, run.sft_temperature, synth.top_p,
+            dialogue_cfg = DialogueConfig(run.max_turns, run.max_new_tokens, run.sft.temperature, synth.top_p,
                                           answer_mode=run.answer_mode, closing_turn=run.closing_turn)
-            groups = sample_dialogues(questions, roster, speakers, run.sft_samples, dialogue_cfg,
+            groups = sample_dialogues(questions, roster, speakers, run.sft.samples, dialogue_cfg,
                                       derive_seed(run.seed, "sft_data", out.parent.name))
             texts = list(dict.fromkeys(u.text for g in groups for d in g for u in d.utterances))
             nll = dict(zip(texts, scorer.turn_nll(texts)))
             weights = reward_config(synth, 0)  # T_norm is set per question
-            epsilon = run.sft_epsilon if run.sft_epsilon is not None else task.recipe.sft_epsilon
+            epsilon = run.sft.epsilon if run.sft.epsilon is not None else task.recipe.sft_epsilon
             metric = run.metric or self.task.metric
             examples, records = build_sft_data(groups, nll, weights, metric, backend.tokenizer,
-                                               run.sft_keep_fraction, epsilon)
+                                               run.sft.keep_fraction, epsilon)
             if not examples:
                 best = max(r["best_reward"]["total"] for r in records)
-                raise HarnessError(f"SFT data: no question's best dialogue has reward >= sft_epsilon {epsilon} "
-                                   f"(best {best:.3f} over {len(records)} questions); lower sft_epsilon or "
-                                   "sample more (sft_samples)")
+                raise HarnessError(f"SFT data: no question's best dialogue has reward >= sft.epsilon {epsilon} "
+                                   f"(best {best:.3f} over {len(records)} questions); lower sft.epsilon or "
+                                   "sample more (sft.samples)")
             stats = {"questions": len(records), "dialogues": sum(map(len, groups)),
                      "kept_questions": sum(r["kept"] for r in records), "examples": len(examples), "epsilon": epsilon,
                      "reward_weights": {k: v for k, v in vars(weights).items() if k != "t_norm"}, "metric": metric,

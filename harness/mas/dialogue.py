@@ -32,6 +32,7 @@ import re
 from dataclasses import dataclass, field
 
 from harness.backends.base import Backend, Choice, Completion, Request, Sampling
+from harness.config import RuntimeConfig
 from harness.mas.progress import UtteranceBar
 from harness.mas.prompts import opening
 from harness.mas.roster import INFORMATION_EXCHANGE, TERMINATIONS, Roster, roster_for
@@ -57,7 +58,7 @@ def same_answer(a: str, b: str) -> bool:
 @dataclass(frozen=True)
 class DialogueConfig:
     max_turns: int = 10
-    max_new_tokens: int = 256  # the utterance token cap; the reward's length override fires at it
+    max_new_tokens: int = RuntimeConfig.max_new_tokens  # the utterance cap; the reward's length override fires at it
     temperature: float = 0.0
     top_p: float = 1.0
     lookahead: int = 0  # Sampling.lookahead

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from harness import config as cfgmod
 from harness.records import schemas
 
 FILE = "stage_cost.json"
@@ -34,7 +35,7 @@ def work(name: str, path: Path) -> dict:
         units = len(facts.get("units", []))
         found = {"candidates": record["candidates"], "selected": record["selected"], "influence_units": units}
         if units:
-            found |= {"warmup_steps": record["config"]["warmup_steps"],
+            found |= {"warmup_steps": cfgmod.recorded("select", record["config"])["influence"]["warmup_steps"],
                       "validation_dialogues": facts["validation_dialogues"],
                       "influence_seconds": sum(facts["seconds"].values()),
                       "reused_estimate": facts["reused_estimate"]}

@@ -23,7 +23,7 @@ from harness.report import legacy
 from harness.runs import read_jsonl
 
 # Keys every run of a task shares except these: a comparison differs only by them.
-# (Training keys such as dpo_lr do not change the shared stages, but they do change what is compared.)
+# (Training keys such as dpo.lr do not change the shared stages, but they do change what is compared.)
 FREE_KEYS = {"run": {"selector", "gamma", "alpha", "seed", "budget", "suite", "out"}, "synth": {"seed"}, "eval": {"seed"},
              "select": {"seed", "selector", "gamma", "alpha"}}
 
@@ -166,19 +166,17 @@ def check_comparable(runs: list[Run]) -> None:
         ref = first.setdefault(run.task, run)
         free = {section: keys | _budget_keys(run, section) | _budget_keys(ref, section)
                 for section, keys in FREE_KEYS.items()}
-        differ = sorted(f"{section}.{k}" for section in run.config
-                        for k in set(run.config[section]) | set(ref.config[section])
+        mine, theirs = ({section: cfgmod.flatten(values) for section, values in r.config.items()} for r in (run, ref))
+        differ = sorted(f"{section}.{k}" for section in mine
+                        for k in set(mine[section]) | set(theirs.get(section, {}))
                         if k not in free.get(section, set())
-                        and run.config[section].get(k) != ref.config[section].get(k))
+                        and mine[section].get(k) != theirs.get(section, {}).get(k))
         if differ:
             raise HarnessError(f"{run.path.name} and {ref.path.name} differ in {', '.join(differ)}: runs of one "
                                f"report must share their configs but for the selector, seed and budget")
 
 
 def _budget_keys(run: Run, section: str) -> set[str]:
-    keys = set()
-    for item in (run.budget or "").split(","):
-        head, _, rest = item.partition(".")
-        if head == section:
-            keys.add(rest.partition("=")[0])
-    return keys
+    """The fields of `section` (dotted, as `cfgmod.flatten` names them) that the run's budget point sets."""
+    names = (item.partition("=")[0] for item in (run.budget or "").split(","))
+    return {field for name in names if name.partition(".")[0] == section for field in cfgmod.reached(name, section)}

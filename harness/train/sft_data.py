@@ -1,6 +1,6 @@
 """SFT data as the reference builds it (Optima's ``process_dataloader_for_sft``).
 
-Per question, `sft_samples` dialogues are sampled with the current policy and rewarded with the
+Per question, `sft.samples` dialogues are sampled with the current policy and rewarded with the
 Optima reward, its token normaliser the most tokens any of the question's samples used (samples
 cut at the utterance cap excepted, as the reference's "large" ones); the best one per question is a candidate; the questions are ranked by that reward,
 the top `keep_fraction` kept, and those under `epsilon` dropped. Each kept dialogue gives one

@@ -50,40 +50,39 @@ def assistant_tokens(tokenizer, messages: list[dict]) -> tuple[list[int], list[i
 def lora_config(cfg: RunConfig):
     from peft import LoraConfig
 
-    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+    return LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                       target_modules="all-linear", task_type="CAUSAL_LM")
 
 
 def trainer_args(cfg: RunConfig, kind: str, output_dir: Path) -> dict:
     """The TrainingArguments both trainers share: the CPU profile (fp32) or the GPU one (bf16)."""
     gpu = cfg.device.startswith("cuda")
+    recipe = cfg.sft if kind == "sft" else cfg.dpo
     return {
         "output_dir": str(output_dir), "seed": cfg.seed, "data_seed": cfg.seed, "bf16": gpu and cfg.dtype == "bfloat16",
         "use_cpu": not gpu, "activation_checkpointing": False, "report_to": [], "save_strategy": "no", "logging_steps": 1,
         "lr_scheduler_type": cfg.lr_scheduler, "warmup_steps": cfg.warmup_ratio,
-        "learning_rate": cfg.sft_lr if kind == "sft" else cfg.dpo_lr,
-        "num_train_epochs": cfg.sft_epochs if kind == "sft" else cfg.dpo_epochs,
-        "per_device_train_batch_size": cfg.sft_batch_size if kind == "sft" else cfg.dpo_batch_size,
-        "gradient_accumulation_steps": cfg.sft_grad_accum if kind == "sft" else cfg.dpo_grad_accum,
+        "learning_rate": recipe.lr, "num_train_epochs": recipe.epochs, "per_device_train_batch_size": recipe.batch_size,
+        "gradient_accumulation_steps": recipe.grad_accum,
     }
 
 
 def sft_config(cfg: RunConfig, output_dir: Path, max_length: int | None = None):
     from trl import SFTConfig
 
-    return SFTConfig(**trainer_args(cfg, "sft", output_dir), max_length=max_length or cfg.max_seq_length,
+    return SFTConfig(**trainer_args(cfg, "sft", output_dir), max_length=max_length or cfg.sft.max_seq_length,
                      packing=False, dataset_num_proc=None)
 
 
 def dpo_beta(cfg: RunConfig) -> float:
-    return cfg.dpo_beta if cfg.dpo_beta is not None else TASKS.get(cfg.task).recipe.dpo_beta
+    return cfg.dpo.beta if cfg.dpo.beta is not None else TASKS.get(cfg.task).recipe.dpo_beta
 
 
 def dpo_config(cfg: RunConfig, output_dir: Path, max_length: int | None = None):
     from trl import DPOConfig
 
     return DPOConfig(**trainer_args(cfg, "dpo", output_dir), beta=dpo_beta(cfg), loss_type=["sigmoid"],
-                     max_length=max_length or cfg.max_prompt_length * 2)
+                     max_length=max_length or cfg.dpo.max_prompt_length * 2)
 
 
 def _load(model_name: str, cfg: RunConfig):
@@ -135,12 +134,12 @@ def train_sft(model_name: str, examples: list[dict], cfg: RunConfig, out: Path, 
     rows, too_long = [], 0
     for ex in examples:
         ids, mask = assistant_tokens(tokenizer, ex["messages"])
-        if len(ids) > cfg.max_seq_length:
+        if len(ids) > cfg.sft.max_seq_length:
             too_long += 1
             continue
         rows.append({"input_ids": ids, "assistant_masks": mask})
     if not rows:
-        raise HarnessError(f"SFT: none of the {len(examples)} examples fits max_seq_length {cfg.max_seq_length}")
+        raise HarnessError(f"SFT: none of the {len(examples)} examples fits sft.max_seq_length {cfg.sft.max_seq_length}")
     started = time.time()
     trainer = SFTTrainer(model=model, args=sft_config(cfg, out / "trainer", max(len(r["input_ids"]) for r in rows)),
                          train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
@@ -163,7 +162,7 @@ def train_dpo(model_name: str, pairs: list[dict], cfg: RunConfig, out: Path, nam
     rows, lengths, too_long = [], [], 0
     for p in pairs:
         enc = encode_pair(tokenizer, p)
-        if len(enc.prompt) > cfg.max_prompt_length:
+        if len(enc.prompt) > cfg.dpo.max_prompt_length:
             too_long += 1
             continue
         lengths.append(len(enc.prompt) + max(len(enc.chosen), len(enc.rejected)))
@@ -171,10 +170,10 @@ def train_dpo(model_name: str, pairs: list[dict], cfg: RunConfig, out: Path, nam
                      "rejected": [{"role": "assistant", "content": p["rejected"]}]})
     if not rows:
         raise HarnessError(f"DPO: every one of the {len(pairs)} selected pairs has a prompt over "
-                           f"max_prompt_length {cfg.max_prompt_length}")
+                           f"dpo.max_prompt_length {cfg.dpo.max_prompt_length}")
     if too_long:
-        log.warning("DPO: %d of %d pairs dropped: prompt over max_prompt_length %d", too_long, len(pairs),
-                    cfg.max_prompt_length)
+        log.warning("DPO: %d of %d pairs dropped: prompt over dpo.max_prompt_length %d", too_long, len(pairs),
+                    cfg.dpo.max_prompt_length)
     started = time.time()
     # A margin over our count of the longest pair, in case trl's tokenisation of the turn boundary
     # differs by a token: its truncation must never fire.

@@ -21,11 +21,12 @@ from harness.dits.influence.reference_path import STEP_OPTIMIZERS, ReferencePath
 from harness.errors import HarnessError
 from harness.mas.roster import task_and_roster
 
-# The knobs an estimate depends on; the cache key hashes them with the pairs and the validation set.
-KNOBS = ("unit_size", "warmup_steps", "warmup_batch", "warmup_lr", "eta", "step_optimizer", "beta", "lora_r",
-         "lora_alpha", "lora_dropout", "max_turns", "max_new_tokens", "context_mode", "seed", "dtype", "eta_auto",
-         "eta_target_share", "eta_calibration_units", "eta_auto_steps", "micro_batch", "influence_path",
-         "decode_lookahead", "roster", "speaker_models")
+# The knobs an estimate depends on (the runtime's, influence's and the whole lora section); the cache
+# key hashes them with the pairs and the validation set.
+KNOBS = ("max_turns", "max_new_tokens", "context_mode", "seed", "dtype", "roster", "speaker_models")
+INFLUENCE_KNOBS = ("unit_size", "warmup_steps", "warmup_batch", "warmup_lr", "eta", "step_optimizer", "beta",
+                   "eta_auto", "eta_target_share", "eta_calibration_units", "eta_auto_steps", "micro_batch", "path",
+                   "decode_lookahead")
 
 PATHS = {path.name: path for path in (ReferencePath, FastPath)}
 
@@ -36,7 +37,9 @@ def estimate(pairs: list[dict], cfg: SelectConfig, cache_dir: Path | None, kind:
     task, policy, validation = prepare(pairs, cfg)
     key_data = {"pairs": [[p["pair_id"], p["chosen"], p["rejected"]] for p in pairs],
                 "policy": pairs[0]["policy"]["sha256"], "validation": [q.id for q in validation],
-                "knobs": {k: getattr(cfg, k) for k in KNOBS}, "kind": kind, "answer_mode": answer_mode(pairs),
+                "knobs": {**{k: getattr(cfg, k) for k in KNOBS}, "lora": asdict(cfg.lora),
+                          "influence": {k: getattr(cfg.influence, k) for k in INFLUENCE_KNOBS}},
+                "kind": kind, "answer_mode": answer_mode(pairs),
                 "closing_turn": closing_turn(pairs)}
     key = hashlib.sha256(json.dumps(key_data, sort_keys=True).encode()).hexdigest()[:16]
     cached = cache_dir / f"{key}.json" if cache_dir else None
@@ -54,9 +57,9 @@ def path_for(cfg: SelectConfig, pairs: list[dict]) -> str:
     """The influence path an estimate takes. The fast path's drafts hold where no token changes, but in
     answer_mode=choice a unit's step moves the option scores without changing a token: until the fast
     path rescores the options under each unit's weights, choice-mode selection takes the reference path."""
-    if cfg.influence_path == "fast" and answer_mode(pairs) == "choice":
+    if cfg.influence.path == "fast" and answer_mode(pairs) == "choice":
         return "reference"
-    return cfg.influence_path
+    return cfg.influence.path
 
 
 def prepare(pairs: list[dict], cfg: SelectConfig):
@@ -64,27 +67,29 @@ def prepare(pairs: list[dict], cfg: SelectConfig):
     the one that grew the pairs, the validation questions disjoint from the pairs' (unless allowed),
     the roster's frozen speakers known and on the reference path. The task deals its context into
     the roster's slots (`task_and_roster`; the paths build the same roster from `cfg`)."""
-    if cfg.step_optimizer not in STEP_OPTIMIZERS:
-        raise HarnessError(f"step_optimizer must be one of {', '.join(STEP_OPTIMIZERS)}, got {cfg.step_optimizer!r}")
-    if cfg.eta <= 0:
-        raise HarnessError(f"eta must be positive (the unit step's learning rate), got {cfg.eta}")
-    if cfg.influence_path not in PATHS:
-        raise HarnessError(f"influence_path must be one of {', '.join(PATHS)}, got {cfg.influence_path!r}")
+    inf = cfg.influence
+    if inf.step_optimizer not in STEP_OPTIMIZERS:
+        raise HarnessError(f"influence.step_optimizer must be one of {', '.join(STEP_OPTIMIZERS)}, "
+                           f"got {inf.step_optimizer!r}")
+    if inf.eta <= 0:
+        raise HarnessError(f"influence.eta must be positive (the unit step's learning rate), got {inf.eta}")
+    if inf.path not in PATHS:
+        raise HarnessError(f"influence.path must be one of {', '.join(PATHS)}, got {inf.path!r}")
     if cfg.backend != "hf":
         raise HarnessError(f"influence estimates run on the hf backend (the policy trains in process and the fast "
                            f"path reuses its keys/values), not backend={cfg.backend}")
     for knob, least in (("micro_batch", 1), ("decode_units", 1), ("decode_lookahead", 0)):
-        if getattr(cfg, knob) < least:
-            raise HarnessError(f"{knob} must be at least {least}, got {getattr(cfg, knob)}")
-    if cfg.eta_auto and not (0 < cfg.eta_target_share <= 1 and cfg.eta_calibration_units >= 1
-                             and cfg.eta_auto_steps >= 0):
+        if getattr(inf, knob) < least:
+            raise HarnessError(f"influence.{knob} must be at least {least}, got {getattr(inf, knob)}")
+    if inf.eta_auto and not (0 < inf.eta_target_share <= 1 and inf.eta_calibration_units >= 1
+                             and inf.eta_auto_steps >= 0):
         raise HarnessError("eta auto needs eta_target_share in (0, 1], eta_calibration_units >= 1 and "
-                           f"eta_auto_steps >= 0; got {cfg.eta_target_share}, {cfg.eta_calibration_units}, "
-                           f"{cfg.eta_auto_steps}")
+                           f"eta_auto_steps >= 0; got {inf.eta_target_share}, {inf.eta_calibration_units}, "
+                           f"{inf.eta_auto_steps}")
     task_name = pairs[0]["task"]
     task, roster = task_and_roster(cfg, task_name)
     if roster.frozen_models and path_for(cfg, pairs) == "fast":
-        raise HarnessError("speaker_models needs select.influence_path=reference: the fast path's drafts record "
+        raise HarnessError("speaker_models needs influence.path=reference: the fast path's drafts record "
                            "only the policy's turns, not a frozen speaker's")
     policy = cfg.model or pairs[0]["policy"]["name"]
     for model in (policy, *roster.frozen_models):
@@ -93,12 +98,12 @@ def prepare(pairs: list[dict], cfg: SelectConfig):
     if models.weights_hash(models.resolve(policy)) != grown_by["sha256"]:
         raise HarnessError(f"the pairs were grown by {grown_by['name']} ({grown_by['sha256'][:12]}), not by "
                            f"{policy}: estimate influence on the policy that grew them")
-    validation = task.load(cfg.val_split, cfg.data_dir, cfg.validation_size, cfg.online)
+    validation = task.load(inf.val_split, cfg.data_dir, inf.validation_size, cfg.online)
     if not validation:
-        raise HarnessError(f"{task_name}/{cfg.val_split}: no validation questions")
+        raise HarnessError(f"{task_name}/{inf.val_split}: no validation questions")
     overlap = {p["question_id"] for p in pairs} & {q.id for q in validation}
-    if overlap and not cfg.allow_overlap:
-        raise HarnessError(f"{len(overlap)} of the {len(validation)} {cfg.val_split} questions are training "
+    if overlap and not inf.allow_overlap:
+        raise HarnessError(f"{len(overlap)} of the {len(validation)} {inf.val_split} questions are training "
                            f"questions of the pairs (e.g. {min(overlap)}); choose a disjoint val_split "
                            "or set allow_overlap=true")
     return task, policy, validation

@@ -98,7 +98,7 @@ class FastPath(ReferencePath):
     from all the units of a group, then decode in one batch, each row on its own unit's LoRA weights
     (the backend's per-row adapters)."""
 
-    name = "fast"  # `influence_path` and `Estimate.path`
+    name = "fast"  # `influence.path` and `Estimate.path`
 
     def __init__(self, pairs, cfg: SelectConfig, task, policy: str, validation):
         from peft.tuners.lora import LoraLayer
@@ -143,7 +143,7 @@ class FastPath(ReferencePath):
         scored = []
         bar = tqdm(total=len(units), desc=desc, disable=desc is None, unit="unit", file=sys.stderr,
                    dynamic_ncols=True)
-        group_size = self.cfg.decode_units
+        group_size = self.cfg.influence.decode_units
         for lo in range(0, len(units), group_size):
             outcomes, diverged = [], []
             for j, unit in enumerate(units[lo:lo + group_size]):
@@ -166,7 +166,7 @@ class FastPath(ReferencePath):
                 bar.set_postfix_str(f"decoding {len(diverged)} diverged dialogues")
                 done = [len(d.utterances) for d in diverged]
                 ties = self.backend.usage.guess_near_ties
-                self.dialogues(dialogues=diverged, lookahead=self.cfg.decode_lookahead)
+                self.dialogues(dialogues=diverged, lookahead=self.cfg.influence.decode_lookahead)
                 self.account["near_ties"] += self.backend.usage.guess_near_ties - ties
                 self.account["decoded_dialogues"] += len(diverged)
                 self.account["decoded_turns"] += sum(len(d.utterances) - n for d, n in zip(diverged, done))

@@ -72,16 +72,16 @@ class ReferencePath:
     """Influence by the reference procedure (see the module's docstring): every unit's validation
     dialogues decoded in full on its weights."""
 
-    name = "reference"  # `influence_path` and `Estimate.path`
+    name = "reference"  # `influence.path` and `Estimate.path`
 
     def __init__(self, pairs, cfg: SelectConfig, task, policy: str, validation):
         from peft import LoraConfig, get_peft_model
 
         self.pairs, self.cfg, self.task, self.validation = pairs, cfg, task, validation
-        self.beta = cfg.beta if cfg.beta is not None else task.recipe.dpo_beta
+        self.beta = cfg.influence.beta if cfg.influence.beta is not None else task.recipe.dpo_beta
         seed_everything(cfg.seed)  # the LoRA A matrices are drawn at random
         model, self.tokenizer, info = models.load(policy, cfg.device, cfg.dtype)
-        lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+        lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                           target_modules="all-linear", task_type="CAUSAL_LM")
         self.model = get_peft_model(model, lora)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -106,7 +106,7 @@ class ReferencePath:
     def shared_logps(self, indices) -> torch.Tensor:
         """The same with each prompt encoded once for both responses (about half the work), where
         that is the same computation: LoRA dropout would draw one mask where the two rows draw two."""
-        if self.cfg.lora_dropout:
+        if self.cfg.lora.dropout:
             return self.logps(indices)
         return shared_prompt_logps(self.model, [self.encoded[i] for i in indices])
 
@@ -123,7 +123,7 @@ class ReferencePath:
         batch of long dialogue prompts, kept for the backward pass, outgrow memory (8 CBT sequences of
         ~1,000 tokens took SmolLM2 past 18 GB)."""
         self.model.train()
-        size = self.cfg.micro_batch
+        size = self.cfg.influence.micro_batch
         for lo in range(0, len(indices), size):
             part = indices[lo:lo + size]
             (self.loss(part, logps or self.shared_logps) * (len(part) / len(indices))).backward()
@@ -190,7 +190,7 @@ class ReferencePath:
         return dpo_loss(response_logps(self.model, pairs, pad), reference, self.beta).mean().item()
 
     def unit_optimizer(self, eta: float):
-        return STEP_OPTIMIZERS[self.cfg.step_optimizer](self.params, eta)
+        return STEP_OPTIMIZERS[self.cfg.influence.step_optimizer](self.params, eta)
 
     def step_from(self, theta_star: list[torch.Tensor], unit: list[int], eta: float) -> None:
         """theta': a fresh optimizer's one step on `unit` from theta*."""
@@ -223,29 +223,29 @@ class ReferencePath:
     def calibrate(self, theta_star, units, answers_before, items_before) -> tuple[float, list[dict]]:
         """The smallest eta x 3^k whose median calibration unit changes the target share of the
         validation questions' scores (a changed answer that scores the same moves no influence)."""
-        cfg = self.cfg
-        probe = units[:cfg.eta_calibration_units]
+        inf = self.cfg.influence
+        probe = units[:inf.eta_calibration_units]
         trials = []
-        for k in range(cfg.eta_auto_steps + 1):
-            eta = cfg.eta * ETA_GROWTH ** k
+        for k in range(inf.eta_auto_steps + 1):
+            eta = inf.eta * ETA_GROWTH ** k
             changed = sorted(sum(a != b for a, b in zip(items, items_before))
                              for _, _, items in self.unit_scores(theta_star, probe, eta, answers_before))
             share = statistics.median(changed) / len(self.validation)
             trials.append({"eta": eta, "changed_scores": changed, "median_share": share})
-            if share >= cfg.eta_target_share:
+            if share >= inf.eta_target_share:
                 return eta, trials
         log.warning("eta auto: even eta %.3g changed a median %.0f%% of the validation scores (target %.0f%%); "
-                    "using it", trials[-1]["eta"], 100 * trials[-1]["median_share"], 100 * cfg.eta_target_share)
+                    "using it", trials[-1]["eta"], 100 * trials[-1]["median_share"], 100 * inf.eta_target_share)
         return trials[-1]["eta"], trials
 
     def warm_up(self) -> list[torch.Tensor]:
         """LoRA DPO on the pool for warmup_steps: theta*, the point every unit steps from."""
-        cfg, n = self.cfg, len(self.pairs)
-        warmup = torch.optim.AdamW(self.params, lr=cfg.warmup_lr, weight_decay=0.0)
-        order = random.Random(cfg.seed).sample(range(n), n)
-        for step in tqdm(range(cfg.warmup_steps), desc="influence warm-up", unit="step", file=sys.stderr,
+        inf, n = self.cfg.influence, len(self.pairs)
+        warmup = torch.optim.AdamW(self.params, lr=inf.warmup_lr, weight_decay=0.0)
+        order = random.Random(self.cfg.seed).sample(range(n), n)
+        for step in tqdm(range(inf.warmup_steps), desc="influence warm-up", unit="step", file=sys.stderr,
                          dynamic_ncols=True):
-            self.step(warmup, [order[(step * cfg.warmup_batch + j) % n] for j in range(cfg.warmup_batch)])
+            self.step(warmup, [order[(step * inf.warmup_batch + j) % n] for j in range(inf.warmup_batch)])
         return [p.detach().clone() for p in self.params]
 
     def loss_probe(self, theta_star, dialogues) -> tuple[list[EncodedPair], torch.Tensor, float]:
@@ -270,9 +270,9 @@ class ReferencePath:
         warmed = time.time()
         at_theta_star = self.theta_star_dialogues()
         f_before, answers_before, items_before = self.score(at_theta_star)
-        units = make_units(len(self.pairs), cfg.unit_size, cfg.seed)
-        eta, trials = (self.calibrate(theta_star, units, answers_before, items_before) if cfg.eta_auto
-                       else (cfg.eta, []))
+        units = make_units(len(self.pairs), cfg.influence.unit_size, cfg.seed)
+        eta, trials = (self.calibrate(theta_star, units, answers_before, items_before) if cfg.influence.eta_auto
+                       else (cfg.influence.eta, []))
         probe = None
         if kind == "loss":
             probe = self.loss_probe(theta_star, at_theta_star)
