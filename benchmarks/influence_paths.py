@@ -2,6 +2,7 @@
 
     python benchmarks/influence_paths.py --data-dir ../shared/data [--task hotpotqa] [--units 8]
         [--validation-size 10] [--eta 5e-5] [--warmup-steps 1] [--model smollm2-135m] [--pairs FILE]
+        [--roster information_exchange_3]
 
 Both paths estimate the same units on the same warmed-up theta* (same seed): the reference decodes
 each unit's V validation dialogues in full, the fast path checks theta*'s as a draft and decodes only
@@ -29,17 +30,19 @@ from harness import config, models  # noqa: E402
 from harness.config import SelectConfig  # noqa: E402
 from harness.dits.influence import PATHS, prepare  # noqa: E402
 from harness.mas.dialogue import start  # noqa: E402
+from harness.mas.roster import roster_for  # noqa: E402
 from harness.tasks import get_task  # noqa: E402
 
 
-def gold_pairs(task_name: str, model: str, data_dir: str | None, n: int) -> list[dict]:
-    task = get_task(task_name)
+def gold_pairs(task_name: str, model: str, data_dir: str | None, n: int, roster: str | None) -> list[dict]:
+    team = roster_for(get_task(task_name).setting, roster)
+    task = get_task(task_name, slots=team.slots)
     sha = models.weights_hash(models.resolve(model))
     questions = task.load("train", data_dir, n + 1)
     if len(questions) < n + 1:
         raise SystemExit(f"{task_name}/train has {len(questions)} questions; {n + 1} needed")
     rows = []
-    for i, d in enumerate(start(questions[:n], task.setting)):
+    for i, d in enumerate(start(questions[:n], team)):
         q, other = d.question, questions[i + 1]
         rows.append({"pair_id": f"{task_name}:{q.id}/bench", "question_id": q.id, "task": task_name,
                      "policy": {"name": model, "sha256": sha}, "prompt": d.messages(0),
@@ -61,17 +64,20 @@ def main() -> None:
     # The warm-up is the same work in both paths (about 75 s a step of 4 HotpotQA pairs on 2 cores).
     p.add_argument("--warmup-steps", type=int, default=1)
     p.add_argument("--config", default="cpu", help="preset whose select section sets the other knobs")
+    p.add_argument("--roster", help="the agents (harness ls rosters; default: the task's setting's)")
     args = p.parse_args()
 
     if args.pairs:
         pairs = [json.loads(line) for line in open(args.pairs)][:args.units * args.unit_size]
     else:
-        pairs = gold_pairs(args.task, args.model, args.data_dir, args.units * args.unit_size)
+        pairs = gold_pairs(args.task, args.model, args.data_dir, args.units * args.unit_size, args.roster)
     overrides = ["selector=dits", f"model={args.model}", f"validation_size={args.validation_size}",
                  f"unit_size={args.unit_size}", f"eta={args.eta}", "eta_auto=false",
                  f"warmup_steps={args.warmup_steps}"]
     if args.data_dir:
         overrides.append(f"data_dir={args.data_dir}")
+    if args.roster:
+        overrides.append(f"roster={args.roster}")
     # Both paths begin in turn (warm-up, theta*'s validation dialogues); then their units interleave,
     # each reference unit right after the fast path's step and checks of the same unit, so that a
     # machine whose speed drifts over the hour weighs on both alike. A path's unit seconds are its own.
