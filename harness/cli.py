@@ -61,7 +61,7 @@ def cmd_eval(args) -> int:
 
     cfg = cfgmod.build(EvalConfig, args.config, args.overrides, task=args.task, model=args.model,
                        split=args.split, limit=args.limit, seed=args.seed, out=args.out,
-                       data_dir=args.data_dir, online=args.online or None)
+                       data_dir=args.data_dir, online=args.online or None, cache=_cache(args))
     _offline(cfg.online)
     result = evaluate(cfg)
     print(results_table(result))
@@ -74,7 +74,7 @@ def cmd_synth(args) -> int:
 
     cfg = cfgmod.build(SynthConfig, args.config, args.overrides, task=args.task, model=args.model,
                        questions=args.questions, seed=args.seed, out=args.out, data_dir=args.data_dir,
-                       online=args.online or None)
+                       online=args.online or None, cache=_cache(args))
     _offline(cfg.online)
     result = synthesize(cfg, resume=args.resume)
     print(summary_table(result))
@@ -87,7 +87,7 @@ def cmd_select(args) -> int:
 
     eta = {"eta_auto": True} if args.eta == "auto" else {"eta": args.eta}
     cfg = cfgmod.build(SelectConfig, args.config, args.overrides, selector=args.selector, pairs=args.pairs,
-                       alpha=args.alpha, gamma=args.gamma, seed=args.seed, out=args.out, **eta)
+                       alpha=args.alpha, gamma=args.gamma, seed=args.seed, out=args.out, cache=_cache(args), **eta)
     out, selected, rows = run_select(cfg)
     top = sorted((r for r in rows if r["selected"]), key=lambda r: r["rank"])[:10]
     print(tabulate([[r["rank"], r["pair_id"], f"{r['Q']:.3f}", "-" if r["I"] is None else f"{r['I']:.4f}",
@@ -96,9 +96,15 @@ def cmd_select(args) -> int:
     return 0
 
 
+def _cache(args) -> str | None:
+    """The response cache's flags as a value of `cache`: "none" (off) overrides a preset's directory."""
+    return "none" if args.no_cache else args.cache
+
+
 def _run_flags(args) -> dict:
     return {"task": args.task, "model": args.model, "seed": getattr(args, "seed", None), "iterations": args.iterations,
-            "suite": args.suite, "data_dir": args.data_dir, "online": args.online or None, "out": args.out}
+            "suite": args.suite, "data_dir": args.data_dir, "online": args.online or None, "out": args.out,
+            "cache": _cache(args)}
 
 
 def cmd_run(args) -> int:
@@ -403,6 +409,13 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--config", help="YAML config file or preset name (harness ls presets)")
         sp.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
 
+    def cache_flags(sp):
+        group = sp.add_mutually_exclusive_group()
+        group.add_argument("--cache", metavar="DIR", help="answer through the response cache in DIR: requests "
+                                                          "already answered there are not decoded again")
+        group.add_argument("--no-cache", dest="no_cache", action="store_true",
+                           help="no response cache, whatever the config says")
+
     def run_common(sp):
         sp.add_argument("--task", help=TASK_HELP)
         sp.add_argument("--model", help="the initial policy: catalogue name or local model directory")
@@ -411,6 +424,7 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--data-dir", dest="data_dir", help=DATA_DIR_HELP)
         sp.add_argument("--online", action="store_true", help="allow the Hugging Face hub")
         sp.add_argument("--out", help="root directory instead of runs/<suite>")
+        cache_flags(sp)
         sp.add_argument("--config", "--preset", dest="config", default="cpu",
                         help="preset name or YAML file (default: cpu; harness ls presets)")
         sp.add_argument("overrides", nargs="*", metavar="key=value",
@@ -455,6 +469,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="run directory")
     e.add_argument("--data-dir", dest="data_dir", help=DATA_DIR_HELP)
     e.add_argument("--online", action="store_true", help="allow the Hugging Face hub")
+    cache_flags(e)
     common(e)
     e.set_defaults(fn=cmd_eval)
 
@@ -467,6 +482,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--data-dir", dest="data_dir", help=DATA_DIR_HELP)
     s.add_argument("--online", action="store_true", help="allow the Hugging Face hub")
     s.add_argument("--resume", action="store_true", help="continue a killed run from the trees it finished")
+    cache_flags(s)
     common(s)
     s.set_defaults(fn=cmd_synth)
 
@@ -479,6 +495,7 @@ def parser() -> argparse.ArgumentParser:
                                    "eta_target_share of the validation answers")
     sel.add_argument("--seed", type=int, help=SEED_HELP)
     sel.add_argument("--out", help="run directory")
+    cache_flags(sel)
     common(sel)
     sel.set_defaults(fn=cmd_select)
 

@@ -30,6 +30,27 @@ CONFIGS = Path(__file__).resolve().parent / "presets"
 
 
 @dataclass
+class ServerConfig:
+    """The OpenAI-compatible servers of `backend=openai` (harness.backends.openai) and the servers
+    `backend=llama.cpp` starts itself; execution settings, not part of a run's identity."""
+
+    section: ClassVar[str] = "server"
+    base_urls: str | None = None  # comma-separated, e.g. http://127.0.0.1:8000/v1 (openai)
+    model_id: str | None = None  # the served model's id; default: `model`
+    tokenizer: str | None = None  # chat template and token counts for scoring; default: `model`
+    revision: str | None = None  # what the user declares the served weights are (recorded, and keys the cache)
+    flavour: str = "openai"  # openai, vllm or llama.cpp: which extras switch the server's own samplers off
+    concurrency: int = 4  # requests in flight per server
+    timeout: float = 120.0  # seconds per request
+    retries: int = 4  # after the first attempt, with exponential backoff
+    backoff: float = 1.0  # seconds before the first retry
+    api_key_env: str | None = None  # the environment variable holding the API key (never recorded)
+    precision: str = "f32"  # llama.cpp: the GGUF each policy is served as (f32, f16 or bf16)
+    threads: int | None = None  # llama.cpp: server threads; default: the machine's cores
+    context: int = 4096  # llama.cpp: tokens of context per request (prompt and completion)
+
+
+@dataclass
 class RuntimeConfig:
     """What every command that runs the agents shares: task, model, agents, data, decoding."""
 
@@ -44,6 +65,7 @@ class RuntimeConfig:
     dtype: str = "float32"
     batch_size: int = 32  # dialogues per forward pass
     kv_cache: bool = True  # keep each agent's keys/values across turns
+    cache: str | None = None  # directory of the response cache (harness.backends.response_cache); None = off
     max_turns: int = 10  # utterances per dialogue (Optima: 10)
     max_new_tokens: int = 128  # utterance token cap (Optima: 2000; sized for CPU); the reward's length override
     context_mode: str = "paragraph"  # or first_sentence, the reference's HotpotQA contexts
@@ -59,6 +81,7 @@ class RuntimeConfig:
     # Frozen speakers, agent=model by comma ("Bob=tiny-random"): those agents speak with that model,
     # never trained; the others with `model`, the policy
     speaker_models: str | None = None
+    server: ServerConfig = field(default_factory=ServerConfig)
 
 
 @dataclass
@@ -225,7 +248,7 @@ class RunConfig(RuntimeConfig):
 
 
 CONFIG_CLASSES = (EvalConfig, SynthConfig, SelectConfig, RunConfig)
-NESTED_CLASSES = (LoraConfig, SFTConfig, DPOConfig, InfluenceConfig)
+NESTED_CLASSES = (LoraConfig, SFTConfig, DPOConfig, InfluenceConfig, ServerConfig)
 
 
 def _coerce(cls, key: str, value, source: str, label: str | None = None):

@@ -1,4 +1,5 @@
-"""The one error type users see: a single line, exit status 2."""
+"""The one error type users see: a single line, exit status 2 (a subclass may say otherwise:
+`harness.backends.openai.ServerError`, a server that kept failing, exits 1)."""
 
 
 class HarnessError(Exception):

@@ -85,8 +85,9 @@ class Usage:
 class Backend(ABC):
     """A generation and scoring engine. Subclasses call `__init__` with what identifies them; one
     registered in `BACKENDS` is built by `make_backend` with keywords `model` and the runtime
-    settings (`harness.backends.SETTINGS`: device, dtype, batch_size, kv_cache)."""
+    settings it declares in `settings`."""
 
+    settings: tuple[str, ...] = ()  # the runtime config keys `make_backend` passes to the constructor
     model_info: dict  # the model's identity: name, and where known its path and weights' sha256
     tokenizer: Any | None  # a Hugging Face tokenizer, or None where the engine exposes none (a served model)
     batch_size: int  # requests per forward pass: callers run that many dialogues at a time

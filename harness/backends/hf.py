@@ -37,6 +37,8 @@ from harness.backends.kv_cache import Slot, common_prefix, padded_cache, row_slo
 class HFBackend(Backend):
     """A transformers model in this process; `keep`, `encode`, `eos_ids` and `kv_cache` are its own."""
 
+    settings = ("device", "dtype", "batch_size", "kv_cache")
+
     def __init__(self, model: str = "smollm2-135m", device: str = "cpu", dtype: str = "float32",
                  batch_size: int = 32, kv_cache: bool = True, loaded: tuple | None = None):
         """`loaded`: a (model, tokenizer, info) already in memory, such as a policy under training,

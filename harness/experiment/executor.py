@@ -107,10 +107,12 @@ def _older(plan: Plan, stage: Stage) -> bool:
 
 
 def _changed(old: dict, new: dict) -> list[str]:
-    """The keys (nested ones as `section.lora.r`) whose recorded value differs from the plan's."""
+    """The keys (nested ones as `section.lora.r`) whose recorded value differs from the plan's
+    (execution settings such as the response cache may change)."""
     old = {s: cfgmod.flatten(cfgmod.recorded(s, old.get(s, {}))) for s in new}
     new = {s: cfgmod.flatten(json.loads(json.dumps(v, default=str))) for s, v in new.items()}
-    return sorted(f"{s}.{k}" for s in new for k in new[s] if old[s].get(k) != new[s][k])
+    return sorted(f"{s}.{k}" for s in new for k in new[s]
+                  if not spec.execution_key(k) and old[s].get(k) != new[s][k])
 
 
 def collect(plan: Plan) -> dict:

@@ -14,6 +14,7 @@ from harness.backends import BACKENDS
 from harness.config import EvalConfig, RunConfig, SelectConfig, SynthConfig
 from harness.errors import HarnessError
 from harness.experiment.stages import Pipeline, Stage
+from harness.records.spec import EXECUTION_KEYS
 from harness.selection import SELECTORS
 from harness.tasks import get_task
 from harness.tasks.metrics import METRICS
@@ -21,7 +22,7 @@ from harness.train.trainers import dpo_config, sft_config
 
 # Keys every stage must agree on: the run's values replace the sections'.
 IDENTITY = ("task", "seed", "data_dir", "online", "backend", "device", "dtype", "context_mode", "metric",
-            "max_turns", "kv_cache", "answer_mode", "closing_turn", "roster", "speaker_models")
+            "max_turns", "kv_cache", "answer_mode", "closing_turn", "roster", "speaker_models", "cache")
 # Run keys that act only from the selection on: they do not change the shared stages.
 SELECTION_KEYS = ("selector", "gamma", "alpha", "iterations", "suite", "out", "budget", "dpo")
 
@@ -79,7 +80,8 @@ def make_plan(file: str | None, overrides: list[str] | None = None, **flags) -> 
         return dataclasses.replace(built, **{k: v for k, v in {**identity, **forced}.items() if k in names})
 
     synth = section(SynthConfig, model=run.model, question_offset=run.sft.questions, reward_model=run.model)
-    select = section(SelectConfig, selector=run.selector)
+    # Influence trains the policy in this process: the HF engine, whichever serves the other stages.
+    select = section(SelectConfig, selector=run.selector, backend="hf")
     select = dataclasses.replace(select, gamma=select.gamma if run.gamma is None else run.gamma,
                                  alpha=select.alpha if run.alpha is None else run.alpha)
     evalc = section(EvalConfig, model=run.model, split="test", limit=run.test_questions, temperature=0.0)
@@ -115,8 +117,9 @@ def make_plan(file: str | None, overrides: list[str] | None = None, **flags) -> 
                       model=run.model, seed=run.seed, iterations=run.iterations, answer=run.answer_mode,
                       budget=run.budget)
     root = Path(run.out) if run.out else Path("runs") / run.suite
-    shared = {"run": {k: v for k, v in cfgmod.as_dict(run).items() if k not in SELECTION_KEYS},
-              "synth": cfgmod.as_dict(synth), "eval": cfgmod.as_dict(evalc), "model": _model_identity(run.model)}
+    shared = {"run": {k: v for k, v in cfgmod.as_dict(run).items() if k not in SELECTION_KEYS + EXECUTION_KEYS},
+              **{name: {k: v for k, v in cfgmod.as_dict(c).items() if k not in EXECUTION_KEYS}
+                 for name, c in (("synth", synth), ("eval", evalc))}, "model": _model_identity(run.model)}
     key = hashlib.sha256(json.dumps(shared, sort_keys=True, default=str).encode()).hexdigest()[:12]
     plan = Plan(run, synth, select, evalc, rid, root / runs.dir_name(rid), root / "shared" / key, key)
     plan.stages = Pipeline(plan).stages()

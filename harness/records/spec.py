@@ -13,6 +13,15 @@ from harness.records import schemas
 
 FILE = "run_spec.json"
 SCHEMA_VERSION = 1
+# Config keys that change how a run computes, never what (the response cache, where the servers
+# are): recorded, but no part of a run's identity (its shared-stage key, the config a resume must
+# match, what reports compare). A served model's identity is in the records' `model` instead.
+EXECUTION_KEYS = ("cache", "server")
+
+
+def execution_key(key: str) -> bool:
+    """Whether a config key, or a nested one as `server.base_urls`, is an execution setting."""
+    return key.split(".", 1)[0] in EXECUTION_KEYS
 
 
 def run_spec(kind: str, run_id: str, config: dict, seed: int | None, device: dict | None = None, **facts) -> dict:

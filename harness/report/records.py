@@ -169,7 +169,7 @@ def check_comparable(runs: list[Run]) -> None:
         mine, theirs = ({section: cfgmod.flatten(values) for section, values in r.config.items()} for r in (run, ref))
         differ = sorted(f"{section}.{k}" for section in mine
                         for k in set(mine[section]) | set(theirs.get(section, {}))
-                        if k not in free.get(section, set())
+                        if k not in free.get(section, set()) and not specmod.execution_key(k)
                         and mine[section].get(k) != theirs.get(section, {}).get(k))
         if differ:
             raise HarnessError(f"{run.path.name} and {ref.path.name} differ in {', '.join(differ)}: runs of one "

@@ -123,7 +123,10 @@ def synthesize(config: SynthConfig | None = None, resume: bool = False, **overri
         wall = time.time() - started
 
         batch_costs = {r["batch"]: r["batch_cost"] for r in records}
-        search_cost = {k: sum(c[k] for c in batch_costs.values()) for k in next(iter(batch_costs.values()))}
+        # Every key any batch recorded: a run resumed with the response cache on or off has batches with
+        # and without its counts.
+        keys = dict.fromkeys(k for c in batch_costs.values() for k in c)
+        search_cost = {k: sum(c.get(k, 0) for c in batch_costs.values()) for k in keys}
         cost = {"probe": probed["cost"], "search": search_cost,
                 "rollouts": search_cost["rollouts"], "wall_seconds_this_process": wall,
                 "resumed_trees": search.resumed}
