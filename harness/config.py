@@ -36,7 +36,10 @@ class ServerConfig:
 
     section: ClassVar[str] = "server"
     base_urls: str | None = None  # comma-separated, e.g. http://127.0.0.1:8000/v1 (openai)
-    model_id: str | None = None  # the served model's id; default: `model`
+    # The names the servers serve models under, as model=id pairs by comma
+    # (smollm2-135m=HuggingFaceTB/SmolLM2-135M-Instruct); a model not named is asked for by its own
+    # name, so a policy a run trains is never answered for by another the server holds.
+    model_ids: str | None = None
     tokenizer: str | None = None  # chat template and token counts for scoring; default: `model`
     revision: str | None = None  # what the user declares the served weights are (recorded, and keys the cache)
     flavour: str = "openai"  # openai, vllm or llama.cpp: which extras switch the server's own samplers off

@@ -79,9 +79,15 @@ def test_the_record_names_the_server_and_never_the_key(server, monkeypatch):
         client(server.base_url, api_key_env="HARNESS_TEST_API_KEY")
 
 
-def test_a_model_the_server_does_not_list_is_refused(server):
+def test_models_are_asked_for_by_their_served_names(server):
+    """A policy the run trained is asked for by its own name, never by the initial model's: the
+    server lists only what it holds, and llama.cpp's answers for any name."""
+    mapped = ServerConfig(model_ids="initial=smollm2-135m", tokenizer="smollm2-135m")
+    assert OpenAIBackend("initial", mapped, base_urls=[server.base_url]).model_id == "smollm2-135m"
     with pytest.raises(HarnessError, match=r"does not serve 'runs/x/sft/model' \(it lists smollm2-135m\)"):
-        OpenAIBackend("runs/x/sft/model", ServerConfig(), base_urls=[server.base_url])
+        OpenAIBackend("runs/x/sft/model", mapped, base_urls=[server.base_url])
+    with pytest.raises(HarnessError, match="server.model_ids: 'initial' is not model=id"):
+        OpenAIBackend("initial", ServerConfig(model_ids="initial"), base_urls=[server.base_url])
 
 
 def test_a_refused_connection_is_one_line():

@@ -24,7 +24,7 @@ import httpx
 
 from harness import models
 from harness.backends.gguf_export import gguf_for
-from harness.backends.openai import OpenAIBackend
+from harness.backends.openai import OpenAIBackend, served_name
 from harness.cache import cache_root
 from harness.errors import HarnessError
 
@@ -115,7 +115,7 @@ class LlamaCppBackend(OpenAIBackend):
                                "pip install 'dits-harness[server]' (scripts/install.sh does)") from None
         directory = models.resolve(model)
         gguf = gguf_for(directory, cache_root() / "gguf", server.precision)
-        self.llama_server = LlamaCppServer(gguf, alias=server.model_id or model, threads=server.threads,
+        self.llama_server = LlamaCppServer(gguf, alias=served_name(server, model), threads=server.threads,
                                            context=server.context, f32_cache=server.precision == "f32")
         info = {"name": model, "path": str(directory), "sha256": models.weights_hash(directory),
                 "precision": server.precision, "gguf": str(gguf)}

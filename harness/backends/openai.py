@@ -61,9 +61,9 @@ class OpenAIBackend(Backend):
     """Chat generation and prompt scoring over the OpenAI HTTP API.
 
     `model`: what the run calls the model (a catalogue name, directory or hub id), also where the
-    tokenizer and chat template come from unless `server.tokenizer` names another; `server.model_id`:
-    the name the servers serve it under (default `model`; a LoRA adapter served by `vllm serve
-    --enable-lora` is addressed by its own name: `Request.adapter`).
+    tokenizer and chat template come from unless `server.tokenizer` names another; the servers are
+    asked for it by the name `server.model_ids` gives it, else by `model` itself (a LoRA adapter
+    served by `vllm serve --enable-lora` is addressed by its own name: `Request.adapter`).
     """
 
     settings = ("batch_size", "server")  # what `make_backend` passes from a run's config
@@ -89,7 +89,7 @@ class OpenAIBackend(Backend):
         limits = httpx.Limits(max_connections=server.concurrency, max_keepalive_connections=server.concurrency)
         self.servers = [Server(u, httpx.Client(headers=headers, timeout=server.timeout, limits=limits),
                                threading.Semaphore(server.concurrency)) for u in urls]
-        self.model_id = server.model_id or model
+        self.model_id = served_name(server, model)
         self.retries, self.backoff, self.extra = server.retries, server.backoff, FLAVOURS[flavour]
         self._pool = ThreadPoolExecutor(max_workers=server.concurrency * len(self.servers),
                                         thread_name_prefix="openai")
@@ -103,7 +103,7 @@ class OpenAIBackend(Backend):
             # answer for a policy it does not hold.
             if described["model_ids"] and self.model_id not in described["model_ids"]:
                 raise HarnessError(f"{described['base_url']} does not serve {self.model_id!r} (it lists "
-                                   f"{', '.join(map(str, described['model_ids']))}); set server.model_id")
+                                   f"{', '.join(map(str, described['model_ids']))}); name it in server.model_ids")
         tokenizer = load_tokenizer(server.tokenizer or model)
         super().__init__(info, tokenizer, batch_size)
         self.usage.extra.update(retries=0)
@@ -246,6 +246,17 @@ class OpenAIBackend(Backend):
         self._pool.shutdown(wait=False, cancel_futures=True)
         for s in self.servers:
             s.client.close()
+
+
+def served_name(server, model: str) -> str:
+    """The id `model` is served under: its entry in `server.model_ids`, else its own name."""
+    for pair in filter(None, (server.model_ids or "").split(",")):
+        name, sep, served = pair.partition("=")
+        if not sep or not name.strip() or not served.strip():
+            raise HarnessError(f"server.model_ids: {pair!r} is not model=id")
+        if name.strip() == model:
+            return served.strip()
+    return model
 
 
 def load_tokenizer(name: str):
