@@ -342,6 +342,12 @@ def cmd_ls(args) -> int:
         rows = [[name, path.read_text().splitlines()[0].lstrip("# "), " ".join(flat(yaml.safe_load(path.read_text())))]
                 for name, path in cfgmod.presets().items()]
         print(tabulate(rows, ["preset", "what", "settings"], tablefmt="github"))
+    elif args.what == "backends":
+        from harness.backends import BACKENDS
+
+        rows = [[n, (BACKENDS.get(n).__doc__ or "").split("\n")[0], ", ".join(BACKENDS.get(n).settings)]
+                for n in BACKENDS]
+        print(tabulate(rows, ["backend", "what", "settings it takes"], tablefmt="github"))
     elif args.what == "selectors":
         from harness.selection import SELECTORS
 
@@ -564,7 +570,8 @@ def parser() -> argparse.ArgumentParser:
     b.set_defaults(fn=cmd_data_build_cbt)
 
     ls = sub.add_parser("ls", help="list tasks, models, presets and other names")
-    ls.add_argument("what", choices=["tasks", "models", "presets", "selectors", "rosters", "metrics", "cbt-types"],
+    ls.add_argument("what", choices=["tasks", "models", "presets", "selectors", "rosters", "metrics", "cbt-types",
+                                     "backends"],
                     help="what to list")
     ls.set_defaults(fn=cmd_ls)
 

@@ -77,6 +77,9 @@ def test_ls_and_validate(capsys):
     assert main(["ls", "tasks"]) == 0 and "webwalker" in capsys.readouterr().out
     assert main(["ls", "models"]) == 0 and "smollm2-135m" in capsys.readouterr().out
     assert main(["ls", "presets"]) == 0 and "smoke" in capsys.readouterr().out
+    assert main(["ls", "backends"]) == 0
+    listed = capsys.readouterr().out
+    assert all(f"| {n} " in listed for n in ("hf", "openai", "llama.cpp"))
     assert main(["validate", "--config", "smoke", "task=arc_c"]) == 0
     assert "config is valid" in capsys.readouterr().out
     assert main(["validate", "metric=f2"]) == 2

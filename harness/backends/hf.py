@@ -35,7 +35,9 @@ from harness.backends.kv_cache import Slot, common_prefix, padded_cache, row_slo
 
 
 class HFBackend(Backend):
-    """A transformers model in this process; `keep`, `encode`, `eos_ids` and `kv_cache` are its own."""
+    """transformers in this process: batched decoding, a key/value cache slot per conversation.
+
+    `keep`, `encode`, `eos_ids` and `kv_cache` are its own."""
 
     settings = ("device", "dtype", "batch_size", "kv_cache")
 

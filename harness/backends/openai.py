@@ -58,7 +58,7 @@ class Server:
 
 
 class OpenAIBackend(Backend):
-    """Chat generation and prompt scoring over the OpenAI HTTP API.
+    """Any OpenAI-compatible server (vLLM, SGLang, llama.cpp's, hosted): chat generation and prompt scoring.
 
     `model`: what the run calls the model (a catalogue name, directory or hub id), also where the
     tokenizer and chat template come from unless `server.tokenizer` names another; the servers are
