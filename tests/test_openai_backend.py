@@ -173,3 +173,17 @@ def test_harness_eval_through_the_server(server, shared_data, tmp_path, capsys):
     assert spec["model"]["revision"] == "q4_1-as-shipped"
     cost = json.loads((tmp_path / "a" / "cost.json").read_text())
     assert cost["requests"] >= 4 and cost["completion_tokens"] > 0 and cost["retries"] == 0
+
+
+def test_the_servers_are_no_part_of_a_runs_identity():
+    """A run may resume on other servers: the server section is an execution setting."""
+    from harness.experiment.executor import _changed
+    from harness.experiment.plan import make_plan
+
+    here = make_plan("smoke", ["backend=openai", "server.base_urls=http://a:1/v1", "server.concurrency=2"])
+    there = make_plan("smoke", ["backend=openai", "server.base_urls=http://b:2/v1,http://c:3/v1"])
+    assert here.key == there.key and here.run_id == there.run_id
+    assert {c.server.base_urls for c in (here.run, here.synth, here.eval)} == {"http://a:1/v1"}
+    assert here.select.backend == "hf"  # influence trains in this process
+    assert _changed(here.configs(), there.configs()) == []
+    assert make_plan("smoke", ["backend=llama.cpp"]).key != here.key  # the engine itself is part of it
