@@ -63,7 +63,7 @@ class LlamaCppServer:
             command += ["--type_k", str(GGML_F32), "--type_v", str(GGML_F32)]
         self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
-        self._stop = weakref.finalize(self, _stop, self.process, self.log.name)
+        self._stop = weakref.finalize(self, _stop, self.process, self.log)
         self._wait_ready()
 
     def _wait_ready(self) -> None:
@@ -86,7 +86,7 @@ class LlamaCppServer:
         self._stop()
 
 
-def _stop(process: subprocess.Popen, log: str) -> None:
+def _stop(process: subprocess.Popen, log) -> None:
     if process.poll() is None:
         process.terminate()
         try:
@@ -94,7 +94,8 @@ def _stop(process: subprocess.Popen, log: str) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-    Path(log).unlink(missing_ok=True)
+    log.close()
+    Path(log.name).unlink(missing_ok=True)
 
 
 def _last_line(log: str) -> str:
