@@ -15,6 +15,15 @@ from typing import Any
 from harness.seeding import derive_seed
 
 
+def turn_frame(tokenizer) -> tuple[str, str]:
+    """The chat template's text before and after the content of one assistant message: `turn_nll`
+    scores a text as that content (and the turn's end)."""
+    marker = "\x00"
+    rendered = tokenizer.apply_chat_template([{"role": "assistant", "content": marker}], tokenize=False)
+    head, tail = rendered.split(marker, 1)
+    return head, tail
+
+
 @dataclass(frozen=True)
 class Sampling:
     max_new_tokens: int  # the utterance cap: the run's (RuntimeConfig.max_new_tokens), no default of its own

@@ -29,7 +29,7 @@ from transformers import DynamicCache
 from harness import models
 from harness.backends.adapters import RowAdapters
 from harness.backends.attention import grouped_attention
-from harness.backends.base import Backend, Choice, Completion, Request, Sampling
+from harness.backends.base import Backend, Choice, Completion, Request, Sampling, turn_frame
 from harness.backends.decoding import NEAR_TIE, lookup, pick, top_two
 from harness.backends.kv_cache import Slot, common_prefix, padded_cache, row_slot
 
@@ -141,9 +141,7 @@ class HFBackend(Backend):
         """The text as one assistant message in the chat format, and where its content starts:
         the header is context; the content and the end-of-turn tokens are scored."""
         if self._turn_frame is None:
-            marker = "\x00"
-            rendered = self.tokenizer.apply_chat_template([{"role": "assistant", "content": marker}], tokenize=False)
-            head, tail = rendered.split(marker, 1)
+            head, tail = turn_frame(self.tokenizer)
             self._turn_frame = (self.tokenizer(head, add_special_tokens=False).input_ids, tail)
         head_ids, tail = self._turn_frame
         return head_ids + self.tokenizer(text + tail, add_special_tokens=False).input_ids, len(head_ids)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from harness.backends.base import Backend, Choice, Completion, Request, Sampling
+from harness.backends.base import Backend, Choice, Completion, Request, Sampling, turn_frame
 from harness.errors import HarnessError
 
 # The request fields that switch a server's own samplers off, so temperature and top_p alone decide.
@@ -150,9 +150,7 @@ class OpenAIBackend(Backend):
         """As the HF engine: the text as one assistant message, its content and end of turn scored."""
         tokenizer = self.tokenizer
         if self._turn_frame is None:
-            marker = "\x00"
-            rendered = tokenizer.apply_chat_template([{"role": "assistant", "content": marker}], tokenize=False)
-            self._turn_frame = tuple(rendered.split(marker, 1))
+            self._turn_frame = turn_frame(tokenizer)
         head, tail = self._turn_frame
         n_head = len(tokenizer(head, add_special_tokens=False).input_ids)
         jobs = [(head + t + tail, None, len(tokenizer(head + t + tail, add_special_tokens=False).input_ids) - n_head)
