@@ -244,17 +244,14 @@ def cmd_train(args) -> int:
     from pathlib import Path
 
     from harness.config import RunConfig
-    from harness.train.trainers import train_dpo, train_sft, write_training
     from harness.runs import read_jsonl
+    from harness.train.launch import train_stage
 
     cfg = cfgmod.build(RunConfig, args.config, args.overrides, task=args.task, model=args.model, seed=args.seed)
     _offline(cfg.online)
     rows = [row for _, row in read_jsonl(Path(args.data))]
     out = Path(args.out)
-    if args.stage == "sft":
-        stats = write_training(out, lambda tmp: train_sft(cfg.model, rows, cfg, tmp, str(out / "model")))
-    else:
-        stats = write_training(out, lambda tmp: train_dpo(cfg.model, rows, cfg, tmp, str(out / "model")))
+    stats = train_stage(args.stage, cfg.model, rows, cfg, out)
     print(tabulate([[k, v] for k, v in stats.items() if k != "log"], ["", args.stage], tablefmt="github"))
     print(f"policy: {out / 'model'}")
     return 0

@@ -176,6 +176,24 @@ class DPOConfig:
 
 
 @dataclass
+class TrainConfig:
+    """How SFT and DPO run (harness.train.launch): in this process, or under `accelerate launch` with
+    one process per device; execution settings, not part of a run's identity."""
+
+    section: ClassVar[str] = "train"
+    launcher: str = "process"  # or "accelerate"
+    # accelerate: processes (one per GPU). The recipes' global batch stays batch_size x grad_accum:
+    # each process accumulates grad_accum / num_processes steps.
+    num_processes: int = 1
+    # accelerate: its config file, a path or a name in harness/presets/accelerate/ (ddp, zero3)
+    accelerate_config: str | None = None
+    gradient_checkpointing: bool = False
+    # > 0: trl saves a checkpoint every this many steps beside the stage, and a stage started again
+    # (`--resume`) resumes from the last one instead of from step 0
+    checkpoint_steps: int = 0
+
+
+@dataclass
 class InfluenceConfig:
     """DITS's influence estimate; the knobs follow the reference code (docs/reference-code.md §8)."""
 
@@ -245,13 +263,14 @@ class RunConfig(RuntimeConfig):
     sft: SFTConfig = field(default_factory=SFTConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     lr_scheduler: str = "cosine"  # SFT's and DPO's
     warmup_ratio: float = 0.1  # SFT's and DPO's
     test_questions: int | None = 100  # first N of the test split, for every evaluated policy
 
 
 CONFIG_CLASSES = (EvalConfig, SynthConfig, SelectConfig, RunConfig)
-NESTED_CLASSES = (LoraConfig, SFTConfig, DPOConfig, InfluenceConfig, ServerConfig)
+NESTED_CLASSES = (LoraConfig, SFTConfig, DPOConfig, TrainConfig, InfluenceConfig, ServerConfig)
 
 
 def _coerce(cls, key: str, value, source: str, label: str | None = None):

@@ -18,6 +18,7 @@ from harness.records.spec import EXECUTION_KEYS
 from harness.selection import SELECTORS
 from harness.tasks import get_task
 from harness.tasks.metrics import METRICS
+from harness.train import launch
 from harness.train.trainers import dpo_config, sft_config
 
 # Keys every stage must agree on: the run's values replace the sections'.
@@ -100,6 +101,7 @@ def make_plan(file: str | None, overrides: list[str] | None = None, **flags) -> 
     models.check(run.model)
     BACKENDS.get(run.backend)
     METRICS.get(run.metric or get_task(run.task, context_mode=run.context_mode).metric)
+    launch.check(run)
     # trl's configs check their arguments when built; a GPU profile is checked as the CPU one where
     # there is no GPU (trl refuses bf16 there), so a paper config validates on a laptop.
     import torch

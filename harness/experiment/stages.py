@@ -25,7 +25,7 @@ from harness.runs import read_jsonl
 from harness.seeding import derive_seed
 from harness.synth.synthesis import probe, synthesize
 from harness.train.sft_data import build_sft_data, sample_dialogues
-from harness.train.trainers import train_dpo, train_sft, write_training
+from harness.train.launch import train_stage
 
 if TYPE_CHECKING:
     from harness.experiment.plan import Plan
@@ -155,7 +155,7 @@ class Pipeline:
     def sft(self, base: str, data: Path):
         def stage(out: Path) -> None:
             examples = [row for _, row in read_jsonl(data / "sft_data.jsonl")]
-            write_training(out, lambda tmp: train_sft(base, examples, self.plan.run, tmp, str(out / "model")))
+            train_stage("sft", base, examples, self.plan.run, out)
         return stage
 
     def probe(self, model: str, iteration: int):
@@ -188,5 +188,5 @@ class Pipeline:
     def dpo(self, base: str, select_dir: Path):
         def stage(out: Path) -> None:
             pairs = [row for _, row in read_jsonl(select_dir / "selected.jsonl")]
-            write_training(out, lambda tmp: train_dpo(base, pairs, self.plan.run, tmp, str(out / "model")))
+            train_stage("dpo", base, pairs, self.plan.run, out)
         return stage

@@ -14,9 +14,9 @@ from harness.records import schemas
 FILE = "run_spec.json"
 SCHEMA_VERSION = 1
 # Config keys that change how a run computes, never what (the response cache, where the servers
-# are): recorded, but no part of a run's identity (its shared-stage key, the config a resume must
+# are, how training is launched): recorded, but no part of a run's identity (its shared-stage key, the config a resume must
 # match, what reports compare). A served model's identity is in the records' `model` instead.
-EXECUTION_KEYS = ("cache", "server")
+EXECUTION_KEYS = ("cache", "server", "train")
 
 
 def execution_key(key: str) -> bool:

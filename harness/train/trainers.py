@@ -54,16 +54,25 @@ def lora_config(cfg: RunConfig):
                       target_modules="all-linear", task_type="CAUSAL_LM")
 
 
+def processes(cfg: RunConfig) -> int:
+    """The processes a training stage runs in (`train.launcher`, harness.train.launch)."""
+    return cfg.train.num_processes if cfg.train.launcher == "accelerate" else 1
+
+
 def trainer_args(cfg: RunConfig, kind: str, output_dir: Path) -> dict:
-    """The TrainingArguments both trainers share: the CPU profile (fp32) or the GPU one (bf16)."""
+    """The TrainingArguments both trainers share: the CPU profile (fp32) or the GPU one (bf16,
+    `train.gradient_checkpointing`). The recipe's global batch is batch_size x grad_accum however many
+    processes share it: each accumulates its part (`launch.check` refuses a grad_accum they cannot split)."""
     gpu = cfg.device.startswith("cuda")
     recipe = cfg.sft if kind == "sft" else cfg.dpo
+    every = cfg.train.checkpoint_steps
     return {
         "output_dir": str(output_dir), "seed": cfg.seed, "data_seed": cfg.seed, "bf16": gpu and cfg.dtype == "bfloat16",
-        "use_cpu": not gpu, "activation_checkpointing": False, "report_to": [], "save_strategy": "no", "logging_steps": 1,
+        "use_cpu": not gpu, "activation_checkpointing": cfg.train.gradient_checkpointing, "report_to": [],
+        "save_strategy": "steps" if every else "no", "save_steps": every or 500, "logging_steps": 1,
         "lr_scheduler_type": cfg.lr_scheduler, "warmup_steps": cfg.warmup_ratio,
         "learning_rate": recipe.lr, "num_train_epochs": recipe.epochs, "per_device_train_batch_size": recipe.batch_size,
-        "gradient_accumulation_steps": recipe.grad_accum,
+        "gradient_accumulation_steps": max(1, recipe.grad_accum // processes(cfg)),
     }
 
 
@@ -92,20 +101,41 @@ def _load(model_name: str, cfg: RunConfig):
     return model, tokenizer, info["path"]
 
 
-def _save_merged(trainer, tokenizer, out: Path, name: str) -> str:
-    """Merge the adapter, save the policy as a plain model directory, return its weights hash."""
-    merged = trainer.model.merge_and_unload()
+def _merged(trainer, model_name: str, cfg: RunConfig, out: Path):
+    """The policy with the trained adapter merged into it; None on every process but the main one.
+    Under several processes the weights may be sharded (DeepSpeed ZeRO-3), so the trainer saves the
+    adapter (gathering it) and the main process merges it into a fresh copy of the base."""
+    if trainer.accelerator.num_processes == 1:
+        return trainer.model.merge_and_unload()
+    from peft import PeftModel
+
+    trainer.save_model(str(out / "adapter"))
+    trainer.accelerator.wait_for_everyone()
+    if not trainer.accelerator.is_main_process:
+        return None
+    base, _, _ = models.load(model_name, cfg.device, cfg.dtype)
+    return PeftModel.from_pretrained(base, out / "adapter").merge_and_unload()
+
+
+def _save_merged(trainer, tokenizer, model_name: str, cfg: RunConfig, out: Path, name: str) -> str | None:
+    """Save the merged policy as a plain model directory `out/model`; its weights hash (None on
+    every process but the main one)."""
+    merged = _merged(trainer, model_name, cfg, out)
+    if merged is None:
+        return None
     with models.quiet_bars():
-        merged.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    sha = models.weights_hash(out)
-    (out / "harness_model.json").write_text(json.dumps({"name": name, "sha256": sha}, indent=1))
+        merged.save_pretrained(out / "model")
+    tokenizer.save_pretrained(out / "model")
+    sha = models.weights_hash(out / "model")
+    (out / "model" / "harness_model.json").write_text(json.dumps({"name": name, "sha256": sha}, indent=1))
+    shutil.rmtree(out / "adapter", ignore_errors=True)
     return sha
 
 
 def _train(trainer):
     """trainer.train(), its bar showing the latest loss instead of printing every step's log dict
-    (`--log-level debug` keeps the dicts). Every logged row is in the stage's record anyway."""
+    (`--log-level debug` keeps the dicts), resumed from the last checkpoint in its output directory
+    if there is one (`train.checkpoint_steps`). Every logged row is in the stage's record anyway."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     class LossOnBar(ProgressCallback):
@@ -117,7 +147,8 @@ def _train(trainer):
     if not log.isEnabledFor(logging.DEBUG) and (trainer.pop_callback(PrinterCallback) or
                                                 trainer.pop_callback(ProgressCallback)):
         trainer.add_callback(LossOnBar)
-    return trainer.train()
+    resume = any(Path(trainer.args.output_dir).glob("checkpoint-*"))
+    return trainer.train(resume_from_checkpoint=True if resume else None)
 
 
 def _metrics(trainer) -> list[dict]:
@@ -125,8 +156,10 @@ def _metrics(trainer) -> list[dict]:
             for row in trainer.state.log_history]
 
 
-def train_sft(model_name: str, examples: list[dict], cfg: RunConfig, out: Path, name: str) -> dict:
-    """LoRA SFT of `model_name` on agent views; the merged policy, named `name`, goes to `out/model`."""
+def train_sft(model_name: str, examples: list[dict], cfg: RunConfig, out: Path, name: str,
+              checkpoints: Path | None = None) -> dict:
+    """LoRA SFT of `model_name` on agent views; the merged policy, named `name`, goes to `out/model`,
+    trl's checkpoints (if any) to `checkpoints` (default `out/trainer`)."""
     from datasets import Dataset
     from trl import SFTTrainer
 
@@ -141,20 +174,22 @@ def train_sft(model_name: str, examples: list[dict], cfg: RunConfig, out: Path, 
     if not rows:
         raise HarnessError(f"SFT: none of the {len(examples)} examples fits sft.max_seq_length {cfg.sft.max_seq_length}")
     started = time.time()
-    trainer = SFTTrainer(model=model, args=sft_config(cfg, out / "trainer", max(len(r["input_ids"]) for r in rows)),
+    trainer = SFTTrainer(model=model, args=sft_config(cfg, checkpoints or out / "trainer",
+                                                      max(len(r["input_ids"]) for r in rows)),
                          train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                          peft_config=lora_config(cfg))
     result = _train(trainer)
-    sha = _save_merged(trainer, tokenizer, out / "model", name)
+    sha = _save_merged(trainer, tokenizer, model_name, cfg, out, name)
     return {"base": str(path), "examples": len(rows), "dropped_too_long": too_long,
             "trained_tokens": sum(map(sum, (r["assistant_masks"] for r in rows))), "steps": result.global_step,
             "train_loss": result.training_loss, "wall_seconds": time.time() - started, "policy_sha256": sha,
             "log": _metrics(trainer)}
 
 
-def train_dpo(model_name: str, pairs: list[dict], cfg: RunConfig, out: Path, name: str) -> dict:
+def train_dpo(model_name: str, pairs: list[dict], cfg: RunConfig, out: Path, name: str,
+              checkpoints: Path | None = None) -> dict:
     """LoRA DPO of `model_name` on pairs; the reference is the same model with the adapter off.
-    The merged policy goes to `out/model`."""
+    The merged policy goes to `out/model`, trl's checkpoints as train_sft's."""
     from datasets import Dataset
     from trl import DPOTrainer
 
@@ -177,11 +212,12 @@ def train_dpo(model_name: str, pairs: list[dict], cfg: RunConfig, out: Path, nam
     started = time.time()
     # A margin over our count of the longest pair, in case trl's tokenisation of the turn boundary
     # differs by a token: its truncation must never fire.
-    trainer = DPOTrainer(model=model, ref_model=None, args=dpo_config(cfg, out / "trainer", max(lengths) + 16),
+    trainer = DPOTrainer(model=model, ref_model=None, args=dpo_config(cfg, checkpoints or out / "trainer",
+                                                                      max(lengths) + 16),
                          train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                          peft_config=lora_config(cfg))
     result = _train(trainer)
-    sha = _save_merged(trainer, tokenizer, out / "model", name)
+    sha = _save_merged(trainer, tokenizer, model_name, cfg, out, name)
     return {"base": str(path), "pairs": len(rows), "dropped_prompt_too_long": too_long, "beta": dpo_beta(cfg),
             "steps": result.global_step, "train_loss": result.training_loss, "wall_seconds": time.time() - started,
             "policy_sha256": sha, "log": _metrics(trainer)}
