@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -92,3 +97,32 @@ def test_dpo_in_two_processes_matches_one_process_with_the_same_global_batch(tmp
     assert apart < 1e-3 * moved, (apart, moved)
     assert (tmp_path / "two" / "stats.json").exists() and not (tmp_path / "two" / "job").exists()
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
+
+
+def test_a_training_stage_killed_after_a_checkpoint_resumes_from_it(tmp_path):
+    """`harness train` with checkpoints every 2 steps, killed (SIGKILL) once one is complete, then
+    started again: it resumes from the checkpoint and ends where an uninterrupted stage ends."""
+    pairs_file = write_pairs(tmp_path, "cbt")
+    knobs = ["dpo.batch_size=1", "dpo.epochs=2"]
+    out = tmp_path / "stage"
+    cmd = [sys.executable, "-m", "harness", "train", "--stage", "dpo", "--data", str(pairs_file), "--model",
+           "tiny-fitted", "--config", "smoke", "--out", str(out), *knobs, "train.checkpoint_steps=2"]
+    first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    done = tmp_path / ".stage.checkpoints" / "checkpoint-2" / "trainer_state.json"
+    deadline = time.time() + 300
+    while not done.exists() and first.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    assert done.exists() and not out.exists()
+
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    resumed = json.loads((out / "stats.json").read_text())
+    assert resumed["resumed_from_step"] >= 2 and resumed["steps"] == 12
+    assert not (tmp_path / ".stage.checkpoints").exists()
+
+    pairs = [json.loads(line) for line in pairs_file.read_text().splitlines()]
+    whole = launch.train_stage("dpo", "tiny-fitted", pairs, run_config(*knobs), tmp_path / "whole")
+    assert whole["resumed_from_step"] == 0
+    a, b = merged_weights(out), merged_weights(tmp_path / "whole")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6

@@ -135,7 +135,8 @@ def _save_merged(trainer, tokenizer, model_name: str, cfg: RunConfig, out: Path,
 def _train(trainer):
     """trainer.train(), its bar showing the latest loss instead of printing every step's log dict
     (`--log-level debug` keeps the dicts), resumed from the last checkpoint in its output directory
-    if there is one (`train.checkpoint_steps`). Every logged row is in the stage's record anyway."""
+    if there is one (`train.checkpoint_steps`); with the step it resumed from (0: none). Every
+    logged row is in the stage's record anyway."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     class LossOnBar(ProgressCallback):
@@ -147,8 +148,18 @@ def _train(trainer):
     if not log.isEnabledFor(logging.DEBUG) and (trainer.pop_callback(PrinterCallback) or
                                                 trainer.pop_callback(ProgressCallback)):
         trainer.add_callback(LossOnBar)
-    resume = any(Path(trainer.args.output_dir).glob("checkpoint-*"))
-    return trainer.train(resume_from_checkpoint=True if resume else None)
+    last = last_checkpoint(Path(trainer.args.output_dir))
+    result = trainer.train(resume_from_checkpoint=str(last) if last else None)
+    return result, int(last.name.rpartition("-")[2]) if last else 0
+
+
+def last_checkpoint(directory: Path) -> Path | None:
+    """The last complete checkpoint of trl's in `directory` (the trainer writes trainer_state.json
+    last); later ones a kill cut short are removed."""
+    found = sorted(directory.glob("checkpoint-*"), key=lambda p: int(p.name.rpartition("-")[2]))
+    while found and not (found[-1] / "trainer_state.json").exists():
+        shutil.rmtree(found.pop())
+    return found[-1] if found else None
 
 
 def _metrics(trainer) -> list[dict]:
@@ -178,12 +189,12 @@ def train_sft(model_name: str, examples: list[dict], cfg: RunConfig, out: Path, 
                                                       max(len(r["input_ids"]) for r in rows)),
                          train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                          peft_config=lora_config(cfg))
-    result = _train(trainer)
+    result, resumed = _train(trainer)
     sha = _save_merged(trainer, tokenizer, model_name, cfg, out, name)
     return {"base": str(path), "examples": len(rows), "dropped_too_long": too_long,
             "trained_tokens": sum(map(sum, (r["assistant_masks"] for r in rows))), "steps": result.global_step,
-            "train_loss": result.training_loss, "wall_seconds": time.time() - started, "policy_sha256": sha,
-            "log": _metrics(trainer)}
+            "resumed_from_step": resumed, "train_loss": result.training_loss, "wall_seconds": time.time() - started,
+            "policy_sha256": sha, "log": _metrics(trainer)}
 
 
 def train_dpo(model_name: str, pairs: list[dict], cfg: RunConfig, out: Path, name: str,
@@ -216,11 +227,11 @@ def train_dpo(model_name: str, pairs: list[dict], cfg: RunConfig, out: Path, nam
                                                                       max(lengths) + 16),
                          train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                          peft_config=lora_config(cfg))
-    result = _train(trainer)
+    result, resumed = _train(trainer)
     sha = _save_merged(trainer, tokenizer, model_name, cfg, out, name)
     return {"base": str(path), "pairs": len(rows), "dropped_prompt_too_long": too_long, "beta": dpo_beta(cfg),
-            "steps": result.global_step, "train_loss": result.training_loss, "wall_seconds": time.time() - started,
-            "policy_sha256": sha, "log": _metrics(trainer)}
+            "steps": result.global_step, "resumed_from_step": resumed, "train_loss": result.training_loss,
+            "wall_seconds": time.time() - started, "policy_sha256": sha, "log": _metrics(trainer)}
 
 
 def write_training(out: Path, train: Callable[[Path], dict]) -> dict:
