@@ -26,29 +26,7 @@ from tabulate import tabulate
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from harness import config, models  # noqa: E402
-from harness.config import SelectConfig  # noqa: E402
-from harness.dits.influence import PATHS, prepare  # noqa: E402
-from harness.mas.dialogue import start  # noqa: E402
-from harness.mas.roster import roster_for  # noqa: E402
-from harness.tasks import get_task  # noqa: E402
-
-
-def gold_pairs(task_name: str, model: str, data_dir: str | None, n: int, roster: str | None) -> list[dict]:
-    team = roster_for(get_task(task_name).setting, roster)
-    task = get_task(task_name, slots=team.slots)
-    sha = models.weights_hash(models.resolve(model))
-    questions = task.load("train", data_dir, n + 1)
-    if len(questions) < n + 1:
-        raise SystemExit(f"{task_name}/train has {len(questions)} questions; {n + 1} needed")
-    rows = []
-    for i, d in enumerate(start(questions[:n], team)):
-        q, other = d.question, questions[i + 1]
-        rows.append({"pair_id": f"{task_name}:{q.id}/bench", "question_id": q.id, "task": task_name,
-                     "policy": {"name": model, "sha256": sha}, "prompt": d.messages(0),
-                     "chosen": f"Alice: <A>{q.golds[0]}</A>", "rejected": f"Alice: <A>{other.golds[0]}</A>",
-                     "q_chosen": 0.5, "q_rejected": 0.0})
-    return rows
+from harness.bench.influence import gold_pairs, interleaved  # noqa: E402
 
 
 def main() -> None:
@@ -78,27 +56,9 @@ def main() -> None:
         overrides.append(f"data_dir={args.data_dir}")
     if args.roster:
         overrides.append(f"roster={args.roster}")
-    # Both paths begin in turn (warm-up, theta*'s validation dialogues); then their units interleave,
-    # each reference unit right after the fast path's step and checks of the same unit, so that a
-    # machine whose speed drifts over the hour weighs on both alike. A path's unit seconds are its own.
-    began = {}
-    for path in ("reference", "fast"):
-        cfg = config.build(SelectConfig, args.config, overrides + [f"influence.path={path}"])
-        impl = PATHS[path](pairs, cfg, *prepare(pairs, cfg))
-        began[path] = (impl, impl.begin())
-    (ref_path, ref_start), (fast_path, fast_start) = began["reference"], began["fast"]
-    ref_scored = []
-
-    def reference_unit(i: int) -> None:
-        ref_scored.append(ref_path.unit_step(ref_start.theta_star, ref_start.units[i], ref_start.eta,
-                                             ref_start.answers_before))
-
-    fast_scored = fast_path.unit_scores(fast_start.theta_star, fast_start.units, fast_start.eta,
-                                        fast_start.answers_before, "units, interleaved", between=reference_unit)
-    estimates, rows = {}, []
-    for path, scored in (("reference", ref_scored), ("fast", fast_scored)):
-        impl, start = began[path]
-        est = estimates[path] = impl.finish(start, scored, sum(impl.unit_seconds.values()))
+    # The two paths' units run interleaved (harness.bench.influence), so drift weighs on both alike.
+    estimates, rows = interleaved(pairs, args.config, overrides), []
+    for path, est in estimates.items():
         checks = est.drafts.get("check_seconds")
         rows.append([path, f"{est.seconds['warmup']:.0f}", f"{est.seconds['calibration']:.0f}",
                      f"{est.seconds['units']:.0f}",

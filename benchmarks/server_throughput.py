@@ -27,11 +27,9 @@ from tabulate import tabulate
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from harness import evaluate  # noqa: E402
+from harness.bench.engines import ENGINES, engine_run  # noqa: E402
 from harness.report import power  # noqa: E402
 from harness.report.tables import paired_difference  # noqa: E402
-
-ENGINES = ("hf", "llama.cpp")
 
 
 def choice_probe(model: str, precision: str) -> None:
@@ -72,16 +70,15 @@ def main() -> None:
     root = args.out or tempfile.mkdtemp(prefix="server-throughput-")
 
     rows, results = [], {}
+    # Rounds alternate the engines, so drift of the machine's speed weighs on both.
     for r in range(args.rounds):
         for engine in ENGINES:
-            result = evaluate(task=args.task, model=args.model, limit=args.limit, data_dir=args.data_dir,
-                              answer_mode=args.answer_mode, backend=engine, max_new_tokens=args.max_new_tokens,
-                              out=os.path.join(root, f"{engine}-{r}"), server={"precision": args.precision})
-            c = result.cost
-            utterances = sum(row["turns"] for row in result.per_instance)
-            work = c["wall_seconds"] - c["model_load_seconds"]
-            rows.append([engine, r, round(c["model_load_seconds"], 1), round(work, 1), round(utterances / work, 3),
-                         round(c["completion_tokens"] / work, 1), c["requests"], round(result.stats["mean"], 4)])
+            run, result = engine_run(engine, os.path.join(root, f"{engine}-{r}"), task=args.task, model=args.model,
+                                     limit=args.limit, data_dir=args.data_dir, answer_mode=args.answer_mode,
+                                     max_new_tokens=args.max_new_tokens, server={"precision": args.precision})
+            rows.append([engine, r, round(run["load_seconds"], 1), round(run["eval_seconds"], 1),
+                         round(run["utterances_per_second"], 3), round(run["completion_tokens_per_second"], 1),
+                         run["requests"], round(run["score"], 4)])
             results[engine] = result.per_instance
     print(tabulate(rows, ["engine", "round", "load s", "eval s", "utterances/s", "completion tok/s", "requests",
                           "score"], tablefmt="github"))

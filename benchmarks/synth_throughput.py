@@ -17,13 +17,12 @@ import argparse
 import json
 import os
 import tempfile
-import time
 
 from tabulate import tabulate
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from harness.synth.synthesis import synthesize  # noqa: E402
+from harness.bench.search import search_run  # noqa: E402
 
 
 def main() -> None:
@@ -41,17 +40,12 @@ def main() -> None:
     rows = []
     for name, per_batch in (("batched across trees", args.questions), ("one tree at a time", 1)):
         with tempfile.TemporaryDirectory() as tmp:
-            started = time.perf_counter()
-            result = synthesize(task=args.task, model=args.model, data_dir=args.data_dir, questions=args.questions,
-                                explore_time=args.explore_time, expand_time=args.expand_time, t_norm=200,
-                                max_new_tokens=args.max_new_tokens, trees_per_batch=per_batch, out=f"{tmp}/run",
-                                rollout_temperature=args.temperature)
-            wall = time.perf_counter() - started
-            search = result.cost["search"]
-            rows.append([name, search["rollouts"], f"{search['wall_seconds']:.1f}", f"{wall:.1f}",
-                         search["completion_tokens"], search["prompt_tokens"] - search["cached_tokens"],
-                         f"{search['rollouts'] / search['wall_seconds']:.3f}",
-                         f"{search['completion_tokens'] / search['wall_seconds']:.1f}", result.summary["pairs"]])
+            run = search_run(per_batch, f"{tmp}/run", task=args.task, model=args.model, data_dir=args.data_dir,
+                             questions=args.questions, explore_time=args.explore_time, expand_time=args.expand_time,
+                             t_norm=200, max_new_tokens=args.max_new_tokens, rollout_temperature=args.temperature)
+        rows.append([name, run["rollouts"], f"{run['search_seconds']:.1f}", f"{run['total_seconds']:.1f}",
+                     run["completion_tokens"], run["encoded_prompt_tokens"], f"{run['rollouts_per_second']:.3f}",
+                     f"{run['completion_tokens_per_second']:.1f}", run["pairs"]])
     base = float(rows[0][6])
     for row in rows:
         row.append(f"{base / float(row[6]):.2f}x")

@@ -257,6 +257,42 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from pathlib import Path
+
+    from harness.bench.record import table
+    from harness.bench.run import chosen_parts, run_bench
+
+    parts = chosen_parts(_names(args.only), _names(args.skip))
+    device = args.device or "cpu"
+    # bf16 is what a GPU decodes in; a CPU's matmuls are fastest in fp32
+    dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+    _offline(False)
+
+    def written(document):
+        out = Path(args.out.format(machine=document["machine"]["name"]))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        runs.write_json(out, document)
+        return out
+
+    doc = run_bench(args.model, device, dtype, parts, quick=args.quick, random_init=args.random_init,
+                    tokenizer=args.tokenizer, task=args.task, data_dir=_data_dir(args), seed=args.seed,
+                    progress=lambda line: print(line, file=sys.stderr), written=written)
+    out = written(doc)
+    print(f"{doc['machine']['name']}: {doc['model']['name']} ({doc['model']['matmul_params']:,} matmul params, "
+          f"{dtype}, {'random init' if args.random_init else 'its weights'}) on {device}, {doc['sizes']['name']} sizes")
+    print(table(doc))
+    print(f"bench: {out}")
+    failed = [name for name, result in doc["parts"].items() if "error" in result]
+    if failed:
+        print(f"bench: {len(failed)} part(s) failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _names(value: str | None) -> list[str] | None:
+    return [n for n in value.split(",") if n] if value else None
+
+
 def _data_dir(args) -> str | None:
     return args.data_dir or os.environ.get("HARNESS_DATA_DIR") or None
 
@@ -365,6 +401,29 @@ def cmd_ls(args) -> int:
         from harness.tasks.metrics import METRICS
 
         print("\n".join(METRICS.names()))
+    return 0
+
+
+def cmd_cost(args) -> int:
+    import dataclasses
+
+    from harness.report import cost_model
+    from harness.selection import SELECTORS
+
+    flags = [f"run.{k}={v}" for k, v in (("task", args.task), ("selector", args.selector)) if v]
+    run, synth, select, evaluation = cost_model.configs(args.config, [*args.overrides, *flags])
+    selector = SELECTORS.get(run.selector)
+    test_size = run.test_questions if run.test_questions is not None else args.test_size
+    shape = cost_model.shape_named(args.shape, args.shape_overrides)
+    speed = dataclasses.replace(cost_model.THROUGHPUTS[args.throughput], **{
+        k: v for k, v in (("decode", args.decode_tps), ("prefill", args.prefill_tps), ("train", args.train_tps)) if v})
+    costs = cost_model.predict(run, synth, select, evaluation, shape, test_size, selector.influence,
+                               selector.keeps_all, args.diverged_share)
+    print(f"{args.config} preset, task {run.task}, selector {run.selector}, {run.iterations} iteration(s), "
+          f"{test_size} test questions; shape {args.shape}; tokens/s: decode {speed.decode:g}, prefill "
+          f"{speed.prefill:g}, train {speed.train:g}")
+    print(tabulate(cost_model.table(costs, speed), cost_model.TABLE_HEADERS, tablefmt="github",
+                   floatfmt=[",.0f"] * 7 + [",.2f"], intfmt=","))
     return 0
 
 
@@ -566,11 +625,57 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--spacy-model", dest="spacy_model", help="installed spaCy pipeline with a tagger")
     b.set_defaults(fn=cmd_data_build_cbt)
 
+    bn = sub.add_parser("bench", help="throughput against the machine's limits, in one run",
+                        description="decoding tokens/s (batch 1 and batched) as fractions of the matmul peak and "
+                                    "the memory bandwidth measured in the same run, dialogues/s on hf and "
+                                    "llama.cpp's server, tree-search rollouts/s, influence units/s on both paths, "
+                                    "the smoke experiment's seconds; printed and written as JSON")
+    bn.add_argument("--model", default="smollm2-135m", help="catalogue name or local model directory")
+    bn.add_argument("--random-init", dest="random_init", action="store_true",
+                    help="a model of --model's config with seeded random weights (throughput does not depend "
+                         "on their values; for machines the real weights cannot reach)")
+    bn.add_argument("--tokenizer", help="with --random-init: the tokenizer's model (default: --model's own)")
+    bn.add_argument("--device", help="cpu or cuda (default: cpu)")
+    bn.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                    help="default: float32 on cpu, bfloat16 on cuda")
+    bn.add_argument("--only", metavar="PARTS", help="comma-separated parts to run: limits, decode, dialogues, "
+                                                    "search, influence, smoke (default: all)")
+    bn.add_argument("--skip", metavar="PARTS", help="comma-separated parts to leave out")
+    bn.add_argument("--quick", action="store_true", help="small sizes (tests, tiny-fitted)")
+    bn.add_argument("--task", default="hotpotqa", help="the workloads' task (default: hotpotqa)")
+    bn.add_argument("--data-dir", dest="data_dir", help=DATA_DIR_HELP)
+    bn.add_argument("--seed", type=int, default=0, help="the random model's, the prompts' and the runs' seed")
+    bn.add_argument("--out", default="results/bench/{machine}.json",
+                    help="JSON file; {machine} is the machine's name (default: results/bench/{machine}.json)")
+    bn.set_defaults(fn=cmd_bench)
+
     ls = sub.add_parser("ls", help="list tasks, models, presets and other names")
     ls.add_argument("what", choices=["tasks", "models", "presets", "selectors", "rosters", "metrics", "cbt-types",
                                      "backends"],
                     help="what to list")
     ls.set_defaults(fn=cmd_ls)
+
+    co = sub.add_parser("cost", help="predicted tokens and device-hours of a run, per stage",
+                        description="tokens, optimizer steps and device-hours per stage of harness run, from "
+                                    "the config's knobs and a task-and-model shape fitted on a real run's ledger "
+                                    "(harness/report/cost_model.py)")
+    co.add_argument("--config", "--preset", dest="config", default="cpu", help="preset name or YAML file")
+    co.add_argument("--task", help=TASK_HELP)
+    co.add_argument("--selector", help="harness ls selectors (default: the config's)")
+    co.add_argument("--test-size", dest="test_size", type=int, default=1000,
+                    help="test questions where the config evaluates the whole split (default: 1000, the reference's)")
+    co.add_argument("--shape", default="cbt-smollm2-135m", help="fitted shape (harness/report/shapes.json)")
+    co.add_argument("--shape-set", dest="shape_overrides", action="append", metavar="FIELD=VALUE",
+                    help="override a field of the shape, e.g. greedy_tokens=60; repeatable")
+    co.add_argument("--throughput", default="h100-llama3-8b", choices=["h100-llama3-8b"],
+                    help="device profile of tokens a second (overridden by the flags below)")
+    co.add_argument("--decode-tps", dest="decode_tps", type=float, help="generated tokens a second")
+    co.add_argument("--prefill-tps", dest="prefill_tps", type=float, help="prompt tokens encoded a second")
+    co.add_argument("--train-tps", dest="train_tps", type=float, help="trained tokens a second (forward and backward)")
+    co.add_argument("--diverged-share", dest="diverged_share", type=float, default=0.05,
+                    help="fast influence path: share of validation dialogues a unit's step changes (default 0.05)")
+    co.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, as harness run takes them")
+    co.set_defaults(fn=cmd_cost)
 
     v = sub.add_parser("validate", help="check a config, or a run's records (--run)",
                        description="check a config (every section, and trl's) without running it; with --run, "

@@ -216,13 +216,16 @@ class InfluenceConfig:
     step_optimizer: str = "adamw"  # the unit step: "adamw" (a fresh AdamW's first step, as the reference) or "sgd"
     micro_batch: int = 1  # pairs per forward and backward pass in a warm-up or unit step (gradients accumulate)
     # "fast": theta*'s validation dialogues checked as a draft of each unit's, only diverging ones
-    # decoded; "reference": every unit's decoded in full, as the reference code (the oracle).
+    # decoded; "reference": every unit's decoded in full, as the reference code (the oracle); "server":
+    # as "reference" with the dialogues answered by backend=openai's vLLM servers on each unit's adapter.
     path: str = "fast"
     # The fast path's diverging dialogues of this many units decode in one batch (one LoRA copy per unit).
     decode_units: int = 8
     # ...and guess up to this many tokens a decoding step from their own text (prompt lookup: SmolLM2's
     # agents copy their information and repeat each other), keeping those greedy decoding would pick.
     decode_lookahead: int = 8
+    max_loras: int = 8  # path=server: units whose adapters a server holds and answers at once (<= vllm's --max-loras)
+    adapter_dir: str | None = None  # path=server: where unit adapters are written for the servers; default /dev/shm
     beta: float | None = None  # DPO beta of the warm-up and unit steps; default: the task's recipe
 
 

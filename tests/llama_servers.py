@@ -75,6 +75,7 @@ class FaultProxy:
         self.outage: tuple[int, str] | None = None  # (forwarded requests, fault): fail from then on
         self.after_forward = None  # called once, right after the next request reaches the server
         self.seen: list[str] = []  # what happened to each request, in order
+        self.received: list[bytes] = []  # each request as it arrived (head and body), in the same order
         self._lock = threading.Lock()
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
@@ -91,12 +92,13 @@ class FaultProxy:
         with self._lock:
             self.outage = None if forwarded is None else (self.seen.count(FORWARD) + forwarded, fault)
 
-    def _next(self) -> str:
+    def _next(self, request: bytes) -> str:
         with self._lock:
             fault = self.faults.popleft() if self.faults else FORWARD
             if fault == FORWARD and self.outage and self.seen.count(FORWARD) >= self.outage[0]:
                 fault = self.outage[1]
             self.seen.append(fault)
+            self.received.append(request)
             return fault
 
     def _accept(self) -> None:
@@ -120,7 +122,7 @@ class FaultProxy:
         upstream = None
         try:
             while (request := _read_message(conn, inbound)) is not None:
-                fault = self._next()
+                fault = self._next(request)
                 if fault == DROP:
                     return
                 if fault in (HTTP_400, HTTP_500):

@@ -207,10 +207,10 @@ class OpenAIBackend(Backend):
                     failure = f"{type(e).__name__} ({e})" if str(e) else type(e).__name__
                     continue
             if response.status_code >= 500 or response.status_code in RETRIED_STATUS:
-                failure = f"HTTP {response.status_code} ({_detail(response)})"
+                failure = f"HTTP {response.status_code} ({error_detail(response)})"
                 continue
             if response.status_code >= 400:
-                raise HarnessError(f"{server.base_url}{path}: HTTP {response.status_code}: {_detail(response)}")
+                raise HarnessError(f"{server.base_url}{path}: HTTP {response.status_code}: {error_detail(response)}")
             try:
                 reply = response.json()
                 reply["choices"][0]
@@ -271,7 +271,7 @@ def load_tokenizer(name: str):
                            "name a catalogue model, directory or hub id with the served model's tokenizer") from None
 
 
-def _detail(response: httpx.Response) -> str:
+def error_detail(response: httpx.Response) -> str:
     """A server's error message, on one line."""
     try:
         body = response.json()

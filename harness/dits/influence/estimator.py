@@ -3,7 +3,7 @@
 Results are cached by (pairs, policy, validation questions, influence knobs, kind): gamma and alpha
 are not in the key, so gamma 0 and gamma 1 of one suite share one estimate. The validation
 dialogues are the roster's (`roster`, `speaker_models`: knobs too); frozen speakers need the
-reference path (the fast path's drafts record only the policy's turns).
+reference or server path (the fast path's drafts record only the policy's turns).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from harness.config import SelectConfig
 from harness.dits.influence.fast_path import FastPath
 from harness.dits.influence.record import Estimate, answer_mode, closing_turn
 from harness.dits.influence.reference_path import STEP_OPTIMIZERS, ReferencePath
+from harness.dits.influence.server_path import ServerPath
 from harness.errors import HarnessError
 from harness.mas.roster import task_and_roster
 
@@ -27,8 +28,12 @@ KNOBS = ("max_turns", "max_new_tokens", "context_mode", "seed", "dtype", "roster
 INFLUENCE_KNOBS = ("unit_size", "warmup_steps", "warmup_batch", "warmup_lr", "eta", "step_optimizer", "beta",
                    "eta_auto", "eta_target_share", "eta_calibration_units", "eta_auto_steps", "micro_batch", "path",
                    "decode_lookahead")
+# Not knobs: decode_units, max_loras and adapter_dir. The first two only group units (into one decoding
+# batch, into one batch of adapters on the servers) and each unit's F is still its own dialogues' on its
+# own weights; the third is where adapter files wait. A server's batch-dependent rounding could move an
+# F, but so could server.concurrency, and the servers are no part of any identity.
 
-PATHS = {path.name: path for path in (ReferencePath, FastPath)}
+PATHS = {path.name: path for path in (ReferencePath, FastPath, ServerPath)}
 
 
 def estimate(pairs: list[dict], cfg: SelectConfig, cache_dir: Path | None, kind: str = "metric") -> Estimate:
@@ -46,7 +51,7 @@ def estimate(pairs: list[dict], cfg: SelectConfig, cache_dir: Path | None, kind:
     if cached and cached.exists():
         return replace(Estimate(**json.loads(cached.read_text())), reused=True)
 
-    result = PATHS[path_for(cfg, pairs)](pairs, cfg, task, policy, validation).run(kind)
+    result = PATHS[path_for(cfg, pairs)](pairs, cfg, task, policy, validation, key=key).run(kind)
     if cached:
         with runs.atomic_file(cached) as tmp:
             runs.write_json(tmp, asdict(result))
@@ -75,10 +80,14 @@ def prepare(pairs: list[dict], cfg: SelectConfig):
         raise HarnessError(f"influence.eta must be positive (the unit step's learning rate), got {inf.eta}")
     if inf.path not in PATHS:
         raise HarnessError(f"influence.path must be one of {', '.join(PATHS)}, got {inf.path!r}")
-    if cfg.backend != "hf":
+    if inf.path == "server" and cfg.backend != "openai":
+        raise HarnessError(f"influence.path=server answers on the servers of backend=openai (vLLM with runtime LoRA "
+                           f"loading: docs/vllm-adapters.md), not backend={cfg.backend}")
+    if cfg.backend not in ("hf", "openai") or (cfg.backend == "openai" and inf.path != "server"):
         raise HarnessError(f"influence estimates run on the hf backend (the policy trains in process and the fast "
-                           f"path reuses its keys/values), not backend={cfg.backend}")
-    for knob, least in (("micro_batch", 1), ("decode_units", 1), ("decode_lookahead", 0)):
+                           f"path reuses its keys/values), or with influence.path=server on backend=openai; not "
+                           f"backend={cfg.backend} with influence.path={inf.path}")
+    for knob, least in (("micro_batch", 1), ("decode_units", 1), ("decode_lookahead", 0), ("max_loras", 1)):
         if getattr(inf, knob) < least:
             raise HarnessError(f"influence.{knob} must be at least {least}, got {getattr(inf, knob)}")
     if inf.eta_auto and not (0 < inf.eta_target_share <= 1 and inf.eta_calibration_units >= 1

@@ -100,10 +100,10 @@ class FastPath(ReferencePath):
 
     name = "fast"  # `influence.path` and `Estimate.path`
 
-    def __init__(self, pairs, cfg: SelectConfig, task, policy: str, validation):
+    def __init__(self, pairs, cfg: SelectConfig, task, policy: str, validation, key: str = ""):
         from peft.tuners.lora import LoraLayer
 
-        super().__init__(pairs, cfg, task, policy, validation)
+        super().__init__(pairs, cfg, task, policy, validation, key)
         # The checks run on a plain copy of the policy with the unit's LoRA weights merged in: no
         # adapter branch beside every linear layer (a tenth of a forward pass at r = 32).
         self.checker = models.load(policy, cfg.device, cfg.dtype)[0].requires_grad_(False)

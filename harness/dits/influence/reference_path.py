@@ -74,10 +74,12 @@ class ReferencePath:
 
     name = "reference"  # `influence.path` and `Estimate.path`
 
-    def __init__(self, pairs, cfg: SelectConfig, task, policy: str, validation):
+    def __init__(self, pairs, cfg: SelectConfig, task, policy: str, validation, key: str = ""):
+        """`key`: the estimate's cache key (`estimator.estimate`), which names what a path leaves
+        outside this process (the server path's adapters)."""
         from peft import LoraConfig, get_peft_model
 
-        self.pairs, self.cfg, self.task, self.validation = pairs, cfg, task, validation
+        self.pairs, self.cfg, self.task, self.validation, self.key = pairs, cfg, task, validation, key
         self.beta = cfg.influence.beta if cfg.influence.beta is not None else task.recipe.dpo_beta
         seed_everything(cfg.seed)  # the LoRA A matrices are drawn at random
         model, self.tokenizer, info = models.load(policy, cfg.device, cfg.dtype)
