@@ -308,9 +308,10 @@ def cmd_data_ls(args) -> int:
     records = inventory(Path(data_dir) if data_dir else None)
     print(tabulate([[r["task"], r["split"], "-" if r["rows"] is None else r["rows"], r["source"], r["problem"]]
                     for r in records], ["task", "split", "rows", "source", "problem"], tablefmt="github"))
-    bad = sorted({r["source"] for r in records if r["problem"]})
+    bad = {r["source"]: r["problem"] for r in records if r["problem"]}
     if bad:
-        raise HarnessError(f"schema problems in {len(bad)} file(s): {', '.join(bad)}")
+        raise HarnessError(f"schema problems in {len(bad)} file(s): "
+                           + "; ".join(f"{source}:{problem}" for source, problem in sorted(bad.items())))
     return 0
 
 

@@ -417,12 +417,45 @@ def _overrides(items: list[str] | dict | None, source: str) -> list[Setting]:
     return out
 
 
+# The values a key may take where not every value of its type makes sense, by its dotted name in a
+# section (`alpha` is the selection's fraction, `lora.alpha` LoRA's); checked for every value a preset,
+# a flag or an override gives, so a bad one stops the command before any work.
+RANGES = {
+    **dict.fromkeys(("alpha", "keep_fraction", "sft.keep_fraction", "top_p"), "(0, 1]"),
+    **dict.fromkeys(("warmup_ratio", "lora.dropout"), "[0, 1)"),
+    **dict.fromkeys(("sft.lr", "dpo.lr", "influence.eta", "influence.warmup_lr", "dpo.beta", "influence.beta"),
+                    "(0, inf)"),
+    **dict.fromkeys(("temperature", "rollout_temperature", "probe_temperature", "sft.temperature"), "[0, inf)"),
+    **dict.fromkeys(("max_new_tokens", "max_turns", "batch_size", "limit", "questions", "test_questions",
+                     "iterations", "lora.r", "influence.validation_size", "influence.unit_size",
+                     *(f"sft.{k}" for k in ("questions", "samples", "epochs", "batch_size", "grad_accum",
+                                            "max_seq_length")),
+                     *(f"dpo.{k}" for k in ("epochs", "batch_size", "grad_accum", "max_prompt_length"))), "[1, inf)"),
+    "probe_percentile": "[0, 100]",
+}
+
+
+def _check_range(name: str, value, source: str) -> None:
+    """One line for a value outside its key's range (`RANGES`); None (a default deferred) passes."""
+    interval = RANGES.get(name)
+    if interval is None or value is None:
+        return
+    low, high = (float(x) for x in interval[1:-1].split(","))
+    above = value > low if interval[0] == "(" else value >= low
+    below = value < high if interval[-1] == ")" else value <= high
+    if not (above and below):
+        wanted = ("positive" if interval == "(0, inf)" else f"at least {low:g}" if high == float("inf")
+                  else f"in {interval}")
+        raise HarnessError(f"{source}: {name} must be {wanted}, got {value!r}")
+
+
 def compose(cls, settings: list[Setting]):
     """Section `cls` from its defaults and every setting that reaches it, lowest rank first."""
     values: dict[tuple[str, ...], object] = {}
     for s in sorted(settings, key=lambda s: s.rank):
         for path, owner in targets(s, cls):
             values[path] = _coerce(owner, path[-1], s.value, s.source, ".".join(path))
+            _check_range(".".join(path), values[path], s.source)
     top = {path[0]: value for path, value in values.items() if len(path) == 1}
     for f in fields(cls):  # a nested section: its default with the values set in it
         inner = {path[1]: value for path, value in values.items() if len(path) == 2 and path[0] == f.name}
@@ -453,13 +486,15 @@ def _read_yaml(file: str) -> tuple[dict, Path]:
     if not path.is_file() and (CONFIGS / f"{file}.yaml").is_file():
         path = CONFIGS / f"{file}.yaml"
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         if path.suffix or len(path.parts) > 1:  # meant as a file
             raise HarnessError(f"{file}: config file not found") from None
         raise HarnessError(f"unknown preset or config file {file!r}; presets: {', '.join(presets())}") from None
     except yaml.YAMLError as e:
         raise HarnessError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    except UnicodeDecodeError as e:
+        raise HarnessError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})") from None
     if not isinstance(data, dict):
         raise HarnessError(f"{path}: expected a mapping of config keys")
     return data, path

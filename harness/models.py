@@ -107,6 +107,15 @@ def resolve(name: str) -> Path:
     return target
 
 
+def check_safetensors(model_dir: Path) -> None:
+    """Refuses a model directory whose weights are not safetensors: a pickled `.bin` can run code
+    when unpickled, so the harness never loads one."""
+    if not any(Path(model_dir).glob("*.safetensors")):
+        found = sorted(p.name for p in Path(model_dir).glob("*.bin")) or ["no weight files"]
+        raise HarnessError(f"{model_dir}: no *.safetensors weights ({', '.join(found)}); the harness loads "
+                           "safetensors only (convert pickled .bin weights with save_pretrained where you trust them)")
+
+
 def weights_hash(model_dir: Path) -> str:
     """sha256 over the weight files: what a run record names as the policy's identity."""
     recorded = model_dir / "harness_model.json"
@@ -175,11 +184,14 @@ def load(name: str, device: str = "cpu", dtype: str = "float32"):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve(name)
+    check_safetensors(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.chat_template is None:
         raise HarnessError(f"{path}: the tokenizer has no chat template; the agents need one")
     with quiet_bars():
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(device).eval()
+        # safetensors only and no code from the model directory: loading weights never runs them
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), use_safetensors=True,
+                                                     trust_remote_code=False).to(device).eval()
     return model, tokenizer, {"name": name, "path": str(path), "sha256": weights_hash(path)}
 
 

@@ -57,6 +57,16 @@ def git_sha() -> str | None:
     return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
+def inside(root: Path, relative: str | os.PathLike) -> Path:
+    """`root / relative`, refused in one line where `relative` is absolute or leads out of `root`
+    (`..`, a link): a path read from a record, a manifest or a data row names a file under its own
+    root, never one elsewhere."""
+    rel = Path(relative)
+    if rel.is_absolute() or not (Path(root).resolve() / rel).resolve().is_relative_to(Path(root).resolve()):
+        raise HarnessError(f"{root}: {str(relative)!r} leads outside it (a record names files under its own root only)")
+    return Path(root) / rel
+
+
 def write_json(path: Path, data) -> None:
     write_text(path, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
 
@@ -100,36 +110,77 @@ def _rename_durably(tmp: Path, final: Path) -> None:
     _sync(final.parent)  # the rename itself survives a crash only once its folder is synced
 
 
+class Unwritable(HarnessError):
+    """A file or folder the harness could not write (a read-only folder, a full disk, a file where
+    a folder should be)."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"{path}: cannot write it ({reason})")
+        self.path, self.reason = Path(path), reason
+
+
+@contextmanager
+def unwritable(final: Path):
+    """An OS error while writing `final` as one line naming it; what was half-written is removed by
+    the caller's cleanup."""
+    try:
+        yield
+    except OSError as e:
+        raise Unwritable(final, e.strerror or str(e)) from None
+
+
 @contextmanager
 def atomic_file(final: Path):
     """Yield a temporary path beside `final`; on success it is synced and replaces `final` (the
     rename synced too), on failure it is removed."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary_name(final)
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-    try:
-        yield tmp
-        _sync(tmp)
-        _rename_durably(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with unwritable(final):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _temporary_name(final)
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        try:
+            yield tmp
+            _sync(tmp)
+            _rename_durably(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 @contextmanager
 def run_directory(final: Path):
     """Yield a temporary directory; on success everything in it is synced and it replaces `final`,
-    on failure it is removed."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary_name(final)
-    tmp.mkdir()
+    on failure it is removed (with a folder it created for it)."""
+    created = _missing_parents(final)
     try:
-        yield tmp
-        _sync_tree(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        _rename_durably(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with unwritable(final):
+            final.parent.mkdir(parents=True, exist_ok=True)
+            tmp = _temporary_name(final)
+            tmp.mkdir()
+        try:
+            try:
+                yield tmp
+            except Unwritable as e:  # named where it was going, not by the temporary folder, now gone
+                if not e.path.is_relative_to(tmp):
+                    raise
+                raise Unwritable(final / e.path.relative_to(tmp), e.reason) from None
+            with unwritable(final):
+                _sync_tree(tmp)
+                if final.exists():
+                    shutil.rmtree(final)
+                _rename_durably(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        for folder in created:  # deepest first; only if still empty
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
+
+
+def _missing_parents(final: Path) -> list[Path]:
+    """The folders above `final` that do not exist yet, deepest first."""
+    return [p for p in final.absolute().parents if not p.exists()]
 
 
 @contextmanager
@@ -137,19 +188,21 @@ def resumable_directory(final: Path, resume: bool):
     """Yield the partial directory of a long run; on success it is synced and replaces `final`. On
     failure it stays, so `resume=True` continues from what it holds; without it, a stale one is cleared."""
     partial = final.parent / f".{final.name}.partial"
-    if partial.exists() and not resume:
-        shutil.rmtree(partial)
-    partial.mkdir(parents=True, exist_ok=True)
+    with unwritable(final):
+        if partial.exists() and not resume:
+            shutil.rmtree(partial)
+        partial.mkdir(parents=True, exist_ok=True)
     yield partial
-    _sync_tree(partial)
-    if final.exists():
-        shutil.rmtree(final)
-    _rename_durably(partial, final)
+    with unwritable(final):
+        _sync_tree(partial)
+        if final.exists():
+            shutil.rmtree(final)
+        _rename_durably(partial, final)
 
 
 def append_jsonl(path: Path, rows) -> None:
     """Append whole lines and flush them to disk: what a killed run leaves is complete up to a line."""
-    with open(path, "a", encoding="utf-8") as f:
+    with unwritable(path), open(path, "a", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
         f.flush()
@@ -174,8 +227,17 @@ def read_complete_jsonl(path: Path) -> list[dict]:
 def read_jsonl(path: Path) -> list[tuple[int, dict]]:
     """Rows with their 1-based line numbers; a bad line is one `file:line: reason` error."""
     out = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, start=1):
+    try:
+        f = open(path, "rb")  # decoded line by line, so a byte that is not UTF-8 is named by its line
+    except OSError as e:
+        raise HarnessError(f"{path}: cannot read it ({e.strerror})") from None
+    with f:
+        for i, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise HarnessError(f"{path}:{i}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1})") \
+                    from None
             if not line.strip():
                 continue
             try:

@@ -421,6 +421,6 @@ def test_a_failed_export_leaves_nothing(smollm2, tmp_path, monkeypatch):
 
     monkeypatch.setattr(gguf_export, "_weights", broken)
     (tmp_path / "old.gguf").write_text("previous")
-    with pytest.raises(OSError, match="disk on fire"):
+    with pytest.raises(HarnessError, match=r"old.gguf: cannot write it \(disk on fire\)"):
         gguf_export.export_gguf(smollm2[0], tmp_path / "old.gguf")
     assert [p.name for p in tmp_path.iterdir()] == ["old.gguf"] and (tmp_path / "old.gguf").read_text() == "previous"

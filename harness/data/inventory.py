@@ -7,11 +7,13 @@ from pathlib import Path
 
 from harness.errors import HarnessError
 from harness.tasks import TASKS, get_task
-from harness.tasks.base import SPLITS
+from harness.tasks.base import SPLITS, check_data_dir
 
 
 def inventory(data_dir: Path | None) -> list[dict]:
     """One record a task and split: `rows` (None when not here), `source`, `problem`."""
+    if data_dir is not None:
+        check_data_dir(data_dir)
     out = []
     for name in TASKS:
         task = get_task(name)

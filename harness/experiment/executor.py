@@ -55,10 +55,7 @@ def _start(plan: Plan, pools: dict, resume: bool) -> None:
         return
     if not resume:
         raise HarnessError(f"{plan.run_dir} exists; --resume continues it (or remove it)")
-    recorded = json.loads(spec_path.read_text())
-    if not spec.versioned(recorded):
-        raise HarnessError(f"{plan.run_dir}: written by an older harness (no schema_version in {spec.FILE}): "
-                           "reports read it, but it is not resumed; start the run in another directory (--out)")
+    recorded = spec.read_resumable(spec_path)
     changed = _changed(recorded["config"], configs)
     if changed:
         raise HarnessError(f"{plan.run_dir}: the config changed since the run started ({', '.join(changed)}); "

@@ -86,19 +86,7 @@ def make_plan(file: str | None, overrides: list[str] | None = None, **flags) -> 
     select = dataclasses.replace(select, gamma=select.gamma if run.gamma is None else run.gamma,
                                  alpha=select.alpha if run.alpha is None else run.alpha)
     evalc = section(EvalConfig, model=run.model, split="test", limit=run.test_questions, temperature=0.0)
-    for key, value in (("iterations", run.iterations), *((f"sft.{k}", getattr(run.sft, k)) for k in (
-            "questions", "samples", "epochs", "batch_size", "grad_accum", "max_seq_length")),
-            *((f"dpo.{k}", getattr(run.dpo, k)) for k in ("batch_size", "grad_accum", "max_prompt_length"))):
-        if value < 1:
-            raise HarnessError(f"{key} must be at least 1, got {value}")
-    for key, value in (("sft.lr", run.sft.lr), ("dpo.lr", run.dpo.lr)):
-        if not value > 0:
-            raise HarnessError(f"{key} must be positive, got {value}")
-    if not 0 <= run.warmup_ratio < 1:
-        raise HarnessError(f"warmup_ratio must be in [0, 1), got {run.warmup_ratio}")
-    if not 0 < run.sft.keep_fraction <= 1:
-        raise HarnessError(f"sft.keep_fraction must be in (0, 1], got {run.sft.keep_fraction}")
-    models.check(run.model)
+    models.check(run.model)  # every value's range was checked as the sections were composed (config.RANGES)
     BACKENDS.get(run.backend)
     METRICS.get(run.metric or get_task(run.task, context_mode=run.context_mode).metric)
     launch.check(run)

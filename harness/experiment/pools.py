@@ -43,8 +43,11 @@ def check_pools(plan: Plan) -> dict:
              for it, by_name in enumerate(ranges) for name, (lo, hi) in by_name.items()}
     if SELECTORS.get(select.selector).influence:
         influence = select.influence
-        pools["influence_validation"] = task.load(influence.val_split, run.data_dir, influence.validation_size,
-                                                  run.online)
+        validation = task.load(influence.val_split, run.data_dir, influence.validation_size, run.online)
+        if len(validation) < influence.validation_size:
+            raise HarnessError(f"{run.task}/{influence.val_split} has {len(validation)} questions; "
+                               f"influence.validation_size is {influence.validation_size}: lower it, or use more data")
+        pools["influence_validation"] = validation
     pools["test"] = task.load("test", run.data_dir, run.test_questions, run.online)
     for name, pool in pools.items():
         if not pool:

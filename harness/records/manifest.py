@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from harness import runs
+from harness.errors import HarnessError
 from harness.records import schemas
 
 FILE = "manifest.json"
@@ -62,7 +63,11 @@ def problems(directory: Path, hashes: bool = True) -> list[str]:
         return broken
     out = []
     for rel, want in doc["files"].items():
-        file = directory / rel
+        try:
+            file = runs.inside(directory, rel)
+        except HarnessError as e:
+            out.append(str(e))
+            continue
         if not file.is_file():
             out.append(f"{rel} is missing")
         elif file.stat().st_size != want["size"]:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from harness import runs
+from harness.errors import HarnessError
 from harness.records import schemas
 
 FILE = "run_spec.json"
@@ -43,8 +44,29 @@ def versioned(spec: dict) -> bool:
     return "schema_version" in spec
 
 
+def read_resumable(path: Path) -> dict:
+    """The run spec at `path`, refused in one line unless this harness can resume it: valid JSON, of
+    this schema version, holding its schema."""
+    path = Path(path)
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise HarnessError(f"{path}: not a readable run record ({e}); it is not resumed: start the run in "
+                           "another directory (--out)") from None
+    if not isinstance(recorded, dict) or not versioned(recorded):
+        raise HarnessError(f"{path.parent}: written by an older harness (no schema_version in {path.name}): "
+                           "reports read it, but it is not resumed; start the run in another directory (--out)")
+    if recorded["schema_version"] != SCHEMA_VERSION:
+        raise HarnessError(f"{path}: schema_version {recorded['schema_version']!r}, and this harness resumes "
+                           f"version {SCHEMA_VERSION} only; start the run in another directory (--out)")
+    schemas.check(recorded, "run_spec", path)
+    return recorded
+
+
 def relocate(spec: dict, run_dir: Path, recorded: str) -> Path:
     """A path a run recorded, under the suite directory where the run is now (a published or copied
     suite keeps its layout, not its absolute paths)."""
     root = Path(spec["shared_stages"]).parent.parent
-    return Path(run_dir).parent / Path(recorded).relative_to(root)
+    if not Path(recorded).is_relative_to(root):
+        raise HarnessError(f"{Path(run_dir) / FILE}: names {recorded!r}, outside its suite folder {root}")
+    return runs.inside(Path(run_dir).parent, Path(recorded).relative_to(root))

@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar, Iterable, Sequence
 
@@ -28,6 +28,10 @@ SPLITS = ("train", "validation", "test")
 SETTINGS = ("information_exchange", "debate", "web")
 CONTEXT_MODES = ("paragraph", "first_sentence")
 ANSWER_MODES = ("generate", "choice")
+# About 50,000 tokens: six times the context of the models the presets run (SmolLM2 and Llama-3-8B,
+# 8,192 tokens), so no real row comes near it, while a row over it would only exhaust the memory of
+# the first forward pass.
+MAX_QUESTION_CHARS = 200_000
 _WARNED_SAMPLES: set[str] = set()  # tasks whose sample warning was given: every stage loads data
 
 
@@ -48,6 +52,14 @@ class Question:
     def __post_init__(self):
         if self.options and not self.continuations:
             object.__setattr__(self, "continuations", tuple(f" {o}" for o in self.options))
+
+
+def check_data_dir(data_dir: Path) -> None:
+    """Refuses a data directory that is not there, or is a file."""
+    if data_dir.is_file():
+        raise HarnessError(f"{data_dir}: a file, not a data directory (a folder of TASK/SPLIT.jsonl files)")
+    if not data_dir.is_dir():
+        raise HarnessError(f"{data_dir}: data directory not found")
 
 
 class RowError(ValueError):
@@ -168,19 +180,34 @@ class Task:
         return None, ""
 
     def parse(self, rows: list[tuple[Any, int, dict]], split: str) -> list[Question]:
-        """Questions from `(source, line, row)` triples; a row that breaks the schema is one
-        `source:line: reason` error."""
-        questions = []
+        """Questions from `(source, line, row)` triples; a row that breaks the schema, repeats an
+        earlier row's id or holds more text than any model can read is one `source:line: reason` error."""
+        questions, seen = [], {}
         for source, line, row in rows:
             try:
-                questions.append(self.to_question(row, split))
+                question = self.to_question(row, split)
             except RowError as e:
                 raise HarnessError(f"{source}:{line}: {e}") from None
+            except (TypeError, AttributeError, KeyError, IndexError, ValueError) as e:
+                # a field of the wrong type (a number where the schema has a list) breaks the parser
+                raise HarnessError(f"{source}:{line}: a field has the wrong type ({type(e).__name__}: {e})") from None
+            if question.id in seen:
+                if question.id != row_hash(row):
+                    raise HarnessError(f"{source}:{line}: id {question.id!r} repeats line {seen[question.id]} "
+                                       "(run records key their items by id)")
+                # a dataset without ids may hold a row twice (MMLU's auxiliary_train does): the copy
+                # gets its own id, so per-item records stay one an item
+                question = replace(question, id=f"{question.id}-{line}")
+            seen[question.id] = line
+            size = len(question.question) + sum(len(text) for slot in question.contexts for text in slot)
+            if size > MAX_QUESTION_CHARS:
+                raise HarnessError(f"{source}:{line}: {size:,} characters of question and context, over the "
+                                   f"{MAX_QUESTION_CHARS:,} any model the harness runs can read")
+            questions.append(question)
         return questions
 
     def _read_local(self, data_dir: Path, split: str) -> list[tuple[Any, int, dict]]:
-        if not data_dir.is_dir():
-            raise HarnessError(f"{data_dir}: data directory not found")
+        check_data_dir(data_dir)
         if not (data_dir / self.name).is_dir():
             have = sorted(p.name for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
             raise HarnessError(f"{data_dir / self.name}: no {self.name} folder in this data directory "
@@ -190,7 +217,10 @@ class Task:
             have = sorted(p.stem for p in (data_dir / self.name).glob("*.jsonl"))
             raise HarnessError(f"{path}: not found (this data directory has {self.name} splits: "
                                f"{', '.join(have) or 'none'})")
-        return [(path, i, r) for i, r in read_jsonl(path)]
+        rows = [(path, i, r) for i, r in read_jsonl(path)]
+        if not rows:
+            raise HarnessError(f"{path}: no rows (an empty {split} split)")
+        return rows
 
     def read_hub(self, split: str, source: dict | None = None,
                  limit: int | None = None) -> list[tuple[Any, int, dict]]:

@@ -35,6 +35,9 @@ class CBT(Task):
     def to_question(self, row: dict, split: str) -> Question:
         require(row, "sentences", "question", "answer", "options")
         sentences, options = row["sentences"], row["options"]
+        for key, value in (("sentences", sentences), ("options", options)):
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise RowError(f"{key} must be a list of strings, got {type(value).__name__}")
         if row["answer"] not in options:
             raise RowError(f"answer {row['answer']!r} is not among the options")
         return Question(
