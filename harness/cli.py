@@ -176,6 +176,15 @@ def cmd_analyze_influence(args) -> int:
     write(result, out)
     print(tabulate([[name, "-" if rho is None else f"{rho:+.3f}"] for name, rho in result["spearman"].items()],
                    ["estimate", f"Spearman with the true gain ({result['units']} units)"], tablefmt="github"))
+    audit = result["screen_audit"]
+
+    def rho(value):
+        return "-" if value is None else f"{value:+.3f}"
+
+    print(f"screen against metric influence: Spearman {rho(audit['spearman_with_metric_influence'])}, "
+          f"top-{audit['alpha']:g} overlap {audit['top_alpha_overlap']:.2f}; metric influence's split-half "
+          f"{rho(audit['metric_influence_split_half'])}; {audit['screen_seconds']:.0f} s against "
+          f"{audit['metric_influence_seconds']:.0f} s")
     print(f"analysis: {out}")
     return 0
 

@@ -129,6 +129,11 @@ class SynthConfig(RuntimeConfig):
     dpo_min_gap: float = 0.2  # chosen Q - rejected Q must exceed it
     keep_fraction: float = 0.5  # per tree, the pairs with the best chosen Q
     reward_model: str | None = None  # frozen scorer of the loss term; default: the policy model
+    # DITS's influence-oriented expansion: select by softmax over Q + w * minmax(I), I a node's pair's
+    # estimate by the influence screen (harness.screen); 0 is Optima's search (README, "Synthesis")
+    influence_weight: float = 0.0
+    influence_val_split: str = "validation"  # the screen's validation questions: disjoint from the trees'
+    influence_validation_size: int = 20
 
 
 @dataclass

@@ -188,7 +188,7 @@ def test_analyze_influence_ranks_estimates_against_the_true_gain(pairs_file, tmp
 def test_response_logps_scores_only_the_responses_of_a_padded_batch():
     import torch
 
-    from harness.dits.dpo import EncodedPair, response_logps
+    from harness.screen.dpo import EncodedPair, response_logps
 
     model, tokenizer, _ = models.load("tiny-fitted")
     pairs = [EncodedPair([5, 6, 7, 8], [9, 10], [11, 12, 13]), EncodedPair([5, 6], [9, 10, 14, 15], [11])]
@@ -203,7 +203,7 @@ def test_shared_prompt_logps_equal_the_padded_batchs_with_their_gradient():
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from harness.dits.dpo import EncodedPair, response_logps, shared_prompt_logps
+    from harness.screen.dpo import EncodedPair, response_logps, shared_prompt_logps
 
     model, tokenizer, _ = models.load("tiny-fitted")
     torch.manual_seed(0)

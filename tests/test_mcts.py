@@ -1,4 +1,5 @@
-"""The tree search's pure parts on hand-built trees: distances, merge, backup, selection, pairs."""
+"""The tree search's pure parts on hand-built trees: distances, merge, backup, selection (with and
+without influence estimates), pairs, the estimates' refresh."""
 
 import random
 
@@ -6,7 +7,8 @@ import pytest
 
 from harness.mas.dialogue import Utterance
 from harness.mas.roster import INFORMATION_EXCHANGE
-from harness.synth.mcts import Tree, merge_distance, select_distance
+from harness.synth.guidance import refresh_estimates
+from harness.synth.mcts import Estimate, Tree, merge_distance, minmax, select_distance, softmax
 from harness.synth.pairs import PairRule, extract_pairs
 from harness.tasks.base import Question
 
@@ -84,15 +86,7 @@ def test_selection_drops_nodes_near_a_selected_one_and_falls_back_to_the_root():
 
 def test_selection_samples_the_top_k_by_softmax_over_q_and_is_seeded():
     def pick(seed, top_k):
-        t = tree(seed)
-        ids = []
-        for i, q in enumerate([0.9, 0.1, -0.5]):
-            n = grow(t, 0, "Alice", f"Alice: branch {'xyz'[i] * 20}")
-            child = grow(t, n, "Bob", f"Bob: reply {'uvw'[i] * 20}")
-            grow(t, child, "Alice", "Alice: leaf")
-            t.nodes[n].q = q
-            ids.append(n)
-        t.selected = [0]
+        t, ids = branches([0.9, 0.1, -0.5], seed)
         return t.select(0.25, top_k), ids
 
     choices = [pick(seed, 10)[0].id for seed in range(400)]
@@ -167,3 +161,124 @@ def test_tree_records_round_trip():
     again = Tree.from_record(t.to_record(), QUESTION, INFORMATION_EXCHANGE, SYSTEMS)
     assert again.to_record() == t.to_record()
     assert extract_pairs(again, PairRule(0.4, 0.2)) == extract_pairs(t, PairRule(0.4, 0.2))
+
+
+# -- influence-guided selection ---------------------------------------------------------------
+
+def branches(qs, seed=0):
+    """The root (already selected) with one expandable branch per Q; returns the tree and the branches' ids."""
+    t = tree(seed)
+    ids = []
+    for i, q in enumerate(qs):
+        n = grow(t, 0, "Alice", f"Alice: branch {'xyzk'[i] * 20}")
+        child = grow(t, n, "Bob", f"Bob: reply {'uvwl'[i] * 20}")
+        grow(t, child, "Alice", "Alice: leaf")
+        t.nodes[n].q = q
+        ids.append(n)
+    t.selected = [0]
+    return t, ids
+
+
+def inject(t, ids, estimates):
+    for n, value in zip(ids, estimates):
+        if value is not None:
+            t.estimates[n] = Estimate(0, 0, value)
+
+
+@pytest.mark.parametrize("seed", range(20))
+@pytest.mark.parametrize("top_k", [1, 2, 10])
+def test_weight_zero_is_optimas_ranking_and_draws(seed, top_k):
+    # Estimates are present and would change the choice if they counted; weight 0 ignores them.
+    qs = [0.2, 0.9, -0.1, 0.5]
+    t, ids = branches(qs, seed)
+    inject(t, ids, [5.0, -3.0, 9.0, 0.0])
+    rng = random.Random(seed)
+    top = sorted(ids, key=lambda i: -qs[ids.index(i)])[:top_k]  # Optima's rule, stated independently
+    expected = rng.choices(top, weights=softmax([qs[ids.index(i)] for i in top]))[0]
+    assert t.select(0.25, top_k, influence_weight=0.0).id == expected
+    assert t.rng.getstate() == rng.getstate()  # the same draws, no extra one
+
+
+@pytest.mark.parametrize("qs, estimates, weight, expected", [
+    ([0.5, 0.4, 0.3], [0.0, 0.0, 1.0], 1.0, 2),  # values 0.5, 0.4, 1.3: the high-I node
+    ([0.5, 0.4, 0.3], [0.0, 0.0, 1.0], 0.1, 0),  # values 0.5, 0.4, 0.4: Q still decides
+    ([0.5, 0.4, 0.3], [-2.0, 8.0, 3.0], 1.0, 1),  # minmax: 0, 1, 0.5 -> 0.5, 1.4, 0.8
+    ([0.5, 0.4, 0.3], [0.7, 0.7, 0.7], 5.0, 0),  # equal estimates normalise to 0: Q decides
+    ([0.5, 0.4, 0.3], [None, None, None], 5.0, 0),  # no estimates: the root's 0 everywhere
+])
+def test_weighted_selection_adds_normalised_influence_to_q(qs, estimates, weight, expected):
+    t, ids = branches(qs)
+    inject(t, ids, estimates)
+    assert t.select(0.25, 1, influence_weight=weight).id == ids[expected]
+
+
+def test_weighted_selection_samples_by_softmax_over_the_combined_value():
+    t, ids = branches([0.5, 0.4, 0.3])
+    inject(t, ids, [-2.0, 8.0, 3.0])
+    assert t.values(t.expandable()[1:], 1.0) == pytest.approx([0.5, 1.4, 0.8])
+    counts = [0, 0, 0]
+    for seed in range(400):
+        t.rng, t.selected = random.Random(seed), [0]
+        counts[ids.index(t.select(0.25, 10, influence_weight=1.0).id)] += 1
+    assert abs(counts[1] / 400 - softmax([0.5, 1.4, 0.8])[1]) < 0.08  # 0.51
+
+
+@pytest.mark.parametrize("values, expected", [
+    ([1.0, 3.0, 2.0], [0.0, 1.0, 0.5]),
+    ([2.0, 2.0, 2.0], [0.0, 0.0, 0.0]),
+    ([-1.0], [0.0]),
+])
+def test_minmax(values, expected):
+    assert minmax(values) == pytest.approx(expected)
+
+
+def test_a_node_without_an_estimate_takes_its_nearest_ancestors():
+    t, a, b, x = chain_tree()
+    assert t.influence(t.nodes[b]) == 0.0  # no estimate anywhere: neutral
+    t.estimates[0] = Estimate(a, x, 0.3)
+    assert [t.influence(t.nodes[i]) for i in (0, a, b, x)] == [0.3] * 4
+    t.estimates[a] = Estimate(b, b, -0.2)
+    assert [t.influence(t.nodes[i]) for i in (0, a, b, x)] == [0.3, -0.2, -0.2, 0.3]
+
+
+class LengthGap:
+    """A deterministic `node_influence` for testing the refresh's bookkeeping: a test input, not a stand-in
+    for the influence screen. A pair's value is its chosen utterance's length minus its rejected's; every
+    call's pairs are kept."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, pairs):
+        self.calls.append(pairs)
+        return [len(p["chosen"]) - len(p["rejected"]) for p in pairs]
+
+
+def test_estimates_are_requested_in_one_call_for_all_trees_and_only_when_a_pair_changes():
+    t1, kids, deeper = pair_tree([0.9, 0.3], [0.8, 0.1])
+    t2, kids2, _ = pair_tree([0.2, 0.6])
+    screen = LengthGap()
+    assert refresh_estimates([t1, t2], screen) == 3 and len(screen.calls) == 1
+    # The pairs are the ones extract_pairs builds at those nodes (prompt, chosen, rejected).
+    built = [p for t in (t1, t2) for p in extract_pairs(t, PairRule(-10.0, -10.0, keep_fraction=1.0))]
+    assert sorted(screen.calls[0], key=str) == sorted(
+        ({k: p[k] for k in ("prompt", "chosen", "rejected")} for p in built), key=str)
+    assert t1.estimates[0] == Estimate(kids[0], kids[1], len(t1.nodes[kids[0]].text) - len(t1.nodes[kids[1]].text))
+    assert t2.estimates[0].chosen == kids2[1]
+
+    assert refresh_estimates([t1, t2], screen) == 0 and len(screen.calls) == 1  # nothing changed
+    t1.nodes[deeper[1]].q = 0.95  # a backup made the worst grandchild the best
+    assert refresh_estimates([t1, t2], screen) == 1
+    assert (t1.estimates[kids[0]].chosen, t1.estimates[kids[0]].rejected) == (deeper[1], deeper[0])
+    for d in deeper:  # tied children make no pair: the node falls back to its parent's estimate
+        t1.nodes[d].q = 0.5
+    assert refresh_estimates([t1, t2], screen) == 0
+    assert kids[0] not in t1.estimates and t1.influence(t1.nodes[kids[0]]) == t1.estimates[0].value
+
+
+def test_estimates_round_trip_and_optimas_records_have_none():
+    t, kids, deeper = pair_tree([0.9, 0.3], [0.8, 0.1])
+    assert "estimates" not in t.to_record()
+    refresh_estimates([t], LengthGap())
+    again = Tree.from_record(t.to_record(), QUESTION, INFORMATION_EXCHANGE, SYSTEMS)
+    assert again.estimates == t.estimates and again.to_record() == t.to_record()

@@ -73,11 +73,48 @@ def test_resume_after_a_kill_regrows_the_same_trees(synth_run, tmp_path):
     assert not partial.exists()
 
 
+def second_batch(synth_run, tmp_path, *knobs):
+    """A run that starts from `synth_run`'s probe and first batch of trees and grows the second batch
+    with `knobs` (fast: half the search)."""
+    out = tmp_path / "run"
+    partial = tmp_path / ".run.partial"
+    partial.mkdir()
+    shutil.copy(synth_run / "probe.json", partial / "probe.json")
+    lines = (synth_run / "trees.jsonl").read_text().splitlines(keepends=True)
+    (partial / "trees.jsonl").write_text("".join(lines[:2]))
+    assert main([*ARGS, "--out", str(out), "trees_per_batch=2", KEEP, *knobs, "--resume"]) == 0
+    assert json.loads((out / "cost.json").read_text())["resumed_trees"] == 2
+    return out
+
+
+def test_influence_weight_zero_grows_optimas_trees(synth_run, tmp_path):
+    # The knob at 0 is Optima's search: the same trees, draws and pairs as the run that never set it.
+    out = second_batch(synth_run, tmp_path, "influence_weight=0")
+    def grown(run):  # the trees without their batch's cost (seconds differ between runs)
+        return [json.dumps({k: v for k, v in t.items() if k != "batch_cost"}) for t in read_jsonl(run / "trees.jsonl")]
+
+    assert grown(out) == grown(synth_run)
+    assert (out / "pairs.jsonl").read_bytes() == (synth_run / "pairs.jsonl").read_bytes()
+    assert json.loads((out / "run_spec.json").read_text())["config"]["influence_weight"] == 0
+
+
+def test_influence_weight_guides_the_search_with_the_screens_estimates(synth_run, tmp_path):
+    # w > 0: before each selection the screen scores the pairs the nodes' children make, on the
+    # policy against validation questions; the grown trees keep the estimates and the cost counts them.
+    out = second_batch(synth_run, tmp_path, "influence_weight=1", "influence_validation_size=2")
+    grown = read_jsonl(out / "trees.jsonl")[2:]
+    estimates = [e for t in grown for e in t.get("estimates", [])]
+    assert estimates and all(np.isfinite(e["value"]) for e in estimates)
+    assert grown[0]["batch_cost"]["node_estimates"] >= len(estimates)  # the batch's requests, refreshes included
+    assert len({e["value"] for e in estimates}) > 1  # the screen tells pairs apart
+
+
 @pytest.mark.parametrize("args, message", [
     (["--task", "webwalker"], "web environment"),
     (["--task", "hotpotqa", "--questions", "30"], "no questions left after the trees' for the probe"),
     (["--task", "hotpotqa", "question_offset=99"], "none at offset 99"),
     (["--task", "hotpotqa", "keep_fraction=0"], "keep_fraction must be in (0, 1]"),
+    (["--task", "hotpotqa", "influence_weight=-1"], "influence_weight must be at least 0"),
 ])
 def test_bad_input_exits_2_with_one_line(args, message, tmp_path, capsys):
     out = tmp_path / "run"

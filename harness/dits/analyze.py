@@ -6,23 +6,29 @@ and the unit's mean Q; against the true gain: `steps` optimizer steps on the uni
 held-out evaluation questions (disjoint from the validation ones and the pairs'), minus F at theta*.
 Spearman's rank correlation of each estimate with the true gain, and a scatter plot per estimate
 (the paper's Figure 2a question: does the estimate rank units the way training on them pays?).
+
+The first-order screen (`harness.screen`) is audited against the exact metric influence on the same
+units and theta*: their Spearman and top-alpha overlap, beside the exact influence's own split-half
+reliability (how well it agrees with itself, which bounds how well anything can agree with it).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import sys
+import time
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from harness import runs
 from harness.config import SelectConfig
-from harness.dits.influence import ReferencePath, make_units, prepare
-from harness.dits.scoring import influence, spearman
+from harness.dits.influence import ReferencePath, answer_mode, make_units, prepare
+from harness.dits.scoring import influence, spearman, split_half, top_overlap
 from harness.errors import HarnessError
+from harness.screen.first_order import InfluenceScreen
 
-ESTIMATES = ("metric_influence", "loss_influence", "q")
+ESTIMATES = ("metric_influence", "loss_influence", "q", "screen")
 
 
 def analyze(pairs: list[dict], cfg: SelectConfig, units: int, steps: int, eval_split: str,
@@ -43,15 +49,23 @@ def analyze(pairs: list[dict], cfg: SelectConfig, units: int, steps: int, eval_s
     theta_star = path.warm_up()
     at_theta_star = path.dialogues()
     f_before, answers_before, items_before = path.score(at_theta_star)
+    all_units = make_units(len(pairs), cfg.influence.unit_size, cfg.seed)
+    started = time.perf_counter()
+    screen = InfluenceScreen(path.model, path.tokenizer, at_theta_star, answer_mode(pairs),
+                             cfg.influence.step_optimizer, path.beta, cfg.influence.micro_batch)
+    screened = screen.score_units(pairs, all_units[:units])
+    screen_seconds = time.perf_counter() - started
     probe = path.loss_probe(theta_star, at_theta_star)
     g_before = path.validate(evaluation)[0]
-    all_units = make_units(len(pairs), cfg.influence.unit_size, cfg.seed)
     eta = (path.calibrate(theta_star, all_units, answers_before, items_before)[0] if cfg.influence.eta_auto
            else cfg.influence.eta)
-    rows = []
-    for unit in tqdm(all_units[:units], desc="influence against gain", unit="unit", file=sys.stderr,
-                     dynamic_ncols=True):
-        f = path.unit_step(theta_star, unit, eta, answers_before)[0]
+    rows, items_after, exact_seconds = [], [], 0.0
+    for unit, screen_value in tqdm(zip(all_units[:units], screened), total=len(screened),
+                                   desc="influence against gain", unit="unit", file=sys.stderr, dynamic_ncols=True):
+        started = time.perf_counter()
+        f, _, items = path.unit_step(theta_star, unit, eta, answers_before)
+        exact_seconds += time.perf_counter() - started
+        items_after.append(items)
         loss = path.loss_step(theta_star, unit, eta, probe)
         path.restore(theta_star)
         optimizer = path.unit_optimizer(eta)
@@ -61,12 +75,20 @@ def analyze(pairs: list[dict], cfg: SelectConfig, units: int, steps: int, eval_s
         (metric,), (lowered,) = influence([f], f_before, eta), influence([probe[2]], loss, eta)
         rows.append({"unit": unit, "pair_ids": [pairs[i]["pair_id"] for i in unit],
                      "metric_influence": metric, "loss_influence": lowered,
-                     "q": sum(pairs[i]["q_chosen"] for i in unit) / len(unit), "true_gain": g - g_before})
+                     "q": sum(pairs[i]["q_chosen"] for i in unit) / len(unit), "screen": screen_value,
+                     "true_gain": g - g_before})
     path.restore(theta_star)
+    exact, first_order = [r["metric_influence"] for r in rows], [r["screen"] for r in rows]
+    audit = {"spearman_with_metric_influence": spearman(first_order, exact), "alpha": cfg.alpha,
+             "top_alpha_overlap": top_overlap(first_order, exact, cfg.alpha),
+             "metric_influence_split_half": split_half(items_before, items_after),
+             "surrogate_before": screen.s_before, "surrogate_rows": len(screen.rows),
+             "screen_seconds": screen_seconds, "metric_influence_seconds": exact_seconds}
     return {"task": task.name, "policy": policy, "units": len(rows), "steps": steps, "eta": eta,
             "validation_ids": [q.id for q in validation], "evaluation_ids": [q.id for q in evaluation],
             "f_before": f_before, "loss_before": probe[2], "evaluation_before": g_before,
             "spearman": {name: spearman([r[name] for r in rows], [r["true_gain"] for r in rows]) for name in ESTIMATES},
+            "screen_audit": audit,
             "rows": rows}
 
 

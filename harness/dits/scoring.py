@@ -67,6 +67,17 @@ def spearman(x: list[float], y: list[float]) -> float | None:
     return cov / (sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry)) ** 0.5
 
 
+def top_overlap(x: list[float], y: list[float], alpha: float) -> float:
+    """The share of the top alpha fraction by x (at least one) that is also in the top alpha by y;
+    ties keep the listed order, as the selection does."""
+    k = max(1, round(alpha * len(x)))
+
+    def top(values: list[float]) -> set[int]:
+        return set(sorted(range(len(values)), key=lambda i: -values[i])[:k])
+
+    return len(top(x) & top(y)) / k
+
+
 def split_half(items_before: list[float], items_after: list[list[float]]) -> float | None:
     """The split-half reliability of influence: Spearman's rho across units between the influence
     estimated on the even-numbered validation questions and on the odd-numbered ones (None with

@@ -8,8 +8,10 @@ utterance close to an existing sibling merges into it) and backs the rewards up 
 
 Selection is the reference's, not UCT: among the expandable nodes (the root, and nodes with
 children whose first child has children), drop those within `select_distance` of a node selected
-before, then sample one of the `select_top_k` best by softmax over Q. The pure parts live here; the
-batched rollouts that drive them live in `harness.synth.synthesis`.
+before, then sample one of the `select_top_k` best by softmax over Q. With `influence_weight` w > 0
+(DITS's influence-oriented expansion, README "Synthesis") a candidate's value is Q + w * minmax(I)
+instead, I its influence estimate min-max normalised over the candidates. The pure parts live here;
+the batched rollouts and the estimates' refresh (`harness.synth.guidance`) live beside it.
 """
 
 from __future__ import annotations
@@ -50,6 +52,16 @@ class Node:
         return self.utterance.text if self.utterance else ""
 
 
+@dataclass(frozen=True)
+class Estimate:
+    """The influence screen's value for a node's pair, with the best and worst child it was computed for
+    (a later backup can change them, which makes the estimate stale)."""
+
+    chosen: int
+    rejected: int
+    value: float
+
+
 @dataclass
 class Tree:
     tree_id: str
@@ -60,6 +72,7 @@ class Tree:
     nodes: list[Node] = field(default_factory=lambda: [Node(0, None, 0, None)])
     selected: list[int] = field(default_factory=list)
     rollouts: list[dict] = field(default_factory=list)
+    estimates: dict[int, Estimate] = field(default_factory=dict)  # node id -> its pair's influence estimate
 
     def path(self, node_id: int) -> list[Node]:
         """The nodes from the root's first child down to `node_id`."""
@@ -83,16 +96,33 @@ class Tree:
     def expandable(self) -> list[Node]:
         return [n for n in self.nodes if n.id == 0 or (n.children and self.nodes[n.children[0]].children)]
 
-    def select(self, distance: float, top_k: int) -> Node:
+    def select(self, distance: float, top_k: int, influence_weight: float = 0.0) -> Node:
         chosen = [self.nodes[i].text for i in self.selected]
         candidates = [n for n in self.expandable() if all(select_distance(n.text, c) >= distance for c in chosen)]
         if not candidates:
             node = self.nodes[0]
         else:
-            top = sorted(candidates, key=lambda n: -n.q)[:top_k]
-            node = self.rng.choices(top, weights=softmax([n.q for n in top]))[0]
+            value = dict(zip((n.id for n in candidates), self.values(candidates, influence_weight)))
+            top = sorted(candidates, key=lambda n: -value[n.id])[:top_k]
+            node = self.rng.choices(top, weights=softmax([value[n.id] for n in top]))[0]
         self.selected.append(node.id)
         return node
+
+    def values(self, candidates: list[Node], influence_weight: float) -> list[float]:
+        """Each candidate's selection value: Q, plus `influence_weight` times its influence estimate
+        min-max normalised over the candidates. Weight 0 gives Q itself, so Optima's search is untouched."""
+        if not influence_weight:
+            return [n.q for n in candidates]
+        normalised = minmax([self.influence(n) for n in candidates])
+        return [n.q + influence_weight * i for n, i in zip(candidates, normalised)]
+
+    def influence(self, node: Node) -> float:
+        """The estimate of the node's pair (best and worst child), else its nearest ancestor's; 0 without any."""
+        while node.id not in self.estimates:
+            if node.parent is None:
+                return 0.0
+            node = self.nodes[node.parent]
+        return self.estimates[node.id].value
 
     def add(self, parent_id: int, utterance: Utterance, distance: float) -> Node:
         """The child of `parent_id` for this utterance: an existing sibling within `distance`, or a new node."""
@@ -114,20 +144,25 @@ class Tree:
 
     # -- records -----------------------------------------------------------------------------
     def to_record(self) -> dict:
+        # Estimates only where there are some, so a search without influence writes Optima's records as before.
+        estimates = [{"node": i, "chosen": e.chosen, "rejected": e.rejected, "value": e.value}
+                     for i, e in sorted(self.estimates.items())]
         return {
             "tree_id": self.tree_id, "question_id": self.question.id, "selected": self.selected,
             "nodes": [{"id": n.id, "parent": n.parent, "depth": n.depth, "q": n.q, "visits": n.visits,
                        "children": n.children, "utterance": asdict(n.utterance) if n.utterance else None}
                       for n in self.nodes],
             "rollouts": self.rollouts,
-        }
+        } | ({"estimates": estimates} if estimates else {})
 
     @classmethod
     def from_record(cls, record: dict, question: Question, roster: Roster, systems: tuple[str, ...]) -> "Tree":
         nodes = [Node(n["id"], n["parent"], n["depth"], Utterance(**n["utterance"]) if n["utterance"] else None,
                       list(n["children"]), n["q"], n["visits"]) for n in record["nodes"]]
+        # A search without influence records no estimates.
+        estimates = {e["node"]: Estimate(e["chosen"], e["rejected"], e["value"]) for e in record.get("estimates", [])}
         return cls(record["tree_id"], question, roster, systems, random.Random(), nodes, list(record["selected"]),
-                   list(record["rollouts"]))
+                   list(record["rollouts"]), estimates)
 
 
 def softmax(values: list[float]) -> list[float]:
@@ -135,3 +170,9 @@ def softmax(values: list[float]) -> list[float]:
     weights = [math.exp(v - top) for v in values]
     total = sum(weights)
     return [w / total for w in weights]
+
+
+def minmax(values: list[float]) -> list[float]:
+    """Values rescaled to [0, 1]; all 0 when they are all equal (nothing to prefer)."""
+    low, high = min(values), max(values)
+    return [(v - low) / (high - low) if high > low else 0.0 for v in values]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from harness.synth.mcts import Tree
+from harness.synth.mcts import Node, Tree
 
 
 @dataclass(frozen=True)
@@ -27,20 +27,16 @@ def extract_pairs(tree: Tree, rule: PairRule) -> list[dict]:
     pairs: a frozen speaker's turns are context, never trained."""
     pairs = []
     for node in tree.nodes:
-        agent = tree.next_agent(node)
-        if len(node.children) < 2 or tree.roster.agents[agent].frozen:
+        ends = best_and_worst(tree, node)
+        if ends is None:
             continue
-        children = [tree.nodes[c] for c in node.children]
-        best = max(children, key=lambda n: n.q)
-        worst = min(children, key=lambda n: n.q)
+        best, worst = ends
         if best.q <= rule.dpo_epsilon or best.q - worst.q <= rule.dpo_min_gap:
             continue
-        at = tree.dialogue(node.id, key="", max_turns=node.depth + 1)
-        at.closing = best.utterance.closing  # closing answers were said after the closing instruction
         pairs.append({
             "pair_id": f"{tree.tree_id}/n{node.id}", "tree_id": tree.tree_id, "question_id": tree.question.id,
             "node_id": node.id, "depth": node.depth, "speaker": best.utterance.speaker,
-            "prompt": at.messages(agent),
+            "prompt": prompt_at(tree, node, best),
             "chosen": best.text, "rejected": worst.text, "q_chosen": best.q, "q_rejected": worst.q,
             "visits_chosen": best.visits, "visits_rejected": worst.visits,
             "chosen_node": best.id, "rejected_node": worst.id,
@@ -49,3 +45,18 @@ def extract_pairs(tree: Tree, rule: PairRule) -> list[dict]:
     if len(pairs) >= 2:
         pairs = pairs[:max(1, int(rule.keep_fraction * len(pairs)))]
     return pairs
+
+
+def best_and_worst(tree: Tree, node: Node) -> tuple[Node, Node] | None:
+    """The node's best and worst child by Q; None below two children or where a frozen speaker says them."""
+    if len(node.children) < 2 or tree.roster.agents[tree.next_agent(node)].frozen:
+        return None
+    children = [tree.nodes[c] for c in node.children]
+    return max(children, key=lambda n: n.q), min(children, key=lambda n: n.q)
+
+
+def prompt_at(tree: Tree, node: Node, best: Node) -> list[dict]:
+    """The next speaker's memory at the node, as a pair's prompt."""
+    at = tree.dialogue(node.id, key="", max_turns=node.depth + 1)
+    at.closing = best.utterance.closing  # closing answers were said after the closing instruction
+    return at.messages(tree.next_agent(node))

@@ -4,7 +4,9 @@ Rollouts of a batch of trees (`trees_per_batch`) advance together: each turn of 
 is one batched generate call, and each rollout keeps its cache slots across iterations, so its next
 rollout re-encodes only the path past what the slot already holds. Trees are written as their
 batch finishes, so a killed run resumes (`resume=True`) from the trees already grown; pairs are
-extracted at the end from the written trees, the same way for grown and resumed ones.
+extracted at the end from the written trees, the same way for grown and resumed ones. With
+`influence_weight` > 0 the influence screen (`harness.screen`, on the policy against validation
+questions) scores the nodes' pairs before each selection (`harness.synth.guidance`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from harness import config as cfgmod
 from harness import machine, models, runs
 from harness.backends import make_backend
 from harness.backends.base import Backend
-from harness.config import SynthConfig
+from harness.config import InfluenceConfig, RuntimeConfig, SelectConfig, SynthConfig
 from harness.errors import HarnessError
 from harness.mas.dialogue import DialogueConfig, run_dialogues, start
 from harness.mas.progress import UtteranceBar
@@ -35,11 +37,12 @@ from harness.mas.scoring import dialogue_score
 from harness.mas.speakers import Speakers
 from harness.records import spec
 from harness.seeding import derive_seed, seed_everything
+from harness.synth.guidance import NodeInfluence, refresh_estimates
 from harness.synth.mcts import Tree
 from harness.synth.pairs import PairRule, extract_pairs
 from harness.synth.reward import RewardConfig, reward, reward_config
 from harness.tasks import TASKS
-from harness.tasks.base import Question
+from harness.tasks.base import Question, Task
 from harness.tasks.metrics import METRICS
 
 log = logging.getLogger(__name__)
@@ -74,6 +77,8 @@ def synthesize(config: SynthConfig | None = None, resume: bool = False, **overri
                     cfg.dpo_min_gap, cfg.keep_fraction)
     if not 0 < cfg.keep_fraction <= 1:
         raise HarnessError(f"keep_fraction must be in (0, 1], got {cfg.keep_fraction}")
+    if cfg.influence_weight < 0:
+        raise HarnessError(f"influence_weight must be at least 0, got {cfg.influence_weight}")
 
     rows = task.load(cfg.split, cfg.data_dir, None, cfg.online)
     end = cfg.question_offset + cfg.questions
@@ -94,9 +99,11 @@ def synthesize(config: SynthConfig | None = None, resume: bool = False, **overri
     for qid in skipped:
         log.warning("%s/%s question %s: an agent's context is empty; no tree grown", cfg.task, cfg.split, qid)
     pool = [q for q in pool if q.id not in skipped]
+    node_influence = influence_screen(cfg, task, pool) if cfg.influence_weight else None
 
     rid = runs.run_id("synth", task=cfg.task, model=cfg.model, split=cfg.split, seed=cfg.seed,
-                      questions=f"{cfg.question_offset}-{end}", explore=cfg.explore_time, expand=cfg.expand_time)
+                      questions=f"{cfg.question_offset}-{end}", explore=cfg.explore_time, expand=cfg.expand_time,
+                      influence=cfg.influence_weight or None)  # Optima's search keeps its ids
     out = Path(cfg.out) if cfg.out else Path("runs") / "synth" / runs.dir_name(rid)
     seed_everything(cfg.seed)
     started = time.time()
@@ -108,7 +115,7 @@ def synthesize(config: SynthConfig | None = None, resume: bool = False, **overri
     with runs.resumable_directory(out, resume) as tmp:
         probed = probe(tmp / "probe.json", probe_pool, roster, speakers, cfg)
         reward_cfg = reward_config(cfg, probed["t_norm"])
-        search = Search(cfg, speakers, scorer, reward_cfg, metric, tokenizer, roster)
+        search = Search(cfg, speakers, scorer, reward_cfg, metric, tokenizer, roster, node_influence)
         records = search.run(pool, tmp / "trees.jsonl")
         trees = [Tree.from_record(r, q, roster, roster.system_prompts(q)) for r, q in zip(records, pool)]
         policy = {"name": cfg.model, "sha256": backend.model_info.get("sha256")}
@@ -143,6 +150,25 @@ def synthesize(config: SynthConfig | None = None, resume: bool = False, **overri
         runs.write_json(tmp / "summary.json", summary)
         runs.write_json(tmp / "run_spec.json", run_spec)
     return SynthResult(out, run_spec, summary, cost, pairs)
+
+
+def influence_screen(cfg: SynthConfig, task: Task, pool: list[Question]) -> NodeInfluence:
+    """The influence screen's pair scorer on the policy, against validation questions disjoint from the trees'."""
+    from harness.screen.first_order import InfluenceScreen
+
+    validation = task.load(cfg.influence_val_split, cfg.data_dir, cfg.influence_validation_size, cfg.online)
+    if not validation:
+        raise HarnessError(f"{cfg.task}/{cfg.influence_val_split}: no validation questions for influence_weight")
+    overlap = {q.id for q in pool} & {q.id for q in validation}
+    if overlap:
+        raise HarnessError(f"{len(overlap)} of the {len(validation)} {cfg.influence_val_split} questions are tree "
+                           f"questions (e.g. {min(overlap)}); choose a disjoint influence_val_split")
+    # The screen's step and validation knobs are the selection's defaults; its runtime is the search's.
+    runtime = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(RuntimeConfig)} | {"out": None}
+    select_cfg = SelectConfig(**runtime, influence=InfluenceConfig(val_split=cfg.influence_val_split,
+                                                                   validation_size=cfg.influence_validation_size))
+    return InfluenceScreen.build(cfg.model, select_cfg, task, validation, cfg.answer_mode,
+                                 cfg.closing_turn).score_pairs
 
 
 def probe(path: Path, questions: list[Question], roster: Roster | str, speakers: Backend | Speakers,
@@ -181,9 +207,10 @@ class Search:
     trees to a JSONL file; trees already there (from a killed run) are kept, not regrown."""
 
     def __init__(self, cfg: SynthConfig, speakers: Speakers, scorer: Backend, reward_cfg: RewardConfig,
-                 metric: str, tokenizer, roster: Roster):
+                 metric: str, tokenizer, roster: Roster, node_influence: NodeInfluence | None = None):
         self.cfg, self.speakers, self.backend, self.scorer = cfg, speakers, speakers.policy, scorer
         self.reward_cfg, self.metric, self.tokenizer, self.roster = reward_cfg, metric, tokenizer, roster
+        self.node_influence = node_influence  # None: Optima's search, no estimates
         self.dialogue_cfg = DialogueConfig(cfg.max_turns, cfg.max_new_tokens, cfg.rollout_temperature, cfg.top_p,
                                            answer_mode=cfg.answer_mode, closing_turn=cfg.closing_turn)
         self.nll: dict[str, float] = {}
@@ -225,10 +252,13 @@ class Search:
         scorer_before = self.scorer.usage.as_dict() if self.scorer is not backend else None
         trees = [Tree(self.tree_id(q), q, self.roster, self.roster.system_prompts(q),
                       random.Random(derive_seed(cfg.seed, "select", self.tree_id(q)))) for q in questions]
+        estimated = 0
         for iteration in range(cfg.explore_time):
+            if self.node_influence:  # the last iteration's backups changed some nodes' pairs
+                estimated += refresh_estimates(trees, self.node_influence)
             rollouts = []
             for t, tree in enumerate(trees):
-                node = tree.select(cfg.select_distance, cfg.select_top_k)
+                node = tree.select(cfg.select_distance, cfg.select_top_k, cfg.influence_weight)
                 # Slot keys per tree and rollout index, kept across iterations: the next rollout
                 # on a key reuses the system prompt and whatever path it shares with the last.
                 rollouts += [(tree, node, tree.dialogue(node.id, f"b{batch}t{t}r{j}", cfg.max_turns,
@@ -251,6 +281,8 @@ class Search:
             self.speakers.release(f"b{batch}t{t}r")
         cost = usage_delta(before, backend.usage.as_dict()) | {
             "wall_seconds": time.time() - started, "rollouts": len(trees) * cfg.explore_time * cfg.expand_time}
+        if self.node_influence:
+            cost["node_estimates"] = estimated
         if scorer_before is not None:
             cost["scored_tokens"] = self.scorer.usage.scored_tokens - scorer_before["scored_tokens"]
         return [tree.to_record() | {"batch": batch, "batch_cost": cost} for tree in trees]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from harness import models, runs
 from harness.config import RunConfig
-from harness.dits.dpo import encode_pair
+from harness.screen.dpo import encode_pair
 from harness.errors import HarnessError
 from harness.tasks import TASKS
 

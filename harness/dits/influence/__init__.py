@@ -5,6 +5,7 @@
 - `fast_path`: the same influence checking theta*'s validation dialogues as drafts (`FastPath`);
 - `server_path`: the same influence with the validation dialogues answered by servers holding the
   units' adapters (`ServerPath`), its request plan in `server_plan`, the adapter endpoints in `adapter_client`;
+- `screen_path`: the first-order screen of `harness.screen` in the exact influence's place (`ScreenPath`);
 - `estimator`: the entry point (`estimate`): inputs checked, the path chosen, results cached.
 """
 
@@ -12,7 +13,9 @@ from harness.dits.influence.estimator import KNOBS, PATHS, estimate, path_for, p
 from harness.dits.influence.fast_path import DraftTurn, FastPath, chains
 from harness.dits.influence.record import Estimate, answer_mode, closing_turn, make_units
 from harness.dits.influence.reference_path import STEP_OPTIMIZERS, ReferencePath, Start
+from harness.dits.influence.screen_path import ScreenPath
 from harness.dits.influence.server_path import ServerPath
 
-__all__ = ["KNOBS", "PATHS", "STEP_OPTIMIZERS", "DraftTurn", "Estimate", "FastPath", "ReferencePath", "ServerPath",
-           "Start", "answer_mode", "chains", "closing_turn", "estimate", "make_units", "path_for", "prepare"]
+__all__ = ["KNOBS", "PATHS", "STEP_OPTIMIZERS", "DraftTurn", "Estimate", "FastPath", "ReferencePath", "ScreenPath",
+           "ServerPath", "Start", "answer_mode", "chains", "closing_turn", "estimate", "make_units", "path_for",
+           "prepare"]

@@ -18,6 +18,7 @@ from harness.config import SelectConfig
 from harness.dits.influence.fast_path import FastPath
 from harness.dits.influence.record import Estimate, answer_mode, closing_turn
 from harness.dits.influence.reference_path import STEP_OPTIMIZERS, ReferencePath
+from harness.dits.influence.screen_path import ScreenPath
 from harness.dits.influence.server_path import ServerPath
 from harness.errors import HarnessError
 from harness.mas.roster import task_and_roster
@@ -33,12 +34,14 @@ INFLUENCE_KNOBS = ("unit_size", "warmup_steps", "warmup_batch", "warmup_lr", "et
 # own weights; the third is where adapter files wait. A server's batch-dependent rounding could move an
 # F, but so could server.concurrency, and the servers are no part of any identity.
 
-PATHS = {path.name: path for path in (ReferencePath, FastPath, ServerPath)}
+PATHS = {path.name: path for path in (ReferencePath, FastPath, ServerPath, ScreenPath)}
 
 
 def estimate(pairs: list[dict], cfg: SelectConfig, cache_dir: Path | None, kind: str = "metric") -> Estimate:
     """Per unit of pairs, the validation metric F (kind "metric", DITS) or the validation DPO loss
     (kind "loss", the ablation) after one step from theta*, and the same before the step."""
+    if kind == "loss" and cfg.influence.path == "screen":
+        raise HarnessError("influence.path=screen screens the validation metric (selector dits), not the loss")
     task, policy, validation = prepare(pairs, cfg)
     key_data = {"pairs": [[p["pair_id"], p["chosen"], p["rejected"]] for p in pairs],
                 "policy": pairs[0]["policy"]["sha256"], "validation": [q.id for q in validation],

@@ -9,8 +9,10 @@ from dataclasses import dataclass, field
 @dataclass
 class Estimate:
     units: list[list[int]]  # pool indices of each unit's pairs
-    f_before: float  # F(theta*); loss influence: the validation DPO loss at theta*
-    f_after: list[float]  # F(theta') per unit; loss influence: the loss at theta'
+    # F(theta*) and F(theta') per unit; loss influence: the validation DPO loss; the screen path: the
+    # surrogate S(theta*) and its first-order prediction per unit (`screen_path`)
+    f_before: float
+    f_after: list[float]
     changed_answers: list[int]  # validation answers that differ from theta*'s, per unit
     validation_ids: list[str]
     seconds: dict

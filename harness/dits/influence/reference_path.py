@@ -24,18 +24,17 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from harness import models
 from harness.backends import Backend, make_backend
 from harness.backends.hf import HFBackend
 from harness.config import SelectConfig
-from harness.dits.dpo import EncodedPair, dpo_loss, encode_pair, response_logps, shared_prompt_logps
 from harness.dits.influence.record import Estimate, answer_mode, closing_turn, make_units
 from harness.errors import HarnessError
 from harness.mas.dialogue import Dialogue, DialogueConfig, run_dialogues, same_answer, start
 from harness.mas.roster import roster_for
 from harness.mas.speakers import Speakers
 from harness.mas.scoring import dialogue_score
-from harness.seeding import seed_everything
+from harness.screen.dpo import EncodedPair, dpo_loss, encode_pair, response_logps, shared_prompt_logps
+from harness.screen.policy import lora_policy
 
 log = logging.getLogger(__name__)
 
@@ -77,15 +76,9 @@ class ReferencePath:
     def __init__(self, pairs, cfg: SelectConfig, task, policy: str, validation, key: str = ""):
         """`key`: the estimate's cache key (`estimator.estimate`), which names what a path leaves
         outside this process (the server path's adapters)."""
-        from peft import LoraConfig, get_peft_model
-
         self.pairs, self.cfg, self.task, self.validation, self.key = pairs, cfg, task, validation, key
         self.beta = cfg.influence.beta if cfg.influence.beta is not None else task.recipe.dpo_beta
-        seed_everything(cfg.seed)  # the LoRA A matrices are drawn at random
-        model, self.tokenizer, info = models.load(policy, cfg.device, cfg.dtype)
-        lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                          target_modules="all-linear", task_type="CAUSAL_LM")
-        self.model = get_peft_model(model, lora)
+        self.model, self.tokenizer, info = lora_policy(policy, cfg)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.backend = HFBackend(loaded=(self.model, self.tokenizer, info), device=cfg.device,
                                  batch_size=cfg.batch_size)
