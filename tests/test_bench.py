@@ -109,7 +109,7 @@ FIGURES = {
                   "hf_over_llama_cpp": "x"},
     "search": {"rollouts_per_second": "rollouts/s", "search_completion_tokens_per_second": "tokens/s"},
     "influence": {"reference_units_per_second": "units/s", "fast_units_per_second": "units/s",
-                  "fast_over_reference": "x", "same_f_per_unit": "bool"},
+                  "fast_over_reference": "x", "same_f_per_unit": "bool", "distinct_f_values": "count"},
 }
 
 

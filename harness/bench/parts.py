@@ -131,6 +131,9 @@ def influence(bench: Bench) -> dict:
     figures["fast_over_reference"] = figure(ref.seconds["units"] / fast.seconds["units"], "x",
                                             "reference unit seconds over the fast path's")
     figures["same_f_per_unit"] = figure(ref.f_after == fast.f_after, "bool", "the two paths' F per unit agree")
+    # One value of F over every unit and theta* is no signal: the agreement above then tests nothing.
+    figures["distinct_f_values"] = figure(len({ref.f_before, *ref.f_after}), "count",
+                                          "distinct F over theta* and the units (1: no signal)")
     return {"figures": figures, "details": {p: {"seconds": e.seconds, "unit_seconds": e.unit_seconds,
                                                 "f_after": e.f_after} for p, e in estimates.items()}}
 
