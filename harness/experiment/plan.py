@@ -44,8 +44,6 @@ class Plan:
         return {name: cfgmod.as_dict(getattr(self, name)) for name in ("run", "synth", "select", "eval")}
 
 
-
-
 def parse_selector(spec: str) -> tuple[str, list[str]]:
     """`dits:gamma=0,alpha=0.3` -> ("dits", ["gamma=0", "alpha=0.3"])."""
     name, _, rest = spec.partition(":")
