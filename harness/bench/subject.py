@@ -76,7 +76,8 @@ class Subject:
 
     def facts(self) -> dict:
         params, nbytes = matmul_weights(self.model())
-        return {"name": self.name, "source": str(self.source), "random_init": self.random_init,
+        # The name and the weights' identity, not where this machine keeps them: the record travels
+        return {"name": self.name, "random_init": self.random_init,
                 "seed": self.seed if self.random_init else None, "tokenizer": self.tokenizer,
                 "dtype": self.dtype, "device": self.device, "identity": self.identity(),
                 "architecture": self.model().config.architectures or [type(self.model()).__name__],
