@@ -359,6 +359,42 @@ def cmd_data_build_cbt(args) -> int:
     return 0
 
 
+def cmd_data_build_web(args) -> int:
+    from harness.web.generate import build_web_packs
+
+    data_dir = _data_dir(args)
+    if not data_dir:
+        raise HarnessError("build-web needs --data-dir DIR (or HARNESS_DATA_DIR): the HotpotQA and 2WikiMultihopQA "
+                           "rows it builds from, and where the packs go (DIR/webwalker/packs/)")
+    started = time.time()
+    summary = build_web_packs(data_dir, args.out)
+    print(tabulate([[s["pack"], s["rows"], s["questions"], ", ".join(f"{n} {why}" for why, n in s["dropped"].items()),
+                     s["pages"]] for s in summary], ["pack", "rows", "questions", "dropped", "pages"], tablefmt="github"))
+    print(f"{len(summary)} packs, {sum(s['questions'] for s in summary)} questions in {time.time() - started:.0f} s: "
+          f"{os.path.join(args.out or data_dir, 'webwalker', 'packs')}")
+    return 0
+
+
+def cmd_data_script_web(args) -> int:
+    from pathlib import Path
+
+    from harness.mas import web
+    from harness.mas.roster import roster_for
+    from harness.tasks import get_task
+    from harness.train.sft_data import dialogue_examples
+
+    roster = roster_for("web")
+    questions = get_task("webwalker").load(args.split, _data_dir(args), args.limit)
+    rows = [row for q in questions for row in dialogue_examples(web.scripted(q, roster), reward=1.0)]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with runs.atomic_file(out) as tmp:
+        runs.write_jsonl(tmp, rows)
+    print(f"{len(rows)} SFT examples from {len(questions)} scripted {args.split} episodes: {out} "
+          f"(cold start: harness train --stage sft --task webwalker --data {out} --out DIR)")
+    return 0
+
+
 def cmd_ls(args) -> int:
     if args.what == "tasks":
         from harness.tasks import TASKS
@@ -634,6 +670,23 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--seed", type=int, help="seed of the split by book and the per-book sample (default: 0)")
     b.add_argument("--spacy-model", dest="spacy_model", help="installed spaCy pipeline with a tagger")
     b.set_defaults(fn=cmd_data_build_cbt)
+    bw = dsub.add_parser("build-web", help="build the WebWalker wiki site packs from HotpotQA and 2WikiMultihopQA rows",
+                         description="one offline wiki per split file in the data directory (hotpotqa/<split>.jsonl, "
+                                     "2wmh/<split>.jsonl): an article per context paragraph, letter index pages, the "
+                                     "rows' questions with golden paths; questions whose answer can be read on the "
+                                     "root or off their paths are dropped and counted. Written to "
+                                     "OUT/webwalker/packs/<name>/; train packs feed train, validation packs validation")
+    bw.add_argument("--data-dir", dest="data_dir", help="data directory to read the rows from (default: "
+                                                        "$HARNESS_DATA_DIR)")
+    bw.add_argument("--out", help="data directory to write the packs to (default: the --data-dir)")
+    bw.set_defaults(fn=cmd_data_build_web)
+    sw = dsub.add_parser("script-web", help="scripted WebWalker episodes (golden paths, gold answers) as SFT data "
+                                            "for a cold start")
+    sw.add_argument("--split", default="train", choices=SPLITS, help="the questions' split (default: train)")
+    sw.add_argument("--limit", type=int, help="first N questions")
+    sw.add_argument("--data-dir", dest="data_dir", help=DATA_DIR_HELP)
+    sw.add_argument("--out", required=True, help="JSONL file of SFT examples (harness train --stage sft --data)")
+    sw.set_defaults(fn=cmd_data_script_web)
 
     bn = sub.add_parser("bench", help="throughput against the machine's limits, in one run",
                         description="decoding tokens/s (batch 1 and batched) as fractions of the matmul peak and "

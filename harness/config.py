@@ -53,6 +53,29 @@ class ServerConfig:
     context: int = 4096  # llama.cpp: tokens of context per request (prompt and completion)
 
 
+@dataclass(frozen=True)
+class WebConfig:
+    """The web environment's limits (`harness.web.env`): what one observation shows and how far an
+    episode may go. `page_chars` drives the cost: every page opened is that much prompt."""
+
+    section: ClassVar[str] = "web"
+    page_chars: int = 2000  # characters of a page's text shown
+    max_links: int = 40  # links shown (and clickable) on a page
+    max_pages: int = 20  # distinct pages an episode may open
+    max_steps: int = 30  # actions (clicks and backs) an episode may take
+    max_bytes: int = 2_000_000  # bytes of a page read; a longer page is cut (too_big)
+    fetch_timeout_s: float = 10.0  # a fetch's whole deadline, redirects included: a safety stop, counted
+    max_redirects: int = 5  # redirects followed in one fetch
+
+    def __post_init__(self):
+        for f in fields(self):
+            value = getattr(self, f.name)
+            kinds = (int, float) if f.name == "fetch_timeout_s" else int
+            least = 0 if f.name == "max_redirects" else 1e-9
+            if isinstance(value, bool) or not isinstance(value, kinds) or value < least:
+                raise HarnessError(f"web.{f.name}={value!r} must be a positive number")
+
+
 @dataclass
 class RuntimeConfig:
     """What every command that runs the agents shares: task, model, agents, data, decoding."""
@@ -85,6 +108,7 @@ class RuntimeConfig:
     # never trained; the others with `model`, the policy
     speaker_models: str | None = None
     server: ServerConfig = field(default_factory=ServerConfig)
+    web: WebConfig = field(default_factory=WebConfig)  # only a web roster reads it
 
 
 @dataclass
@@ -278,7 +302,7 @@ class RunConfig(RuntimeConfig):
 
 
 CONFIG_CLASSES = (EvalConfig, SynthConfig, SelectConfig, RunConfig)
-NESTED_CLASSES = (LoraConfig, SFTConfig, DPOConfig, TrainConfig, InfluenceConfig, ServerConfig)
+NESTED_CLASSES = (LoraConfig, SFTConfig, DPOConfig, TrainConfig, InfluenceConfig, ServerConfig, WebConfig)
 
 
 def _coerce(cls, key: str, value, source: str, label: str | None = None):

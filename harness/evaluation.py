@@ -16,6 +16,7 @@ from harness import machine, models, runs
 from harness.backends import make_backend
 from harness.config import EvalConfig
 from harness.errors import HarnessError
+from harness.mas import web
 from harness.mas.dialogue import Dialogue, DialogueConfig, run_dialogues, start
 from harness.mas.progress import UtteranceBar
 from harness.mas.roster import task_and_roster
@@ -24,7 +25,6 @@ from harness.mas.speakers import Speakers
 from harness.records import spec
 from harness.references import applies, reference_rows
 from harness.seeding import seed_everything
-from harness.tasks import TASKS
 from harness.tasks.metrics import METRICS, score
 
 log = logging.getLogger(__name__)
@@ -57,9 +57,12 @@ def instance_record(d: Dialogue, metric: str, tokenizer) -> dict:
         "tokens": sum(u.completion_tokens for u in d.utterances), "tokens_per_agent": d.tokens_by_agent(),
         "transcript": [{"speaker": u.speaker, "text": u.text, "answer": u.answer, "tokens": u.completion_tokens,
                         "truncated": u.truncated} | ({"closing": True} if u.closing else {})
+                       | ({"observation": u.observation} if u.observation is not None else {})
                        | ({"choice_logprobs": u.choice_logprobs, "answer_norm": u.answer_norm}
                           if u.choice_logprobs is not None else {}) for u in d.utterances],
     }
+    if d.roster.web is not None:  # the pages the episode went through, the text shown being in the transcript
+        record["trajectory"] = web.trajectory(d)
     if any(u.choice_logprobs is not None for u in d.utterances):
         record |= {"prediction_norm": d.final_answer_norm,
                    "score_norm": score(metric, d.final_answer_norm, q.golds, options=q.options, tokenizer=tokenizer)}
@@ -69,9 +72,6 @@ def instance_record(d: Dialogue, metric: str, tokenizer) -> dict:
 def evaluate(config: EvalConfig | None = None, **overrides) -> EvalResult:
     """Python API of `harness eval`: returns what it writes. Overrides are config keys."""
     cfg = cfgmod.build(EvalConfig, overrides={**cfgmod.as_dict(config or EvalConfig()), **overrides})
-    if TASKS.get(cfg.task).setting == "web":
-        raise HarnessError(f"{cfg.task}: the web environment its agents navigate is not in this release; "
-                           "only loading and the metric are")
     task, roster = task_and_roster(cfg)
     metric = cfg.metric or task.metric
     METRICS.get(metric)

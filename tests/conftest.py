@@ -55,8 +55,8 @@ def tiny_fitted():
 
 SMOKE_SELECTORS = ("random", "qvalue", "optima_full", "dits:gamma=0", "dits")
 SMOKE_ARGS = ["--config", "smoke", "--task", "arc_c"]
-# ARC-C's suite above covers the selectors; one run each covers the other tasks (webwalker has no
-# environment to run in this release).
+# ARC-C's suite above covers the selectors; one run each covers the other tasks (webwalker's in
+# tests/test_web_agents.py).
 SMOKE_TASKS = ("cbt", "mmlu", "hotpotqa", "2wmh", "triviaqa")
 
 

@@ -52,7 +52,7 @@ def test_tiny_fitted_dialogues_carry_parsed_answers(shared_data, tmp_path):
     (["--task", "cbtt"], "unknown task 'cbtt'; did you mean: cbt"),
     (["--task", "cbt", "--model", "tiny-rand"], "unknown model 'tiny-rand'; did you mean: tiny-random"),
     (["--task", "cbt", "limt=2"], "unknown config key 'limt'"),
-    (["--task", "webwalker"], "web environment"),
+    (["--task", "webwalker", "web.page_chars=0"], "web.page_chars=0 must be a positive number"),
 ])
 def test_bad_input_exits_2_with_one_line_and_no_record(args, message, tmp_path, capsys):
     out = tmp_path / "run"

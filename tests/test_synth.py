@@ -110,7 +110,7 @@ def test_influence_weight_guides_the_search_with_the_screens_estimates(synth_run
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--task", "webwalker"], "web environment"),
+    (["--task", "webwalker", "web.max_steps=-1"], "web.max_steps=-1 must be a positive number"),
     (["--task", "hotpotqa", "--questions", "30"], "no questions left after the trees' for the probe"),
     (["--task", "hotpotqa", "question_offset=99"], "none at offset 99"),
     (["--task", "hotpotqa", "keep_fraction=0"], "keep_fraction must be in (0, 1]"),

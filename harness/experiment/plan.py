@@ -23,7 +23,7 @@ from harness.train.trainers import dpo_config, sft_config
 
 # Keys every stage must agree on: the run's values replace the sections'.
 IDENTITY = ("task", "seed", "data_dir", "online", "backend", "device", "dtype", "context_mode", "metric",
-            "max_turns", "kv_cache", "answer_mode", "closing_turn", "roster", "speaker_models", "cache")
+            "max_turns", "kv_cache", "answer_mode", "closing_turn", "roster", "speaker_models", "cache", "web")
 # Run keys that act only from the selection on: they do not change the shared stages.
 SELECTION_KEYS = ("selector", "gamma", "alpha", "iterations", "suite", "out", "budget", "dpo")
 
@@ -108,10 +108,24 @@ def make_plan(file: str | None, overrides: list[str] | None = None, **flags) -> 
     shared = {"run": {k: v for k, v in cfgmod.as_dict(run).items() if k not in SELECTION_KEYS + EXECUTION_KEYS},
               **{name: {k: v for k, v in cfgmod.as_dict(c).items() if k not in EXECUTION_KEYS}
                  for name, c in (("synth", synth), ("eval", evalc))}, "model": _model_identity(run.model)}
+    for name in ("run", "synth", "eval"):
+        for k in unread_keys(shared[name], web=get_task(run.task).setting == "web"):
+            del shared[name][k]
     key = hashlib.sha256(json.dumps(shared, sort_keys=True, default=str).encode()).hexdigest()[:12]
     plan = Plan(run, synth, select, evalc, rid, root / runs.dir_name(rid), root / "shared" / key, key)
     plan.stages = Pipeline(plan).stages()
     return plan
+
+
+def unread_keys(section: dict, web: bool) -> list[str]:
+    """The keys of a section the shared stages do not read as set: the web environment's limits
+    outside the web setting, and the influence-guided search's validation set while its weight is 0
+    (then the search is Optima's, tree for tree). Left out of the shared key, so that adding such a
+    knob does not move every suite's shared stages."""
+    unread = [] if web else ["web"]
+    if not section.get("influence_weight"):
+        unread += ["influence_weight", "influence_val_split", "influence_validation_size"]
+    return [k for k in unread if k in section]
 
 
 def _model_identity(name: str) -> str:

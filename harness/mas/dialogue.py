@@ -29,10 +29,11 @@ from __future__ import annotations
 
 import itertools
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from harness.backends.base import Backend, Choice, Completion, Request, Sampling
 from harness.config import RuntimeConfig
+from harness.mas import web
 from harness.mas.progress import UtteranceBar
 from harness.mas.prompts import opening
 from harness.mas.roster import INFORMATION_EXCHANGE, TERMINATIONS, Roster, roster_for
@@ -86,6 +87,15 @@ class Utterance:
     choice_logprobs: list[float] | None = None  # answer_mode=choice: each option's log-likelihood
     answer_norm: str = ""  # answer_mode=choice: the option with the best log-likelihood per byte
     closing: bool = False  # said in the closing answer turn, after CLOSING
+    observation: str | None = None  # what the environment showed after this action (a web roster's explorer)
+
+    def record(self) -> dict:
+        """Its fields for a record; an utterance without an observation writes none (the records of
+        rosters without an environment are as before)."""
+        out = asdict(self)
+        if self.observation is None:
+            del out["observation"]
+        return out
 
     @classmethod
     def from_completion(cls, speaker: str, c: Completion, closing: bool = False) -> "Utterance":
@@ -104,6 +114,8 @@ class Dialogue:
     adapter: str | None = None  # the LoRA adapter the policy's agents speak with (Request.adapter)
     closing: bool = False  # capped without an answer: the next utterance is the closing turn
     roster: Roster = INFORMATION_EXCHANGE  # `start` gives the run's
+    episode: object = field(default=None, repr=False, compare=False)  # a web roster's (harness.mas.web)
+    episode_actions: int = field(default=0, repr=False, compare=False)  # the actions the episode has taken
 
     def __post_init__(self):
         if len(self.systems) != len(self.roster.agents):
@@ -128,20 +140,20 @@ class Dialogue:
 
     def messages(self, agent: int) -> list[dict]:
         """The agent's memory as chat messages: own turns `assistant`, the others' `user` (those said
-        since its last turn joined into one)."""
+        since its last turn joined into one, each followed by the environment's observation, if any)."""
         name = self.roster.agents[agent].name
         out = [{"role": "system", "content": self.systems[agent]}]
         if agent == 0:
-            out.append({"role": "user", "content": opening(self.question.question)})
+            out.append({"role": "user", "content": opening(self.question.question, self.roster.agents[0].role)})
         for u in self.utterances:
             if u.speaker == name:
                 if u.closing:
                     out = close(out)
                 out.append({"role": "assistant", "content": u.text})
-            elif out[-1]["role"] == "user":
-                out[-1] = {"role": "user", "content": f"{out[-1]['content']}\n\n{u.text}"}
             else:
-                out.append({"role": "user", "content": u.text})
+                out = heard(out, u.text)
+            if u.observation is not None:
+                out = heard(out, u.observation)
         return close(out) if self.closing and agent == self.next_agent else out
 
     def add(self, utterance: Utterance, max_turns: int, closing_turn: bool = False) -> None:
@@ -169,6 +181,13 @@ class Dialogue:
         return out
 
 
+def heard(messages: list[dict], text: str) -> list[dict]:
+    """The memory with `text` from outside the agent: joined to a last `user` message, else a new one."""
+    if messages[-1]["role"] == "user":
+        return messages[:-1] + [{"role": "user", "content": f"{messages[-1]['content']}\n\n{text}"}]
+    return messages + [{"role": "user", "content": text}]
+
+
 def close(messages: list[dict]) -> list[dict]:
     """The memory with the closing instruction added to its last message (so roles still alternate)."""
     last = messages[-1]
@@ -179,7 +198,8 @@ def start(questions: list[Question], roster: Roster | str) -> list[Dialogue]:
     """New dialogues of a roster on the questions; a name stands for that roster (a setting's name for
     the setting's default roster)."""
     roster = roster if isinstance(roster, Roster) else roster_for(roster)
-    return [Dialogue(q, roster.system_prompts(q), roster=roster) for q in questions]
+    return [Dialogue(q, roster.system_prompts(q, web.first_page(q, roster) if roster.web else ""), roster=roster)
+            for q in questions]
 
 
 def run_dialogues(dialogues: list[Dialogue], speakers: Backend | Speakers, cfg: DialogueConfig, seed: int,
@@ -208,6 +228,9 @@ def run_dialogues(dialogues: list[Dialogue], speakers: Backend | Speakers, cfg: 
                                         seed=seed * 1000 + step)
         said = [Utterance.from_completion(d.roster.agents[a].name, c, d.closing)
                 for d, a, c in zip(active, agents, completions)]
+        for d, a, u in zip(active, agents, said):
+            if d.roster.acting(a):
+                u.observation = web.observe(d, u.text)
         if cfg.answer_mode == "choice":
             choose(active, agents, said, speakers)
         if progress is not None:

@@ -6,6 +6,10 @@ answer (Optima's solver/critic pair). Every prompt asks the agent to begin with 
 a final answer in <A>...</A>. No example holds a literal answer: small models copy it (SmolLM2
 answered "Y" from an earlier example's "<A>Y</A>").
 
+The web roles (WebWalker's explorer and critic, `WEB`) browse a site the environment serves: the
+explorer acts (a numbered link to click, or back) and the critic keeps what the pages showed and
+answers. Their wordings sit in a mapping for the same reason as the group wordings below.
+
 Each role has a prompt for a pair (the module's constants: today's two settings, word for word) and
 one for a group of three or more (`GROUP`, which names the partners in the plural). The group
 wordings sit in a mapping, not beside the pair constants, on purpose: the tiny test models'
@@ -89,5 +93,41 @@ Question: ${question}"""),
 }
 
 
-def opening(question: str) -> str:
-    return OPENING.substitute(question=question)
+def opening(question: str, role: str | None = None) -> str:
+    return OPENINGS.get(role, OPENING).substitute(question=question)
+
+
+# WebWalker's two agents (Wu et al., 2025): an explorer that reads the page it is on and clicks, and a
+# critic that keeps what was found and decides when to answer. `${information}` is the site's first
+# page; every later page comes after the explorer's message that opened it.
+WEB = {
+    "explorer": Template("""\
+You are ${name}. You and ${partners} answer the question below from a website. You are on one page \
+at a time and see its text and its numbered links. In each message, say in one short sentence what \
+on the page matters, then act:
+- to open link 3, end your message with <click>3</click>;
+- to return to the previous page, end it with <back>.
+Choose the link most likely to lead to the answer. ${partners} keeps what you find and answers. Begin \
+your message with "${name}:".
+
+Question: ${question}
+
+The site's first page:
+${information}"""),
+    "web_critic": Template("""\
+You are ${name}. ${partners} browses a website to answer the question below, one page at a time, and \
+you see every page opened. Keep the facts that answer the question. Once the pages seen hold the \
+answer, give it as <A>answer</A>, a short phrase taken from the page; until then say in one sentence \
+what is still missing, without an answer. Begin your message with "${name}:".
+
+Question: ${question}
+
+The site's first page:
+${information}"""),
+}
+
+# Openings of the roles that speak first and do not answer (else `OPENING`): the explorer's asks for an action.
+OPENINGS = {"explorer": Template("Question: ${question}\nChoose a link of the first page: end with <click>number</click>.")}
+
+# What an unreadable action gets back from the environment.
+NO_ACTION = "No action found: end your message with <click>number</click> or <back>."

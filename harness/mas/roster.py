@@ -12,9 +12,15 @@ and no slot. Answers that count: in choice mode every utterance bears an answer 
 speaker scores highest), so every agent answers; in generate mode the agents whose role answers
 (informants and solvers; critics are told not to).
 
-Today's two settings are two rosters: `information_exchange` (Alice and Bob, informants) and
-`debate` (Alice solves, Bob criticises). A task's setting names its default roster; the config key
-`roster` names another (`information_exchange_3`: Alice, Bob and Carol, informants).
+Today's three settings are three rosters: `information_exchange` (Alice and Bob, informants),
+`debate` (Alice solves, Bob criticises) and `web` (WebWalker's explorer and critic on a site). A
+task's setting names its default roster; the config key `roster` names another
+(`information_exchange_3`: Alice, Bob and Carol, informants).
+
+An environment between turns: a roster with `web` limits acts on a served site. Each utterance of
+an agent whose role acts is an action there (`harness.mas.web`), and what the site shows back is
+the utterance's observation, which every agent reads after it; the site's first page is each web
+role's `${information}`.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from string import Template
 
+from harness.config import WebConfig
 from harness.errors import HarnessError
 from harness.mas import prompts
 from harness.registry import Registry
@@ -35,17 +42,21 @@ class Role:
     group: Template  # its prompt among three or more
     holds_context: bool  # gets a slot of the question's context
     answers: bool  # its answers count in generate mode (in choice mode every agent's do)
+    acts: bool = False  # each utterance is an action in the roster's environment
 
 
 ROLES: Registry[Role] = Registry("role")
 ROLES.register("informant", Role(prompts.INFORMATION_EXCHANGE, prompts.GROUP["informant"], True, True))
 ROLES.register("solver", Role(prompts.DEBATE_SOLVER, prompts.GROUP["solver"], False, True))
 ROLES.register("critic", Role(prompts.DEBATE_CRITIC, prompts.GROUP["critic"], False, False))
+ROLES.register("explorer", Role(prompts.WEB["explorer"], prompts.WEB["explorer"], False, False, acts=True))
+ROLES.register("web_critic", Role(prompts.WEB["web_critic"], prompts.WEB["web_critic"], False, True))
 
 # When a dialogue ends before its turn cap: `rule(dialogue) -> bool`, asked after every utterance;
 # the dialogue's `stop` is then the rule's name.
 TERMINATIONS: Registry = Registry("termination rule")
 TERMINATIONS.register("agreement", "harness.mas.termination:agreement")
+TERMINATIONS.register("answer", "harness.mas.termination:first_answer")
 
 
 @dataclass(frozen=True)
@@ -64,6 +75,7 @@ class Roster:
     name: str
     agents: tuple[Agent, ...]
     termination: str = "agreement"  # a TERMINATIONS name
+    web: WebConfig | None = None  # the agents act on a served site within these limits; None: no environment
 
     def __post_init__(self):
         names = self.names
@@ -101,9 +113,14 @@ class Roster:
     def frozen_models(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(a.model for a in self.agents if a.frozen))
 
-    def system_prompts(self, question: Question) -> tuple[str, ...]:
+    def acting(self, agent: int) -> bool:
+        """Whether the agent's utterances are actions in the roster's environment."""
+        return self.web is not None and ROLES.get(self.agents[agent].role).acts
+
+    def system_prompts(self, question: Question, page: str = "") -> tuple[str, ...]:
         """Each agent's system prompt for a question: its role's prompt, with its own context slot
-        (a roster without context-holding agents leaves a question's context unread)."""
+        (a roster without context-holding agents leaves a question's context unread), or in a web
+        roster the site's first `page`."""
         contexts = question.contexts or ((),) * self.slots  # a question without any context
         if self.slots and len(contexts) != self.slots:
             raise HarnessError(f"question {question.id}: its context is dealt into {len(contexts)} slots, but roster "
@@ -114,7 +131,7 @@ class Roster:
         for agent in self.agents:
             role = ROLES.get(agent.role)
             others = [n for n in self.names if n != agent.name]
-            information = "\n".join(next(slots)) if role.holds_context else ""
+            information = "\n".join(next(slots)) if role.holds_context else page
             out.append((role.pair if len(others) == 1 else role.group).substitute(
                 name=agent.name, partner=others[0], partners=spoken_list(others), question=question.question,
                 information=information or prompts.NO_INFORMATION))
@@ -152,6 +169,8 @@ DEBATE = Roster("debate", (Agent("Alice", "solver"), Agent("Bob", "critic")))
 ROSTERS: Registry[Roster] = Registry("roster")
 ROSTERS.register("information_exchange", INFORMATION_EXCHANGE)
 ROSTERS.register("debate", DEBATE)
+ROSTERS.register("web", Roster("web", (Agent("Explorer", "explorer"), Agent("Critic", "web_critic")),
+                                termination="answer", web=WebConfig()))
 ROSTERS.register("information_exchange_3", Roster(
     "information_exchange_3", (Agent("Alice", "informant"), Agent("Bob", "informant"), Agent("Carol", "informant"))))
 
@@ -166,7 +185,10 @@ def roster_for(setting: str, name: str | None = None, speaker_models: str | None
 
 def task_and_roster(cfg, task: str | None = None) -> tuple[Task, Roster]:
     """The config's task (or `task`), dealing its context into one slot per context-holding agent of
-    the config's roster, and that roster (keys `roster`, `speaker_models`; `context_mode`, `seed`)."""
+    the config's roster, and that roster (keys `roster`, `speaker_models`, a web roster's `web`
+    limits; `context_mode`, `seed`)."""
     name = task or cfg.task
     roster = roster_for(TASKS.get(name).setting, cfg.roster, cfg.speaker_models)
+    if roster.web is not None:
+        roster = replace(roster, web=cfg.web)
     return get_task(name, context_mode=cfg.context_mode, seed=cfg.seed, slots=roster.slots), roster

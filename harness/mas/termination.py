@@ -32,3 +32,10 @@ def agreement(d: Dialogue) -> bool:
     recent = [u for u in d.utterances if u.answer][-k:]
     return (len(recent) == k and all(same_answer(u.answer, last.answer) for u in recent)
             and set(answering) <= {u.speaker for u in recent})
+
+
+def first_answer(d: Dialogue) -> bool:
+    """`answer` (the web roster's): the dialogue ends at the first answer of an answering agent (the
+    critic, who answers once the pages seen hold it); an explorer's stray answer does not end it."""
+    last = d.utterances[-1]
+    return bool(last.answer) and last.speaker in d.roster.answering(scored=last.choice_logprobs is not None)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from rapidfuzz.distance import Levenshtein
 
@@ -150,7 +150,7 @@ class Tree:
         return {
             "tree_id": self.tree_id, "question_id": self.question.id, "selected": self.selected,
             "nodes": [{"id": n.id, "parent": n.parent, "depth": n.depth, "q": n.q, "visits": n.visits,
-                       "children": n.children, "utterance": asdict(n.utterance) if n.utterance else None}
+                       "children": n.children, "utterance": n.utterance.record() if n.utterance else None}
                       for n in self.nodes],
             "rollouts": self.rollouts,
         } | ({"estimates": estimates} if estimates else {})

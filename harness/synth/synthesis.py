@@ -64,8 +64,6 @@ def usage_delta(before: dict, after: dict) -> dict:
 def synthesize(config: SynthConfig | None = None, resume: bool = False, **overrides) -> SynthResult:
     """Python API of `harness synth`: returns what it writes. Overrides are config keys."""
     cfg = cfgmod.build(SynthConfig, overrides={**cfgmod.as_dict(config or SynthConfig()), **overrides})
-    if TASKS.get(cfg.task).setting == "web":
-        raise HarnessError(f"{cfg.task}: the web environment its agents navigate is not in this release")
     task, roster = task_and_roster(cfg)
     cfg = dataclasses.replace(cfg, answer_mode=task.answer_mode(cfg.answer_mode))
     metric = cfg.metric or task.metric

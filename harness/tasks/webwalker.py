@@ -2,13 +2,38 @@
 
 dataset: callanwu/WebWalkerQA (Wu et al., 2025); a test-only benchmark
 splits: validation <- silver[:1000]; test <- main
-setting: web: the agents navigate the site from `root_url`; the environment is not in this
-    release, so only loading and the metric are available
-metric: SQuAD token F1 against the answer
+setting: web: the explorer and the critic navigate the question's site from `root_url`, served
+    from a site pack on 127.0.0.1 (`harness.web`); the "given URL, click only" setting
+metric: SQuAD token F1 against the answer (the paper's metric is a GPT-4 judge's accuracy: not comparable)
 licence: Apache-2.0
+
+Questions come from site packs (`harness.web.splits`): a split's default packs' `qa/<split>.jsonl`,
+each question served by its own pack. Real WebWalkerQA rows (`<data_dir>/webwalker/<split>.jsonl`)
+are asked only where a pack serves their root URL; the rest are skipped, counted and said once (their
+live sites cannot be reached from here). Without a data directory, the written sites' questions of
+the split are read; a default pack not built in the data directory (`harness data build-web`) is
+left out, said once.
 """
 
-from harness.tasks.base import QA_RECIPE, Question, Task, require, row_hash
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from harness.errors import HarnessError
+from harness.tasks import base
+from harness.tasks.base import QA_RECIPE, Question, Task, check_data_dir, read_jsonl, require, row_hash
+from harness.web import splits
+
+log = logging.getLogger(__name__)
+
+
+def warn_once(message: str) -> None:
+    if message not in base._WARNED_SAMPLES:  # the loaders' one set of warnings given (tests reset it)
+        base._WARNED_SAMPLES.add(message)
+        log.warning(message)
 
 
 class WebWalker(Task):
@@ -23,7 +48,41 @@ class WebWalker(Task):
 
     def to_question(self, row: dict, split: str) -> Question:
         require(row, "question", "answer", "root_url")
+        pack = row.pop("pack_dir", None)  # where the question's site is served from: no part of its id
         return Question(
             id=row.get("id") or row_hash(row), question=row["question"], golds=(row["answer"],),
-            meta={"root_url": row["root_url"], **(row.get("info") or {})},
+            meta={"root_url": row["root_url"], **(row.get("info") or {}), **({"pack_dir": pack} if pack else {})},
         )
+
+    def load(self, split: str, data_dir: str | os.PathLike | None = None, limit: int | None = None,
+             online: bool = False) -> list[Question]:
+        data_dir = data_dir or os.environ.get("HARNESS_DATA_DIR") or None
+        if data_dir:
+            check_data_dir(Path(data_dir))
+        names = splits.DEFAULT_PACKS.get(split, ()) if data_dir else splits.WRITTEN
+        built = [n for n in names if n in splits.WRITTEN or splits.built(n, data_dir)]
+        if not data_dir:
+            warn_once(f"no data directory set: reading the written sites' {split} questions, a project-written sample "
+                      "(set --data-dir and run `harness data build-web` there for the generated wikis)")
+        elif len(built) < len(names):
+            warn_once(f"{splits.packs_dir(data_dir)}: site packs {', '.join(n for n in names if n not in built)} not "
+                      f"built: their {split} questions are left out (run `harness data build-web --data-dir {data_dir}`)")
+        folders = [splits.pack_dir(name, data_dir) for name in built]
+        served = {json.loads((f / "manifest.json").read_text(encoding="utf-8"))["root_url"]: f for f in folders}
+        rows = [(path, i, {**row, "pack_dir": str(folder)})
+                for folder in folders if (path := folder / "qa" / f"{split}.jsonl").is_file()
+                for i, row in read_jsonl(path)]
+        real = Path(data_dir) / self.name / f"{split}.jsonl" if data_dir else None
+        if real is not None and real.is_file():
+            found = [(real, i, row) for i, row in read_jsonl(real)]
+            kept = [(p, i, {**row, "pack_dir": str(served[row["root_url"]])})
+                    for p, i, row in found if isinstance(row, dict) and row.get("root_url") in served]
+            if len(kept) < len(found):
+                warn_once(f"{real}: {len(found) - len(kept)} of {len(found)} questions skipped: no site pack or snapshot "
+                          "serves their root URL (their live sites cannot be reached from here)")
+            rows += kept
+        if not rows:
+            raise HarnessError(f"webwalker/{split}: no questions in the site packs {', '.join(built) or '(none built)'}"
+                               f"{f' or {real}' if real else ''}; build them with `harness data build-web`")
+        self.source = str(rows[0][0])
+        return self.parse(rows[:limit], split)

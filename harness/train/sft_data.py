@@ -76,10 +76,12 @@ def build_sft_data(groups: list[list[Dialogue]], nll: dict[str, float], weights:
     examples = []
     for i in keep_best([r["best_reward"]["total"] for r in records], keep_fraction, epsilon):
         records[i]["kept"] = True
-        d = best[i]
-        for agent in d.roster.policy_agents:
-            view = agent_view(d, agent)
-            if view is not None:
-                examples.append({"question_id": records[i]["question_id"], "agent": d.roster.agents[agent].name,
-                                 "reward": records[i]["best_reward"]["total"], "messages": view})
+        examples += dialogue_examples(best[i], records[i]["best_reward"]["total"])
     return examples, records
+
+
+def dialogue_examples(d: Dialogue, reward: float) -> list[dict]:
+    """A dialogue's SFT examples: one per agent the policy speaks for, its view up to its last turn."""
+    views = [(agent, agent_view(d, agent)) for agent in d.roster.policy_agents]
+    return [{"question_id": d.question.id, "agent": d.roster.agents[agent].name, "reward": reward, "messages": view}
+            for agent, view in views if view is not None]
