@@ -375,6 +375,28 @@ def cmd_data_build_web(args) -> int:
     return 0
 
 
+def cmd_data_snapshot_web(args) -> int:
+    from pathlib import Path
+
+    from harness.web import snapshot, splits
+    from harness.web.browser import LiveBrowser
+    from harness.web.pack import Root
+
+    root = Root.of(args.root)
+    rows = snapshot.read_rows(args.questions, root.url) if args.questions else []
+    data_dir = _data_dir(args)
+    if not args.out and not data_dir:
+        raise HarnessError("snapshot-web needs --out DIR, or --data-dir DIR (the pack goes to DIR/webwalker/packs/)")
+    out = Path(args.out) if args.out else splits.packs_dir(data_dir) / root.host
+    stats = snapshot.snapshot(LiveBrowser([root.url]), root.url, out, rows, args.max_pages, name=root.host,
+                              domain=args.domain, lang=args.lang)
+    print(tabulate([[k, v] for k, v in stats.items() if k != "stale_reasons"], tablefmt="github"))
+    for reason in stats["stale_reasons"]:
+        print(f"stale: {reason}")
+    print(f"snapshot of {root.url}: {out}")
+    return 0
+
+
 def cmd_data_script_web(args) -> int:
     from pathlib import Path
 
@@ -680,6 +702,19 @@ def parser() -> argparse.ArgumentParser:
                                                         "$HARNESS_DATA_DIR)")
     bw.add_argument("--out", help="data directory to write the packs to (default: the --data-dir)")
     bw.set_defaults(fn=cmd_data_build_web)
+    ss = dsub.add_parser("snapshot-web", help="freeze a live site into a WebWalker site pack (needs the network)",
+                         description="crawl the site from --root with the agents' link rules (under the root, no "
+                                     "javascript:, images or PDFs), breadth first up to --max-pages, always capturing "
+                                     "the questions' source pages; the questions whose sources are missing, "
+                                     "unreachable or without the answer are marked stale and never asked")
+    ss.add_argument("--root", required=True, help="the site's root URL")
+    ss.add_argument("--questions", help="WebWalkerQA-schema JSONL: the rows about this site are checked and kept")
+    ss.add_argument("--max-pages", dest="max_pages", type=int, default=200, help="pages crawled (default: 200)")
+    ss.add_argument("--domain", default="organization", help="the site's WebWalkerQA domain (default: organization)")
+    ss.add_argument("--lang", default="en", help="the site's language (default: en)")
+    ss.add_argument("--data-dir", dest="data_dir", help="the pack goes to DATA_DIR/webwalker/packs/<host>/")
+    ss.add_argument("--out", help="write the pack here instead")
+    ss.set_defaults(fn=cmd_data_snapshot_web)
     sw = dsub.add_parser("script-web", help="scripted WebWalker episodes (golden paths, gold answers) as SFT data "
                                             "for a cold start")
     sw.add_argument("--split", default="train", choices=SPLITS, help="the questions' split (default: train)")

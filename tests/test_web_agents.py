@@ -10,12 +10,15 @@ import pytest
 
 from harness.cli import main
 from harness.config import WebConfig
+from harness.errors import HarnessError
 from harness.mas import web
 from harness.mas.dialogue import Dialogue, Utterance, start
 from harness.mas.roster import ROSTERS
 from harness.tasks import get_task
-from harness.web import generate, splits
+from harness.web import generate, snapshot, splits
+from harness.web.browser import Browser, LiveBrowser
 from harness.web.pack import Pack
+from harness.web.server import PackServers
 from harness.web.world import WORLD
 
 ROSTER = ROSTERS.get("web")
@@ -136,3 +139,61 @@ def test_an_episode_with_tiny_random_is_recorded(tmp_path):
         assert explorer_turns and all("observation" in u for u in explorer_turns)
         assert all("observation" not in u for u in r["transcript"] if u["speaker"] == "Critic")
         assert "127.0.0.1" not in json.dumps(r)  # agents and records see canonical URLs, never the transport
+
+
+# -- snapshots of live sites ---------------------------------------------------------------------
+
+def test_a_snapshot_replays_the_site_it_froze_and_marks_stale_questions(tmp_path):
+    """`harness data snapshot-web` on a served pack (the nearest thing to a live site here): every page
+    of the snapshot shows what the site showed, and a question whose source is gone is stale."""
+    site = splits.SITES / "harrowgatebirds"
+    original = Pack.load(site)
+    rows = [json.loads(line) for line in (site / "qa" / "test.jsonl").read_text().splitlines()]
+    gone = {**rows[0], "question": "Where is the hide?", "info": {**rows[0]["info"], "source_website": [
+        original.root_url + "hides/north"]}}
+    single = next(r for r in rows if r["info"]["hop"] == "single_source")
+    moved = {**single, "question": "What is the prize?", "answer": "a golden owl"}
+    with PackServers([original]) as served:
+        stats = snapshot.snapshot(Browser(served), original.root_url, tmp_path / "snap", [*rows, gone, moved],
+                                  name="harrowgate-snap")
+    assert stats["pages"] == stats["reachable"] == len(original.pages)
+    assert stats["questions"] == len(rows) and stats["stale"] == 2
+    assert stats["stale_reasons"] == [f"source page not captured: {original.root_url}hides/north",
+                                      "the answer is not on its source page"]
+    assert stats["fetches"] == {"ok": len(original.pages), "broken": 1}
+    frozen = Pack.load(tmp_path / "snap")
+    assert frozen.source == "snapshot" and frozen.root_url == original.root_url
+    for key in original.pages:  # replay: the same observation of every page
+        shown = []
+        for pack in (original, frozen):
+            with PackServers([pack]) as served:
+                shown.append(Browser(served).fetch(original.root.url_for(key)).page)
+        assert shown[0] == shown[1], key
+
+
+def test_a_live_snapshot_reaches_the_site_itself(tmp_path):
+    """The live transport (the site's own host and port, no pack server in between) on a loopback site."""
+    with PackServers([Pack.load(splits.SITES / "fedge-workshop")]) as served:
+        live_root = f"http://127.0.0.1:{next(iter(served.values()))}/"
+        stats = snapshot.snapshot(LiveBrowser([live_root]), live_root, tmp_path / "live", [], max_pages=10)
+    assert stats["pages"] == 10 and stats["fetches"] == {"ok": 10}
+    assert LiveBrowser([live_root]).fetch("https://elsewhere.example/").status == "refused"
+    with pytest.raises(HarnessError, match="root page could not be opened .*nothing written"):
+        snapshot.snapshot(LiveBrowser(["http://127.0.0.1:9/"]), "http://127.0.0.1:9/", tmp_path / "none", [])
+    assert not (tmp_path / "none").exists()
+
+
+def test_a_snapshot_in_the_data_directory_serves_the_real_questions_about_its_site(tmp_path, monkeypatch):
+    monkeypatch.setattr("harness.tasks.base._WARNED_SAMPLES", set())
+    site = splits.SITES / "greenfieldcc"
+    rows = [json.loads(line) for line in (site / "qa" / "test.jsonl").read_text().splitlines()]
+    single = next(r for r in rows if r["info"]["hop"] == "single_source")
+    stale = {**single, "question": "Which scholarship is for astronauts?", "answer": "none such"}
+    data = tmp_path / "data"
+    (data / "webwalker").mkdir(parents=True)
+    (data / "webwalker" / "validation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [*rows, stale]))
+    with PackServers([Pack.load(site)]) as served:
+        snapshot.snapshot(Browser(served), rows[0]["root_url"], splits.packs_dir(data) / "greenfield-snap", [*rows, stale])
+    qs = get_task("webwalker").load("validation", data_dir=data)  # the validation wikis are not built: left out
+    assert [q.question for q in qs] == [r["question"] for r in rows]
+    assert {q.meta["pack_dir"] for q in qs} == {str(splits.packs_dir(data) / "greenfield-snap")}

@@ -26,6 +26,7 @@ from harness.errors import HarnessError
 from harness.tasks import base
 from harness.tasks.base import QA_RECIPE, Question, Task, check_data_dir, read_jsonl, require, row_hash
 from harness.web import splits
+from harness.web.pack import Root
 
 log = logging.getLogger(__name__)
 
@@ -68,21 +69,46 @@ class WebWalker(Task):
             warn_once(f"{splits.packs_dir(data_dir)}: site packs {', '.join(n for n in names if n not in built)} not "
                       f"built: their {split} questions are left out (run `harness data build-web --data-dir {data_dir}`)")
         folders = [splits.pack_dir(name, data_dir) for name in built]
-        served = {json.loads((f / "manifest.json").read_text(encoding="utf-8"))["root_url"]: f for f in folders}
         rows = [(path, i, {**row, "pack_dir": str(folder)})
                 for folder in folders if (path := folder / "qa" / f"{split}.jsonl").is_file()
                 for i, row in read_jsonl(path)]
         real = Path(data_dir) / self.name / f"{split}.jsonl" if data_dir else None
         if real is not None and real.is_file():
-            found = [(real, i, row) for i, row in read_jsonl(real)]
-            kept = [(p, i, {**row, "pack_dir": str(served[row["root_url"]])})
-                    for p, i, row in found if isinstance(row, dict) and row.get("root_url") in served]
-            if len(kept) < len(found):
-                warn_once(f"{real}: {len(found) - len(kept)} of {len(found)} questions skipped: no site pack or snapshot "
-                          "serves their root URL (their live sites cannot be reached from here)")
-            rows += kept
+            rows += self.served_rows(real, [*folders, *splits.snapshots(data_dir)])
         if not rows:
             raise HarnessError(f"webwalker/{split}: no questions in the site packs {', '.join(built) or '(none built)'}"
                                f"{f' or {real}' if real else ''}; build them with `harness data build-web`")
         self.source = str(rows[0][0])
         return self.parse(rows[:limit], split)
+
+    @staticmethod
+    def served_rows(real: Path, folders: list[Path]) -> list[tuple]:
+        """The real rows whose site a pack or snapshot serves (the snapshot's stale questions left out);
+        the others are counted and said once."""
+        served, stale = {}, set()
+        for folder in folders:
+            served[Root.of(json.loads((folder / "manifest.json").read_text(encoding="utf-8"))["root_url"]).url] = folder
+            if (folder / "qa" / "stale.jsonl").is_file():
+                stale |= {row["question"] for _, row in read_jsonl(folder / "qa" / "stale.jsonl")}
+        found = [(real, i, row) for i, row in read_jsonl(real)]
+        kept, unserved = [], 0
+        for path, i, row in found:
+            root = _root(row)
+            if root not in served:
+                unserved += 1
+            elif row.get("question") not in stale:
+                kept.append((path, i, {**row, "pack_dir": str(served[root])}))
+        if unserved:
+            warn_once(f"{real}: {unserved} of {len(found)} questions skipped: no site pack or snapshot serves their "
+                      "root URL (their live sites cannot be reached from here)")
+        if len(found) - unserved - len(kept):
+            warn_once(f"{real}: {len(found) - unserved - len(kept)} questions skipped: stale in their site's snapshot")
+        return kept
+
+
+def _root(row) -> str | None:
+    """A row's canonical root URL, None where it has none a site could have."""
+    try:
+        return Root.of(row["root_url"]).url if isinstance(row, dict) and isinstance(row.get("root_url"), str) else None
+    except HarnessError:
+        return None

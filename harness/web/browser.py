@@ -41,6 +41,7 @@ class Fetch:
     url: str  # the final canonical URL (the last hop tried)
     page: Page | None = None  # for ok and too_big (cut at max_bytes)
     detail: str = ""  # why, in a few words, never with a port
+    html: str = ""  # the page as sent (decoded), for ok and too_big: what a snapshot stores
 
 
 class Browser:
@@ -77,12 +78,16 @@ class Browser:
                 return result
             current, written = canonical_url(result, current), result
 
+    def connection(self, root: Root, port: int, timeout: float) -> http.client.HTTPConnection:
+        """The transport to a served site: its pack server on loopback, whatever the canonical host."""
+        return http.client.HTTPConnection(LOOPBACK, port, timeout=timeout)
+
     def _get(self, site: tuple[Root, int], url: str, deadline: float) -> Fetch | str:
         """One request: a Fetch, or the Location a redirect names."""
         root, port = site
         parts = urlsplit(url)
         target = root.key(url) + (f"?{parts.query}" if parts.query else "")
-        conn = http.client.HTTPConnection(LOOPBACK, port, timeout=max(deadline - time.monotonic(), 0.001))
+        conn = self.connection(root, port, max(deadline - time.monotonic(), 0.001))
         watchdog = None
         try:
             conn.connect()
@@ -129,7 +134,7 @@ class Browser:
             return Fetch("error", url, detail="page cut short")
         html = bytes(body[:self.max_bytes]).decode(_charset(response), errors="replace")
         detail = f"cut at {self.max_bytes} bytes" if status == "too_big" else ""
-        return Fetch(status, url, parse_page(html, url, root), detail)
+        return Fetch(status, url, parse_page(html, url, root), detail, html)
 
 
 def _charset(response: http.client.HTTPResponse) -> str:
@@ -146,3 +151,15 @@ def _cut(sock: socket.socket | None) -> None:
             sock.shutdown(socket.SHUT_RDWR)
     except OSError:
         pass
+
+
+class LiveBrowser(Browser):
+    """A browser on live sites, for `harness data snapshot-web`: the allow-list is the sites' own hosts
+    (and ports), reached directly (HTTPS for https roots), never a proxy."""
+
+    def __init__(self, roots: list[str], **limits):
+        super().__init__(dict.fromkeys(roots, 0), **limits)
+
+    def connection(self, root: Root, port: int, timeout: float) -> http.client.HTTPConnection:
+        kind = http.client.HTTPSConnection if root.scheme == "https" else http.client.HTTPConnection
+        return kind(root.host, timeout=timeout)

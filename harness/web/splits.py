@@ -11,6 +11,7 @@ after the written sites' questions.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from harness.errors import HarnessError
@@ -39,6 +40,19 @@ DEFAULT_PACKS = {
 def packs_dir(data_dir: str | Path) -> Path:
     """Where `harness data build-web` writes a data directory's generated packs."""
     return Path(data_dir) / "webwalker" / "packs"
+
+
+def snapshots(data_dir: str | Path) -> list[Path]:
+    """The snapshots of live sites in a data directory (`harness data snapshot-web`): they serve the real
+    WebWalkerQA questions about their sites."""
+    found = []
+    for manifest in sorted(packs_dir(data_dir).glob("*/manifest.json")):
+        try:
+            if json.loads(manifest.read_text(encoding="utf-8")).get("source") == "snapshot":
+                found.append(manifest.parent)
+        except (OSError, ValueError):
+            raise HarnessError(f"{manifest}: unreadable or not JSON") from None
+    return found
 
 
 def built(name: str, data_dir: str | Path) -> bool:
