@@ -692,7 +692,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--seed", type=int, help="seed of the split by book and the per-book sample (default: 0)")
     b.add_argument("--spacy-model", dest="spacy_model", help="installed spaCy pipeline with a tagger")
     b.set_defaults(fn=cmd_data_build_cbt)
-    bw = dsub.add_parser("build-web", help="build the WebWalker wiki site packs from HotpotQA and 2WikiMultihopQA rows",
+    bw = dsub.add_parser("build-web", help="build WebWalker wikis from HotpotQA and 2WMH rows",
                          description="one offline wiki per split file in the data directory (hotpotqa/<split>.jsonl, "
                                      "2wmh/<split>.jsonl): an article per context paragraph, letter index pages, the "
                                      "rows' questions with golden paths; questions whose answer can be read on the "
@@ -702,7 +702,7 @@ def parser() -> argparse.ArgumentParser:
                                                         "$HARNESS_DATA_DIR)")
     bw.add_argument("--out", help="data directory to write the packs to (default: the --data-dir)")
     bw.set_defaults(fn=cmd_data_build_web)
-    ss = dsub.add_parser("snapshot-web", help="freeze a live site into a WebWalker site pack (needs the network)",
+    ss = dsub.add_parser("snapshot-web", help="freeze a live site into a WebWalker site pack",
                          description="crawl the site from --root with the agents' link rules (under the root, no "
                                      "javascript:, images or PDFs), breadth first up to --max-pages, always capturing "
                                      "the questions' source pages; the questions whose sources are missing, "
@@ -715,8 +715,9 @@ def parser() -> argparse.ArgumentParser:
     ss.add_argument("--data-dir", dest="data_dir", help="the pack goes to DATA_DIR/webwalker/packs/<host>/")
     ss.add_argument("--out", help="write the pack here instead")
     ss.set_defaults(fn=cmd_data_snapshot_web)
-    sw = dsub.add_parser("script-web", help="scripted WebWalker episodes (golden paths, gold answers) as SFT data "
-                                            "for a cold start")
+    sw = dsub.add_parser("script-web", help="scripted WebWalker episodes as SFT data",
+                         description="each question's golden paths clicked from the root and its gold answer given "
+                                     "by the critic: SFT examples for a cold start (harness train --stage sft)")
     sw.add_argument("--split", default="train", choices=SPLITS, help="the questions' split (default: train)")
     sw.add_argument("--limit", type=int, help="first N questions")
     sw.add_argument("--data-dir", dest="data_dir", help=DATA_DIR_HELP)

@@ -150,8 +150,7 @@ def comparison(runs: list[Run], baselines=BASELINES) -> pd.DataFrame:
             kinds = {}
             for base in baselines:
                 if base not in policies or base == name:
-                    row |= {f"vs_{base}{suffix}": None for suffix in VERSUS_COLUMNS.values()}
-                    row |= {f"vs_{base}_n": 0, f"vs_{base}_seeds": 0}
+                    row |= no_versus(base)
                     continue
                 shared = sorted(items[name].keys() & items[base].keys())
                 d = versus([items[name][s] for s in shared], [items[base][s] for s in shared])
@@ -159,8 +158,15 @@ def comparison(runs: list[Run], baselines=BASELINES) -> pd.DataFrame:
                 row |= {f"vs_{base}{suffix}": d[key] for key, suffix in VERSUS_COLUMNS.items()}
             row["interval"] = interval_note(kinds)
             rows.append(row)
-        rows += reference_rows(task, policies)
+        rows += [row | {k: v for base in baselines for k, v in no_versus(base).items()}
+                 for row in reference_rows(task, policies)]
     return pd.DataFrame(rows)
+
+
+def no_versus(base: str) -> dict:
+    """A row's columns against `base` where it has no comparison with it (itself, a reference row)."""
+    return {f"vs_{base}{suffix}": None for suffix in VERSUS_COLUMNS.values()} | {f"vs_{base}_n": 0,
+                                                                              f"vs_{base}_seeds": 0}
 
 
 def reference_rows(task: str, policies: dict) -> list[dict]:
