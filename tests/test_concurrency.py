@@ -50,8 +50,8 @@ def test_two_selectors_started_at_once_share_the_shared_stages(smoke_suite, tmp_
             else:
                 assert (here / f).read_text() == (alone / f).read_text()
         reference = Path(json.loads((alone / "run_spec.json").read_text())["shared_stages"])
-        assert (shared / "eval" / "per_instance.jsonl").read_text() == (
-            reference / "eval" / "per_instance.jsonl").read_text()
+        assert (shared / "eval_initial" / "per_instance.jsonl").read_text() == (
+            reference / "eval_initial" / "per_instance.jsonl").read_text()
         # The policy is named by its path, which differs between the two roots; its weights hash does not.
         assert [p | {"policy": p["policy"]["sha256"]} for p in read_jsonl(shared / "it0" / "mcts" / "pairs.jsonl")] == [
             p | {"policy": p["policy"]["sha256"]} for p in read_jsonl(reference / "it0" / "mcts" / "pairs.jsonl")]
