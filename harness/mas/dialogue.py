@@ -198,8 +198,11 @@ def start(questions: list[Question], roster: Roster | str) -> list[Dialogue]:
     """New dialogues of a roster on the questions; a name stands for that roster (a setting's name for
     the setting's default roster)."""
     roster = roster if isinstance(roster, Roster) else roster_for(roster)
-    return [Dialogue(q, roster.system_prompts(q, web.first_page(q, roster) if roster.web else ""), roster=roster)
-            for q in questions]
+    if not roster.web:
+        return [Dialogue(q, roster.system_prompts(q), roster=roster) for q in questions]
+    # a web dialogue starts on its site's first page, which its agents' prompts show
+    return [Dialogue(q, roster.system_prompts(q, page), roster=roster, episode=episode)
+            for q in questions for episode, page in [web.opened(q, roster)]]
 
 
 def run_dialogues(dialogues: list[Dialogue], speakers: Backend | Speakers, cfg: DialogueConfig, seed: int,

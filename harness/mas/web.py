@@ -42,10 +42,11 @@ def pack_dir(question: Question) -> str:
     return pack
 
 
-def first_page(question: Question, roster) -> str:
-    """What the site's first page shows: the web roles' `${information}`."""
+def opened(question: Question, roster) -> tuple[WebEnvironment, str]:
+    """A new episode on the question's site, at its first page, and what that page shows: the web
+    roles' `${information}`."""
     episode = WORLD.episode(pack_dir(question), roster.web)
-    return episode.reset(question.meta["root_url"]).text
+    return episode, episode.reset(question.meta["root_url"]).text
 
 
 def act(episode: WebEnvironment, text: str) -> Observation | None:
@@ -67,8 +68,7 @@ def episode_of(d) -> WebEnvironment:
     """The dialogue's episode as its utterances so far left it (replayed if the dialogue has none)."""
     acted = [u for i, u in enumerate(d.utterances) if d.roster.acting(d.roster.speaker(i))]
     if d.episode is None or d.episode_actions != len(acted):
-        d.episode = WORLD.episode(pack_dir(d.question), d.roster.web)
-        d.episode.reset(d.question.meta["root_url"])
+        d.episode, _ = opened(d.question, d.roster)
         for u in acted:
             act(d.episode, u.text)
         d.episode_actions = len(acted)
@@ -88,7 +88,8 @@ def scripted(question: Question, roster) -> "Dialogue":
     from harness.mas.dialogue import Dialogue, Utterance
 
     explorer, critic = (a.name for a in roster.agents)
-    d = Dialogue(question, roster.system_prompts(question, first_page(question, roster)), roster=roster)
+    episode, page = opened(question, roster)
+    d = Dialogue(question, roster.system_prompts(question, page), roster=roster, episode=episode)
 
     def say(text: str, answer: str = "") -> None:
         u = Utterance(d.roster.agents[d.next_agent].name, text, answer, 0, 0, 0, False)
