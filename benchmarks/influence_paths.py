@@ -2,7 +2,7 @@
 
     python benchmarks/influence_paths.py --data-dir ../shared/data [--task hotpotqa] [--units 8]
         [--validation-size 10] [--eta 5e-5] [--warmup-steps 1] [--model smollm2-135m] [--pairs FILE]
-        [--roster information_exchange_3]
+        [--roster information_exchange_3] [--answer-mode choice|generate]
 
 Both paths estimate the same units on the same warmed-up theta* (same seed): the reference decodes
 each unit's V validation dialogues in full, the fast path checks theta*'s as a draft and decodes only
@@ -12,7 +12,9 @@ unit validation, split for the fast path into draft checks and decoding), the sp
 and whether the two give the same F per unit (a difference is only allowed within a counted near-tie).
 
 Without --pairs, each unit is one pair on a train question: the gold answer at Alice's first turn
-preferred over another question's answer. Real search pairs (`harness synth`) have longer responses;
+preferred over a wrong one (`harness.bench.influence.gold_pairs`), in the task's answer mode for
+--answer-mode (choice where the task has options). Also printed: the fast path's certified dialogues,
+the audit's wrong certifications, and in choice mode the utterances whose options it scored again. Real search pairs (`harness synth`) have longer responses;
 the units' cost is dominated by the validation dialogues either way.
 """
 
@@ -27,6 +29,7 @@ from tabulate import tabulate
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from harness.bench.influence import gold_pairs, interleaved  # noqa: E402
+from harness.dits.influence import answer_mode  # noqa: E402
 
 
 def main() -> None:
@@ -43,12 +46,15 @@ def main() -> None:
     p.add_argument("--warmup-steps", type=int, default=1)
     p.add_argument("--config", default="cpu", help="preset whose select section sets the other knobs")
     p.add_argument("--roster", help="the agents (harness ls rosters; default: the task's setting's)")
+    p.add_argument("--answer-mode", default="choice",
+                   help="choice (tasks with options; others generate) or generate: the gold pairs' answer mode")
     args = p.parse_args()
 
     if args.pairs:
         pairs = [json.loads(line) for line in open(args.pairs)][:args.units * args.unit_size]
     else:
-        pairs = gold_pairs(args.task, args.model, args.data_dir, args.units * args.unit_size, args.roster)
+        pairs = gold_pairs(args.task, args.model, args.data_dir, args.units * args.unit_size, args.roster,
+                           args.answer_mode)
     overrides = ["selector=dits", f"model={args.model}", f"validation_size={args.validation_size}",
                  f"unit_size={args.unit_size}", f"eta={args.eta}", "eta_auto=false",
                  f"warmup_steps={args.warmup_steps}"]
@@ -76,6 +82,11 @@ def main() -> None:
           f"{ref.f_after == fast.f_after}; changed answers equal: {ref.changed_answers == fast.changed_answers}")
     print(f"reference F(theta'): {[round(f, 4) for f in ref.f_after]}, changed answers {ref.changed_answers}")
     print(f"fast F(theta'):      {[round(f, 4) for f in fast.f_after]}, changed answers {fast.changed_answers}")
+    d = fast.drafts
+    print(f"fast path: {d['decoded_dialogues']} of {d['verified_dialogues'] + d['decoded_dialogues']} unit dialogues diverged; {d['certified_dialogues']} "
+          f"certified, {d['audited_dialogues']} of them audited, {d['wrong_certifications']} wrongly; "
+          f"certificates' precomputation {d['certify_seconds']:.0f} s; answer_mode {answer_mode(pairs)}: "
+          f"{d['rescored_utterances']} utterances rescored, {d['changed_choices']} answers moved")
     print(f"fast path drafts: {json.dumps({k: round(v, 1) for k, v in fast.drafts.items()})}")
     print(f"fast path decoding: {fast.usage['completion_tokens']} tokens generated in all (theta*'s drafts "
           f"included), {fast.usage['guessed_tokens']} of them taken from lookahead guesses")

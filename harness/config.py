@@ -253,6 +253,15 @@ class InfluenceConfig:
     # ...and guess up to this many tokens a decoding step from their own text (prompt lookup: SmolLM2's
     # agents copy their information and repeat each other), keeping those greedy decoding would pick.
     decode_lookahead: int = 8
+    # The fast path certifies the drafts a unit's step cannot change to first order and checks only the
+    # rest (harness/dits/influence/certify.py): each draft's certify_margins smallest margins get their
+    # gradients at theta*, a margin's predicted move times certify_safety must stay below the margin, and
+    # every unit re-checks the certify_audit share of its certified drafts (at least one), counting the
+    # wrong certifications (the target is none).
+    certify: bool = True
+    certify_margins: int = 8
+    certify_safety: float = 2.0
+    certify_audit: float = 0.1
     max_loras: int = 8  # path=server: units whose adapters a server holds and answers at once (<= vllm's --max-loras)
     adapter_dir: str | None = None  # path=server: where unit adapters are written for the servers; default /dev/shm
     beta: float | None = None  # DPO beta of the warm-up and unit steps; default: the task's recipe
@@ -461,6 +470,9 @@ RANGES = {
                                             "max_seq_length")),
                      *(f"dpo.{k}" for k in ("epochs", "batch_size", "grad_accum", "max_prompt_length"))), "[1, inf)"),
     "probe_percentile": "[0, 100]",
+    "influence.certify_margins": "[1, inf)",
+    "influence.certify_safety": "(0, inf)",
+    "influence.certify_audit": "[0, 1]",
 }
 
 

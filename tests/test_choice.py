@@ -110,30 +110,6 @@ def test_evaluation_reward_agreement_and_influence_read_the_same_answer(tmp_path
     assert json.loads((tmp_path / "eval" / "stats.json").read_text())["answer_mode"] == "choice"
 
 
-def test_choice_mode_selection_takes_the_reference_path(tmp_path):
-    """Until the fast path rescores the options under each unit's weights, its drafts (which hold
-    where no token changes) would miss choice-mode changes: the selection records the path it took."""
-    from harness import models
-    from harness.cli import main
-
-    task = get_task("arc_c")
-    _, _, info = models.load("tiny-fitted")
-    rows = []
-    for i, d in enumerate(start(task.load("train")[:4], task.setting)):
-        q = d.question
-        rows.append({"pair_id": f"arc_c:{q.id}/n0", "question_id": q.id, "task": "arc_c", "answer_mode": "choice",
-                     "policy": {"name": "tiny-fitted", "sha256": info["sha256"]}, "prompt": d.messages(0),
-                     "chosen": f"Alice: {q.golds[0]}", "rejected": "Alice: I do not know.",
-                     "q_chosen": 0.5 + 0.1 * i, "q_rejected": 0.1})
-    pairs = tmp_path / "pairs.jsonl"
-    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert main(["select", "--selector", "dits", "--pairs", str(pairs), "--out", str(tmp_path / "sel"),
-                 "--config", "smoke", "influence.path=fast", "max_turns=4"]) == 0
-    facts = json.loads((tmp_path / "sel" / "run_spec.json").read_text())["selector_facts"]
-    assert facts["answer_mode"] == "choice" and facts["influence_path"] == "reference"
-    assert facts["drafts"] == {}
-
-
 @pytest.mark.parametrize("contexts, options, gold, expected", [
     ((("The cat sat .", "A cat ran ."), ("The dog barked .",)), ("dog", "cat"), "cat", 1.0),
     ((("The dog sat .",), ("A dog ran . The cat hid .",)), ("dog", "cat"), "cat", 0.0),

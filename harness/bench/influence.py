@@ -19,22 +19,28 @@ from harness.tasks import get_task
 ORDER = ("reference", "fast")
 
 
-def gold_pairs(task_name: str, model: str, data_dir: str | None, n: int, roster: str | None = None) -> list[dict]:
-    """`n` pairs, one a train question: the gold answer at Alice's first turn preferred over the next
-    question's answer (real search pairs have longer responses; a unit's cost is its validation
-    dialogues either way)."""
+def gold_pairs(task_name: str, model: str, data_dir: str | None, n: int, roster: str | None = None,
+               answer_mode: str = "choice") -> list[dict]:
+    """`n` pairs, one a train question: the gold answer at Alice's first turn preferred over a wrong
+    one (another option of the question where it has options, else the next question's answer), in
+    the task's answer mode for `answer_mode` (`<A>...</A>` where it generates). Real search pairs have
+    longer responses; a unit's cost is its validation dialogues either way."""
     team = roster_for(get_task(task_name).setting, roster)
     task = get_task(task_name, slots=team.slots)
+    mode = task.answer_mode(answer_mode)
     sha = models.weights_hash(models.resolve(model))
     questions = task.load("train", data_dir, n + 1)
     if len(questions) < n + 1:
         raise HarnessError(f"{task_name}/train has {len(questions)} questions; {n + 1} needed")
+    said = "{}" if mode == "choice" else "<A>{}</A>"
     rows = []
     for i, d in enumerate(start(questions[:n], team)):
-        q, other = d.question, questions[i + 1]
+        q = d.question
+        gold = q.golds[0]
+        wrong = next((o for o in q.options or () if o not in q.golds), None) or questions[i + 1].golds[0]
         rows.append({"pair_id": f"{task_name}:{q.id}/bench", "question_id": q.id, "task": task_name,
-                     "policy": {"name": model, "sha256": sha}, "prompt": d.messages(0),
-                     "chosen": f"Alice: <A>{q.golds[0]}</A>", "rejected": f"Alice: <A>{other.golds[0]}</A>",
+                     "answer_mode": mode, "policy": {"name": model, "sha256": sha}, "prompt": d.messages(0),
+                     "chosen": f"Alice: {said.format(gold)}", "rejected": f"Alice: {said.format(wrong)}",
                      "q_chosen": 0.5, "q_rejected": 0.0})
     return rows
 

@@ -2,7 +2,10 @@
 
 - `record`: what an estimate holds (`Estimate`), its units and the facts of the pairs it reads;
 - `reference_path`: the reference procedure, kept as the correctness oracle (`ReferencePath`);
-- `fast_path`: the same influence checking theta*'s validation dialogues as drafts (`FastPath`);
+- `fast_path`: the same influence checking theta*'s validation dialogues as drafts (`FastPath`), with
+  the units' steps from shared passes (`unit_steps`), the drafts a step cannot change certified
+  (`certify`) and, in answer_mode=choice, the options of the turns that hold scored again
+  (`choice_rescore`);
 - `server_path`: the same influence with the validation dialogues answered by servers holding the
   units' adapters (`ServerPath`), its request plan in `server_plan`, the adapter endpoints in `adapter_client`;
 - `screen_path`: the first-order screen of `harness.screen` in the exact influence's place (`ScreenPath`);

@@ -28,11 +28,14 @@ from harness.mas.roster import task_and_roster
 KNOBS = ("max_turns", "max_new_tokens", "context_mode", "seed", "dtype", "roster", "speaker_models")
 INFLUENCE_KNOBS = ("unit_size", "warmup_steps", "warmup_batch", "warmup_lr", "eta", "step_optimizer", "beta",
                    "eta_auto", "eta_target_share", "eta_calibration_units", "eta_auto_steps", "micro_batch", "path",
-                   "decode_lookahead")
+                   "decode_lookahead", "certify", "certify_margins", "certify_safety", "certify_audit")
 # Not knobs: decode_units, max_loras and adapter_dir. The first two only group units (into one decoding
 # batch, into one batch of adapters on the servers) and each unit's F is still its own dialogues' on its
 # own weights; the third is where adapter files wait. A server's batch-dependent rounding could move an
 # F, but so could server.concurrency, and the servers are no part of any identity.
+# The certify knobs are knobs: a certificate is sound to first order only, and a wrong one outside the
+# audit keeps theta*'s dialogue where the unit's differs, so they can move an F (as decode_lookahead can,
+# within a near-tie); the audit measures how often (`drafts.wrong_certifications`), it does not undo it.
 
 PATHS = {path.name: path for path in (ReferencePath, FastPath, ServerPath, ScreenPath)}
 
@@ -62,11 +65,8 @@ def estimate(pairs: list[dict], cfg: SelectConfig, cache_dir: Path | None, kind:
 
 
 def path_for(cfg: SelectConfig, pairs: list[dict]) -> str:
-    """The influence path an estimate takes. The fast path's drafts hold where no token changes, but in
-    answer_mode=choice a unit's step moves the option scores without changing a token: until the fast
-    path rescores the options under each unit's weights, choice-mode selection takes the reference path."""
-    if cfg.influence.path == "fast" and answer_mode(pairs) == "choice":
-        return "reference"
+    """The influence path an estimate takes: the configured one. (In answer_mode=choice the fast path
+    scores the options of the turns that hold again under each unit's weights: `choice_rescore`.)"""
     return cfg.influence.path
 
 
@@ -90,9 +90,13 @@ def prepare(pairs: list[dict], cfg: SelectConfig):
         raise HarnessError(f"influence estimates run on the hf backend (the policy trains in process and the fast "
                            f"path reuses its keys/values), or with influence.path=server on backend=openai; not "
                            f"backend={cfg.backend} with influence.path={inf.path}")
-    for knob, least in (("micro_batch", 1), ("decode_units", 1), ("decode_lookahead", 0), ("max_loras", 1)):
+    for knob, least in (("micro_batch", 1), ("decode_units", 1), ("decode_lookahead", 0), ("max_loras", 1),
+                        ("certify_margins", 1)):
         if getattr(inf, knob) < least:
             raise HarnessError(f"influence.{knob} must be at least {least}, got {getattr(inf, knob)}")
+    if not (inf.certify_safety > 0 and 0 <= inf.certify_audit <= 1):
+        raise HarnessError(f"influence.certify_safety must be positive and certify_audit in [0, 1]; got "
+                           f"{inf.certify_safety}, {inf.certify_audit}")
     if inf.eta_auto and not (0 < inf.eta_target_share <= 1 and inf.eta_calibration_units >= 1
                              and inf.eta_auto_steps >= 0):
         raise HarnessError("eta auto needs eta_target_share in (0, 1], eta_calibration_units >= 1 and "

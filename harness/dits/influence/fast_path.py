@@ -10,10 +10,22 @@ responses; the dialogues that diverge start from the keys/values their checks co
 engine's `keep`) and decode several tokens a step where their own text guesses them right (prompt
 lookup, each guess checked as the drafts are).
 
+In answer_mode=choice a step can move the option scores without changing a token, so the answers of
+the turns that hold are scored again under the unit's weights (`choice_rescore`: every utterance's
+options on its check's keys/values, a few forward passes a unit) and the dialogue replayed with them:
+it may end sooner (its agents now agree), as theta*'s (then it is done), or run on past theta*'s end
+(then it decodes on from there, as a diverged one).
+
+All the units' gradients are taken first, from shared backward passes (`unit_steps`), and each unit's
+step is its optimizer's on its gradient. Knowing the steps before any check, the path certifies the
+drafts a step cannot change to first order (`certify`, `influence.certify`) and checks only the rest,
+and a seeded share of the certified ones, whose changes are counted (`wrong_certifications`, target 0).
+
 The one difference from the reference is floating point: a check reads logits computed over the
 whole sequence (on merged weights) where decoding computes them a token at a time, so an argmax
 within a near-tie can differ; the checked positions within one are counted, as are tokens decoded
-within one in steps that fed guesses.
+within one in steps that fed guesses and the rescored utterances whose two best options are within
+one. A wrong certificate outside the audit is the other (see `certify`).
 """
 
 from __future__ import annotations
@@ -22,7 +34,7 @@ import copy
 import sys
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from tqdm.auto import tqdm
@@ -34,9 +46,12 @@ from harness.backends.decoding import NEAR_TIE, top_two
 from harness.backends.hf import HFBackend
 from harness.backends.kv_cache import common_prefix
 from harness.config import SelectConfig
-from harness.dits.influence.record import closing_turn
-from harness.dits.influence.reference_path import ReferencePath
-from harness.mas.dialogue import start
+from harness.dits.influence.certify import Certifier, audit_sample
+from harness.dits.influence.choice_rescore import ROWS_PER_PASS, TreeScorer
+from harness.dits.influence.record import answer_mode, closing_turn
+from harness.dits.influence.reference_path import STEP_OPTIMIZERS, ReferencePath
+from harness.dits.influence.unit_steps import UnitGradients, apply_step
+from harness.mas.dialogue import Dialogue, choose, start
 
 
 @dataclass
@@ -113,9 +128,27 @@ class FastPath(ReferencePath):
         # (the policy's LoRA layer, the checker's linear layer it merges into)
         self.lora_layers = [(m, targets[name.removeprefix("base_model.model.")])
                             for name, m in self.model.named_modules() if isinstance(m, LoraLayer)]
+        # verified: settled without decoding (their drafts held, or certified); draft_turns: the turns
+        # of the drafts every unit's dialogues start from, checked or certified
         self.account = {"verified_dialogues": 0, "decoded_dialogues": 0, "decoded_turns": 0, "draft_turns": 0,
                         "checked_positions": 0, "near_ties": 0, "encoded_tokens": 0, "opening_tokens": 0,
-                        "check_seconds": 0.0, "decode_seconds": 0.0}
+                        "check_seconds": 0.0, "decode_seconds": 0.0,
+                        # answer_mode=choice: utterances whose options were scored again, those whose answer
+                        # moved, those within a near-tie (in near_ties too), the tokens and passes it took;
+                        # dialogues that ended sooner than theta*'s, or ran on past its end (decoded)
+                        "rescored_utterances": 0, "changed_choices": 0, "option_near_ties": 0,
+                        "rescored_tokens": 0, "rescore_passes": 0, "rescore_seconds": 0.0,
+                        "ended_sooner": 0, "ran_longer": 0,
+                        # certification: dialogues certified, those audited and the audit's wrong ones,
+                        # the margin gradients computed at theta* and the precomputation's seconds
+                        "certified_dialogues": 0, "audited_dialogues": 0, "wrong_certifications": 0,
+                        "certify_gradients": 0, "certify_seconds": 0.0}
+        self.unit_seconds["certify"] = 0.0
+        self.choice = answer_mode(pairs) == "choice"
+        self.scorer = TreeScorer(self.checker, self.tokenizer, ROWS_PER_PASS, self.account)
+        self.gradients = UnitGradients(self.model, self.params)
+        self.unit_grads: dict[tuple, torch.Tensor] = {}  # per unit (its pairs), its flattened gradient at theta*
+        self.certifier: Certifier | None = None
 
     def theta_star_dialogues(self):
         recorder = _DraftRecorder(self.backend)
@@ -139,17 +172,61 @@ class FastPath(ReferencePath):
     def unit_logps(self, indices) -> torch.Tensor:
         return self.shared_logps(indices)
 
+    def prepare_units(self, theta_star, units) -> None:
+        """Every unit's gradient at theta* not taken yet, in shared passes (`unit_steps`), and with
+        certification its margins' first-order moves (`certify`); both timed as the units' work."""
+        new = [u for u in dict.fromkeys(map(tuple, units)) if u not in self.unit_grads]
+        if not new:
+            return
+        inf = self.cfg.influence
+        started = time.perf_counter()
+        self.restore(theta_star)
+        grads = self.gradients([list(u) for u in new], lambda pairs: self.pair_losses(pairs, self.unit_logps),
+                               inf.micro_batch)
+        self.unit_grads.update(zip(new, grads))
+        self.unit_seconds["step"] += time.perf_counter() - started
+        if not inf.certify:
+            return
+        started = time.perf_counter()
+        if self.certifier is None:
+            self.certifier = Certifier(self.model, self.tokenizer, self.params, self.backend.eos_ids, self.draft,
+                                       self.draft_chains(), self.choice, inf.certify_margins, inf.step_optimizer,
+                                       inf.certify_safety, inf.eta)
+        self.certifier.add_units(new, grads)
+        self.account["certify_gradients"] = self.certifier.computed
+        seconds = time.perf_counter() - started
+        self.unit_seconds["certify"] += seconds
+        self.account["certify_seconds"] += seconds
+
+    def draft_chains(self) -> list[list[list[tuple[list[int], list[DraftTurn]]]]]:
+        """Per draft dialogue, per agent, the chains its checks read (`chains`): (sequence, turns)."""
+        n = len(self.roster.agents)
+        return [[[(sequence, [turns[agent::n][m] for m in members]) for sequence, members in chains(turns[agent::n])]
+                 for agent in range(n)] for turns in self.draft_turns]
+
+    def calibrate(self, theta_star, units, answers_before, items_before) -> tuple[float, list[dict]]:
+        self.prepare_units(theta_star, units)  # all the units' gradients together, not the probe's first
+        return super().calibrate(theta_star, units, answers_before, items_before)
+
     def unit_scores(self, theta_star, units, eta: float, answers_before, desc: str | None = None, between=None):
+        inf = self.cfg.influence
+        self.prepare_units(theta_star, units)
         scored = []
         bar = tqdm(total=len(units), desc=desc, disable=desc is None, unit="unit", file=sys.stderr,
                    dynamic_ncols=True)
-        group_size = self.cfg.influence.decode_units
+        group_size = inf.decode_units
         for lo in range(0, len(units), group_size):
             outcomes, diverged = [], []
             for j, unit in enumerate(units[lo:lo + group_size]):
-                self.step_from(theta_star, unit, eta)
+                key = tuple(unit)
                 started = time.perf_counter()
-                dialogues, resumed = self.check_drafts()
+                apply_step(self.params, theta_star, self.gradients.views(self.unit_grads[key]),
+                           STEP_OPTIMIZERS[inf.step_optimizer], eta)
+                self.unit_seconds["step"] += time.perf_counter() - started
+                started = time.perf_counter()
+                certified = self.certifier.certified(key, eta) if self.certifier else []
+                dialogues, resumed = self.check_drafts(certified,
+                                                       audit_sample(certified, inf.certify_audit, self.cfg.seed, key))
                 if resumed:
                     name = f"unit{j}"
                     self.keep_adapter(name)
@@ -166,7 +243,7 @@ class FastPath(ReferencePath):
                 bar.set_postfix_str(f"decoding {len(diverged)} diverged dialogues")
                 done = [len(d.utterances) for d in diverged]
                 ties = self.backend.usage.guess_near_ties
-                self.dialogues(dialogues=diverged, lookahead=self.cfg.influence.decode_lookahead)
+                self.dialogues(dialogues=diverged, lookahead=inf.decode_lookahead)
                 self.account["near_ties"] += self.backend.usage.guess_near_ties - ties
                 self.account["decoded_dialogues"] += len(diverged)
                 self.account["decoded_turns"] += sum(len(d.utterances) - n for d, n in zip(diverged, done))
@@ -180,33 +257,104 @@ class FastPath(ReferencePath):
         bar.close()
         return scored
 
-    def check_drafts(self):
-        """The validation dialogues of the current weights: theta*'s where the draft holds, and those
-        that diverge restarted at the turn they diverge (to decode). (all dialogues, restarted ones)"""
+    def check_drafts(self, certified=(), audited=()):
+        """The validation dialogues of the current weights: theta*'s where the draft holds (or is
+        certified to: `certified`, but for those `audited`, which are checked), and those that
+        diverge restarted at the turn they diverge (to decode). In answer_mode=choice the answers of
+        the turns that hold are scored again and the dialogue replayed with them (`settle`).
+        (all dialogues, restarted ones)"""
         started = time.perf_counter()
         self.merge()
         self.opening_kv = [self.encode_opening(ids) for ids in self.openings]
-        outcome, resumed = [], []
-        for d, turns in zip(self.draft, self.draft_turns):
-            k, computed = self.divergence(turns)
+        skipped = set(certified) - set(audited)
+        outcome: list = [None] * len(self.draft)
+        resumed: set[int] = set()
+        pending = []  # (dialogue index, turns that hold, checked chains): answers to score again
+        for i, (d, turns) in enumerate(zip(self.draft, self.draft_turns)):
             self.account["draft_turns"] += len(turns)
-            if k is None:
-                self.account["verified_dialogues"] += 1
-                outcome.append(d)
+            if i in skipped:
+                outcome[i] = d
                 continue
-            again = start([d.question], self.roster)[0]
-            for u in d.utterances[:k]:  # theta' says these turns as theta* did
-                again.add(u, self.cfg.max_turns, closing_turn(self.pairs))
-            # The checks computed the agents' keys/values up to the divergence and past it: decoding
-            # reuses them where its prompts agree (the diverging agent's whole prompt at that turn),
-            # rounded as the checker's merged weights round.
-            for agent, (ids, kv) in computed.items():
-                self.backend.keep(again.cache_key(agent), ids, kv)
-            outcome.append(again)
-            resumed.append(again)
+            first, computed = self.divergence(turns)
+            if self.choice and d.question.options:
+                for agent, held in computed.items():
+                    for sequence, kv in held:
+                        self.scorer.register(d.cache_key(agent), sequence, kv)
+                pending.append((i, len(turns) if first is None else first, computed))
+                if self.scorer.registered >= self.scorer.rows_per_pass:
+                    self.rescore(pending, outcome, resumed)
+                    pending = []
+            elif first is None:
+                outcome[i] = d
+            else:
+                outcome[i], again = self.settle(d, d.utterances[:first], computed)
+                if again:
+                    resumed.add(i)
+        self.rescore(pending, outcome, resumed)
+        changed = [i for i in audited if i in resumed or not same_dialogue(outcome[i], self.draft[i])]
+        self.account["certified_dialogues"] += len(certified)
+        self.account["audited_dialogues"] += len(audited)
+        self.account["wrong_certifications"] += len(changed)
+        self.account["verified_dialogues"] += len(self.draft) - len(resumed)
         self.dialogues_run += len(self.validation)
         self.account["check_seconds"] += time.perf_counter() - started
-        return outcome, resumed
+        return outcome, [outcome[i] for i in sorted(resumed)]
+
+    def rescore(self, pending: list[tuple], outcome: list, resumed: set[int]) -> None:
+        """The pending dialogues' held turns with their answers scored on the current weights, as the
+        dialogue loop scores them (`choose`, with the tree scorer in the backend's place), each
+        dialogue then settled with them."""
+        if not pending:
+            return
+        started = time.perf_counter()
+        before, agents, said, spans = [], [], [], []
+        for i, held, _ in pending:
+            d = self.draft[i]
+            spans.append((len(said), len(said) + held))
+            for t, u in enumerate(d.utterances[:held]):
+                # the speaker's memory when it said utterance t, on the dialogue's cache slots
+                before.append(Dialogue(d.question, d.systems, d.utterances[:t], key=d.key, roster=d.roster,
+                                       closing=u.closing))
+                agents.append(d.roster.speaker(t))
+                said.append(replace(u))  # a copy: theta*'s draft keeps its answers
+        choose(before, agents, said, self.scorer)
+        self.scorer.clear()
+        for (i, held, computed), (lo, hi) in zip(pending, spans):
+            d, new = self.draft[i], said[lo:hi]
+            for u, old in zip(new, d.utterances):
+                top = sorted(u.choice_logprobs, reverse=True)[:2]
+                tie = len(top) == 2 and top[0] - top[1] < NEAR_TIE
+                self.account["option_near_ties"] += tie
+                self.account["near_ties"] += tie
+                self.account["changed_choices"] += u.answer != old.answer
+            self.account["rescored_utterances"] += len(new)
+            outcome[i], again = self.settle(d, new, computed)
+            if again:
+                resumed.add(i)
+                self.account["ran_longer"] += held == len(d.utterances)
+            elif len(outcome[i].utterances) < len(d.utterances):
+                self.account["ended_sooner"] += 1
+        self.account["rescore_seconds"] += time.perf_counter() - started
+
+    def settle(self, d: Dialogue, said, computed: dict) -> tuple[Dialogue, bool]:
+        """The dialogue of the current weights from theta*'s draft `d`: a new dialogue replaying `said`
+        (the draft's turns the weights say alike, with the answers they give) until it ends, or to
+        be decoded on from the first turn past them (or whose closing instruction differs: an answer
+        moved); its slots then start from the checks' keys/values. (dialogue, to decode)"""
+        again = start([d.question], self.roster)[0]
+        for u in said:
+            if again.closing != u.closing:
+                break
+            again.add(u, self.cfg.max_turns, closing_turn(self.pairs))
+            if again.done:
+                return again, False
+        # The checks computed the agents' keys/values up to the divergence and past it: decoding
+        # reuses them where its prompts agree (the diverging agent's whole prompt at that turn),
+        # rounded as the checker's merged weights round.
+        for agent, held in computed.items():
+            ids, kv = held[-1]
+            self.backend.keep(again.cache_key(agent), ids, kv)
+        return again, True
 
     @torch.no_grad()
     def keep_adapter(self, name: str) -> None:
@@ -221,14 +369,15 @@ class FastPath(ReferencePath):
     @torch.no_grad()
     def divergence(self, turns: list[DraftTurn]) -> tuple[int | None, dict]:
         """The first turn the current weights would not generate as theta* did, or None; and per
-        agent, the last sequence checked and its keys/values (`check`)."""
+        agent, the sequences checked and their keys/values (`check`), in turn order."""
         first, computed, n = None, {}, len(self.roster.agents)
         for agent in range(n):
             own = list(range(agent, len(turns), n))
             for sequence, members in chains([turns[t] for t in own]):
                 if first is not None and own[members[0]] >= first:
                     break
-                failed, computed[agent] = self.check(agent, sequence, [turns[own[m]] for m in members])
+                failed, checked = self.check(agent, sequence, [turns[own[m]] for m in members])
+                computed.setdefault(agent, []).append(checked)
                 if failed is not None:
                     t = own[members[failed]]
                     first = t if first is None else min(first, t)
@@ -280,3 +429,7 @@ class FastPath(ReferencePath):
         self.account["near_ties"] += sum(g < NEAR_TIE for g in gaps[:bad])
         return (None if bad == len(ok) else owner[bad]), computed
 
+
+def same_dialogue(a: Dialogue, b: Dialogue) -> bool:
+    """Whether two finished dialogues said the same and answered the same (an audit's test)."""
+    return a.stop == b.stop and [(u.text, u.answer) for u in a.utterances] == [(u.text, u.answer) for u in b.utterances]

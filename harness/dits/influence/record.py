@@ -22,11 +22,16 @@ class Estimate:
     calibration: list[dict] = field(default_factory=list)  # eta_auto's trials: eta, changed answers per unit
     reused: bool = False  # read from the cache: computed by an earlier selection (its seconds are not this one's)
     # The fast path's account: draft dialogues that held, dialogues decoded again and their turns,
-    # near-ties (checked positions, and tokens decoded in steps that fed guesses, whose top two logits
-    # are within NEAR_TIE: where its outcome could differ from the reference path's), tokens the
-    # checks encoded and those they read from the agents' openings encoded once a unit.
+    # near-ties (checked positions, tokens decoded in steps that fed guesses, and rescored utterances
+    # whose top two logits or option scores are within NEAR_TIE: where its outcome could differ from
+    # the reference path's), tokens the checks encoded and those they read from the agents' openings
+    # encoded once a unit; in answer_mode=choice the utterances rescored and the answers that moved;
+    # with certification (`certify`) the dialogues certified, audited and wrongly certified (the
+    # target is none), and the certificates' precomputation in seconds (`certify_seconds`).
     drafts: dict = field(default_factory=dict)
-    unit_seconds: dict = field(default_factory=dict)  # the unit steps' seconds: the steps, the validation
+    # the unit steps' seconds: the steps (the fast path: the units' gradients and their updates), the
+    # validation, and the fast path's certificates (`certify`)
+    unit_seconds: dict = field(default_factory=dict)
     path: str = ""  # the influence path taken (`estimator.path_for`)
     # Each validation question's score at theta* and after each unit's step (metric influence): the
     # split-half reliability of I reads them (`scoring.split_half`)

@@ -109,8 +109,12 @@ class ReferencePath:
         """What a unit's step takes its loss on: on this path, the padded rows, as trl."""
         return self.logps(indices)
 
+    def pair_losses(self, indices: list[int], logps) -> torch.Tensor:
+        """Each pair's DPO loss, its log-probabilities from `logps` (`logps`, `shared_logps`)."""
+        return dpo_loss(logps(indices), self.reference[indices], self.beta)
+
     def loss(self, indices: list[int], logps) -> torch.Tensor:
-        return dpo_loss(logps(indices), self.reference[indices], self.beta).mean()
+        return self.pair_losses(indices, logps).mean()
 
     def step(self, optimizer, indices: list[int], logps=None) -> None:
         """One optimizer step on the mean DPO loss of `indices` (log-probabilities from `logps`, by
