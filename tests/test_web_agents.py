@@ -197,3 +197,23 @@ def test_a_snapshot_in_the_data_directory_serves_the_real_questions_about_its_si
     qs = get_task("webwalker").load("validation", data_dir=data)  # the validation wikis are not built: left out
     assert [q.question for q in qs] == [r["question"] for r in rows]
     assert {q.meta["pack_dir"] for q in qs} == {str(splits.packs_dir(data) / "greenfield-snap")}
+
+
+def test_the_smoke_run_goes_through_every_stage_on_generated_sites(shared_data, tmp_path):
+    """`harness run --task webwalker --preset smoke` on wikis built from the real HotpotQA and 2WMH
+    samples: the explorer and critic through SFT data, SFT, the tree search, selection, DPO and eval."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for dataset in ("hotpotqa", "2wmh"):
+        (data / dataset).symlink_to(shared_data / dataset)
+    assert main(["data", "build-web", "--data-dir", str(data)]) == 0
+    out = tmp_path / "runs"
+    assert main(["run", "--selector", "random", "--task", "webwalker", "--preset", "smoke", "--data-dir", str(data),
+                 "--suite", "web", "--out", str(out)]) == 0
+    run = next(p for p in out.iterdir() if p.name.startswith("run:"))
+    scores = json.loads((run / "results.json").read_text())["scores"]
+    assert [s["policy"] for s in scores] == ["initial", "sft", "dpo"] and all(s["n"] == 8 for s in scores)
+    pairs = [json.loads(line) for line in (run / "it0" / "select" / "selected.jsonl").read_text().splitlines()]
+    assert pairs and all(p["task"] == "webwalker" and p["roster"] == "web" for p in pairs)
+    trees = next(out.rglob("trees.jsonl")).read_text()
+    assert '"observation"' in trees  # the search's dialogues saw the pages they opened
