@@ -74,7 +74,8 @@ def cmd_synth(args) -> int:
 
     cfg = cfgmod.build(SynthConfig, args.config, args.overrides, task=args.task, model=args.model,
                        questions=args.questions, seed=args.seed, out=args.out, data_dir=args.data_dir,
-                       online=args.online or None, cache=_cache(args))
+                       online=args.online or None, cache=_cache(args), method=args.method, models=args.models,
+                       credit=args.credit, coach=args.coach)
     _offline(cfg.online)
     result = synthesize(cfg, resume=args.resume)
     print(summary_table(result))
@@ -87,7 +88,8 @@ def cmd_select(args) -> int:
 
     eta = {"eta_auto": True} if args.eta == "auto" else {"eta": args.eta}
     cfg = cfgmod.build(SelectConfig, args.config, args.overrides, selector=args.selector, pairs=args.pairs,
-                       alpha=args.alpha, gamma=args.gamma, seed=args.seed, out=args.out, cache=_cache(args), **eta)
+                       alpha=args.alpha, gamma=args.gamma, seed=args.seed, out=args.out, cache=_cache(args),
+                       coach=args.coach, **eta)
     out, selected, rows = run_select(cfg)
     top = sorted((r for r in rows if r["selected"]), key=lambda r: r["rank"])[:10]
     print(tabulate([[r["rank"], r["pair_id"], f"{r['Q']:.3f}", "-" if r["I"] is None else f"{r['I']:.4f}",
@@ -101,6 +103,14 @@ def _cache(args) -> str | None:
     return "none" if args.no_cache else args.cache
 
 
+def _search_overrides(args) -> list[str]:
+    """`harness run` and `suite`'s search and credit flags as unprefixed overrides, which reach the synth
+    and select sections (the run section has no such keys); the command line's own overrides come later
+    and win."""
+    flags = {"method": args.method, "models": args.models, "credit": args.credit, "coach": args.coach}
+    return [f"{k}={v}" for k, v in flags.items() if v is not None]
+
+
 def _run_flags(args) -> dict:
     return {"task": args.task, "model": args.model, "seed": getattr(args, "seed", None), "iterations": args.iterations,
             "suite": args.suite, "data_dir": args.data_dir, "online": args.online or None, "out": args.out,
@@ -111,7 +121,8 @@ def cmd_run(args) -> int:
     from harness.experiment.executor import execute
     from harness.experiment.plan import make_plan
 
-    plan = make_plan(args.config, args.overrides, selector=args.selector, gamma=args.gamma, **_run_flags(args))
+    plan = make_plan(args.config, [*_search_overrides(args), *args.overrides], selector=args.selector,
+                     gamma=args.gamma, **_run_flags(args))
     _offline(plan.run.online)
     if args.dry_run:
         from harness.experiment.pools import check_pools
@@ -156,7 +167,8 @@ def cmd_suite(args) -> int:
 
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [None]
     flags = _run_flags(args) | {"seed": None}
-    table = run_suite(args.config, args.overrides, split_selectors(args.selectors), seeds, flags, args.budgets,
+    table = run_suite(args.config, [*_search_overrides(args), *args.overrides], split_selectors(args.selectors),
+                      seeds, flags, args.budgets,
                       progress=lambda line: print(line, file=sys.stderr))
     print(suite_table(table))
     return 0
@@ -546,6 +558,14 @@ def parser() -> argparse.ArgumentParser:
         group.add_argument("--no-cache", dest="no_cache", action="store_true",
                            help="no response cache, whatever the config says")
 
+    def search_flags(sp):
+        sp.add_argument("--method", help="the tree search: optima (default) or toa (several models act)")
+        sp.add_argument("--models", help="toa: the models acting beside the policy, comma-separated")
+
+    def credit_flags(sp):
+        sp.add_argument("--credit", help="mappa: a coach scores every utterance (per-action credit)")
+        sp.add_argument("--coach", help="the coach model for --credit mappa and --selector mappa")
+
     def run_common(sp):
         sp.add_argument("--task", help=TASK_HELP)
         sp.add_argument("--model", help="the initial policy: catalogue name or local model directory")
@@ -554,6 +574,8 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--data-dir", dest="data_dir", help=DATA_DIR_HELP)
         sp.add_argument("--online", action="store_true", help="allow the Hugging Face hub")
         sp.add_argument("--out", help="root directory instead of runs/<suite>")
+        search_flags(sp)
+        credit_flags(sp)
         cache_flags(sp)
         sp.add_argument("--config", "--preset", dest="config", default="cpu",
                         help="preset name or YAML file (default: cpu; harness ls presets)")
@@ -612,6 +634,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--data-dir", dest="data_dir", help=DATA_DIR_HELP)
     s.add_argument("--online", action="store_true", help="allow the Hugging Face hub")
     s.add_argument("--resume", action="store_true", help="continue a killed run from the trees it finished")
+    search_flags(s)
+    credit_flags(s)
     cache_flags(s)
     common(s)
     s.set_defaults(fn=cmd_synth)
@@ -625,6 +649,7 @@ def parser() -> argparse.ArgumentParser:
                                    "eta_target_share of the validation answers")
     sel.add_argument("--seed", type=int, help=SEED_HELP)
     sel.add_argument("--out", help="run directory")
+    sel.add_argument("--coach", help="the coach model of --selector mappa")
     cache_flags(sel)
     common(sel)
     sel.set_defaults(fn=cmd_select)

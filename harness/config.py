@@ -158,6 +158,21 @@ class SynthConfig(RuntimeConfig):
     influence_weight: float = 0.0
     influence_val_split: str = "validation"  # the screen's validation questions: disjoint from the trees'
     influence_validation_size: int = 20
+    # The search (harness.synth.synthesis.METHODS): "optima", or "toa": several models act in each tree
+    # (harness.synth.actions), `models` naming those beside the policy (`model`, which always acts)
+    method: str = "optima"
+    models: str | None = None  # comma-separated catalogue names, directories or served names
+    toa_width: int = 3  # a node takes actions until it has this many children, then the descent goes on
+    toa_topk: int = 1  # the descent's candidates: this many children with the best Q (TOA's topk_child)
+    toa_alpha: float = 0.01  # UCB's exploration weight (TOA's)
+    toa_tau: float = 1.0  # UCB squashes values by sigmoid(value / tau) (TOA's 0.1 for its reward model's scale)
+    # Node values: None, the rollouts' reward (Optima's); "mappa": each utterance's coach credit
+    # (harness.credit, harness.synth.credit), also recorded for reports in credit.json
+    credit: str | None = None
+    coach: str | None = None  # the coach model: catalogue name, directory, or a served name (coach_backend=openai)
+    coach_backend: str | None = None  # default: the section's backend
+    coach_sees_gold: bool = False  # MAPPA's coach may see the gold answer; off: credit without gold labels
+    coach_max_new_tokens: int = 64  # the coach's reply cap (PROCESS_SCORE: x and a short reason)
 
 
 @dataclass
@@ -279,6 +294,11 @@ class SelectConfig(RuntimeConfig):
     pairs: str | None = None  # pairs.jsonl written by `harness synth`
     alpha: float = 0.5  # the fraction of the pool kept (DITS: 0.5)
     gamma: float = 1.0  # DITS: H = minmax(I) + gamma * Q
+    # The coach of `--selector mappa` (harness.credit), which ranks pairs by its score gap; as synth's keys
+    coach: str | None = None
+    coach_backend: str | None = None
+    coach_sees_gold: bool = False
+    coach_max_new_tokens: int = 64
     influence: InfluenceConfig = field(default_factory=InfluenceConfig)
     # dropout 0: the reference's 0.05 makes each unit's step depend on a dropout draw
     lora: LoraConfig = field(default_factory=lambda: LoraConfig(dropout=0.0))
@@ -470,6 +490,9 @@ RANGES = {
                                             "max_seq_length")),
                      *(f"dpo.{k}" for k in ("epochs", "batch_size", "grad_accum", "max_prompt_length"))), "[1, inf)"),
     "probe_percentile": "[0, 100]",
+    **dict.fromkeys(("coach_max_new_tokens", "toa_width", "toa_topk"), "[1, inf)"),
+    "toa_tau": "(0, inf)",
+    "toa_alpha": "[0, inf)",
     "influence.certify_margins": "[1, inf)",
     "influence.certify_safety": "(0, inf)",
     "influence.certify_audit": "[0, 1]",

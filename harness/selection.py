@@ -52,6 +52,7 @@ for _name, _target in {
     "random": "harness.baselines.random_pairs:RandomSelector",
     "qvalue": "harness.baselines.qvalue:QValueSelector",
     "optima_full": "harness.baselines.optima_full:OptimaFullSelector",
+    "mappa": "harness.baselines.mappa:MappaSelector",
     "dits": "harness.dits.selector:DITSSelector",
     "loss_influence": "harness.dits.selector:LossInfluenceSelector",
 }.items():

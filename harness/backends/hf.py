@@ -205,7 +205,7 @@ class HFBackend(Backend):
         for b, p in enumerate(reuse):
             mask[b, past_len - p:] = 1
         lookahead = sampling.lookahead if sampling.temperature <= 0 else 0
-        cache = padded_cache(slots, reuse, past_len, sampling.max_new_tokens + 1 + lookahead, self.model.config)
+        cache = padded_cache(slots, reuse, past_len, sampling.max_new_tokens + 1 + lookahead)
 
         rows = list(range(batch))  # batch row -> request index, shrinks as requests finish
         last = [ids[-1] for ids in prompts]  # each row's token to feed next
@@ -294,7 +294,9 @@ class HFBackend(Backend):
         encoded now in one unpadded forward pass."""
         if len(ids) - 1 <= cached:
             return slot
-        past = DynamicCache(config=self.model.config) if not cached else DynamicCache(
+        # Full-length layers, whatever the model's: a sliding-window model (Gemma 3) gets its window
+        # from the attention masks, where its own sliding layers fail past the window on a prefill.
+        past = DynamicCache() if not cached else DynamicCache(
             [(k[:, :, :cached], v[:, :, :cached]) for k, v in slot.kv])
         new = torch.tensor([ids[cached:-1]], device=self.device)
         positions = torch.arange(cached, len(ids) - 1, device=self.device).unsqueeze(0)

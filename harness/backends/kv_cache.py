@@ -66,11 +66,11 @@ class RoomyLayer(DynamicLayer):
         self._k, self._v = self._k[indices], self._v[indices]
 
 
-def padded_cache(slots: list[Slot | None], reuse: list[int], past_len: int, room: int, config) -> Cache:
+def padded_cache(slots: list[Slot | None], reuse: list[int], past_len: int, room: int) -> Cache:
     """The slots' first `reuse[b]` keys/values left-padded to `past_len`, in buffers with `room` more
-    columns (an empty cache of the model's `config` where nothing is reused)."""
+    columns (an empty cache of full-length layers where nothing is reused, as `HFBackend._prefill`'s)."""
     if past_len == 0:
-        return DynamicCache(config=config)
+        return DynamicCache()
     template = next(s.kv for s, p in zip(slots, reuse) if p)
     layers = []
     for layer, (k0, v0) in enumerate(template):

@@ -119,12 +119,17 @@ def make_plan(file: str | None, overrides: list[str] | None = None, **flags) -> 
 
 def unread_keys(section: dict, web: bool) -> list[str]:
     """The keys of a section the shared stages do not read as set: the web environment's limits
-    outside the web setting, and the influence-guided search's validation set while its weight is 0
-    (then the search is Optima's, tree for tree). Left out of the shared key, so that adding such a
+    outside the web setting, the influence-guided search's validation set while its weight is 0
+    (then the search is Optima's, tree for tree), TOA's knobs while the method is Optima's and the
+    coach's while no coach values the nodes. Left out of the shared key, so that adding such a
     knob does not move every suite's shared stages."""
     unread = [] if web else ["web"]
     if not section.get("influence_weight"):
         unread += ["influence_weight", "influence_val_split", "influence_validation_size"]
+    if section.get("method", "optima") == "optima":  # TOA's knobs, while the search is Optima's
+        unread += ["method", "models", "toa_width", "toa_topk", "toa_alpha", "toa_tau"]
+    if not section.get("credit"):  # the coach's, while no coach values the nodes
+        unread += ["credit", "coach", "coach_backend", "coach_sees_gold", "coach_max_new_tokens"]
     return [k for k in unread if k in section]
 
 

@@ -11,6 +11,7 @@ import pandas as pd
 
 from harness.errors import HarnessError
 from harness.report import costs, plots, tables
+from harness.report.credit import credit_table, method_notes, model_table
 from harness.report.records import Run, check_comparable, load_suite
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,8 @@ class Report:
     target: str
     baselines: tuple[str, ...]
     influence: pd.DataFrame
+    credit: pd.DataFrame  # the coach's figures, where a coach scored (harness.report.credit)
+    search_models: pd.DataFrame  # TOA's acting models, where several acted
     plots: list[str] = field(default_factory=list)
 
     def tables(self) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
@@ -39,7 +42,9 @@ class Report:
                 "cost_per_gain": (self.cost_per_gain, _rounded(self.cost_per_gain)),
                 "cost_to_target": (self.cost_to_target, _rounded(self.cost_to_target)),
                 "curve_points": (self.curve_points, _rounded(self.curve_points)),
-                "influence": (self.influence, _rounded(self.influence))}
+                "influence": (self.influence, _rounded(self.influence)),
+                "credit": (self.credit, _rounded(self.credit)),
+                "search_models": (self.search_models, _rounded(self.search_models))}
 
 
 def suite_dir(suite: str) -> Path:
@@ -56,6 +61,8 @@ def build(suite: str, baselines=tables.BASELINES, target: str | None = None,
     found = load_suite(root, allow_unfinished)
     check_comparable(found)
     comparison = tables.comparison(found, baselines)
+    credit = credit_table(found)
+    comparison["method"] = method_notes(found, comparison, credit)
     book = costs.ledger(found)
     points = costs.curve_points(found, book)
     policies = list(dict.fromkeys(comparison["policy"]))
@@ -70,7 +77,7 @@ def build(suite: str, baselines=tables.BASELINES, target: str | None = None,
     target = target or ("optima_full" if "optima_full" in trained else None)
     return Report(root, found, comparison, book, costs.cost_per_gain(comparison, book, baselines), points,
                   costs.cost_to_target(points, target), target or "-", tuple(baselines),
-                  tables.influence_resolution(found))
+                  tables.influence_resolution(found), credit, model_table(found))
 
 
 def output_dir(report: Report, out: Path) -> Path:

@@ -4,7 +4,8 @@ A run's cost is every stage it used, shared ones included: two runs of a suite s
 before selection, so the difference of their costs is the selection and what follows it. Training
 cost leaves out the evaluations (they measure a policy; they do not make it). Each stage holds one
 device, so its device-seconds are its wall seconds on that device (recorded beside it), plus the
-seconds of an influence estimate it reused from the cache.
+seconds of an influence estimate it reused from the cache. Tokens are every model's: TOA's other
+models (`offpolicy_*`) and a coach (`coach_*`) count beside the policy, with their own lines.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ CATEGORIES = {"sft_data": "SFT sampling", "probe": "probe", "mcts": "tree search
               "sft": "SFT", "dpo": "DPO", "eval": "eval", "eval_sft": "eval"}
 EVALUATIONS = ("eval", "eval_sft")
 # Ledger column -> the keys stages record it under.
-COLUMNS = {"generated_tokens": ("completion_tokens",), "prompt_tokens": ("prompt_tokens",),
-           "rollouts": ("rollouts",), "influence_units": ("influence_units",),
+COLUMNS = {"generated_tokens": ("completion_tokens", "offpolicy_completion_tokens", "coach_completion_tokens"),
+           "prompt_tokens": ("prompt_tokens", "offpolicy_prompt_tokens", "coach_prompt_tokens"),
+           "rollouts": ("rollouts",), "offpolicy_actions": ("offpolicy_actions",), "coach_calls": ("coach_calls",),
+           "coach_tokens": ("coach_prompt_tokens", "coach_completion_tokens"), "influence_units": ("influence_units",),
            "validation_dialogues": ("validation_dialogues",), "influence_seconds": ("influence_seconds",),
            "training_steps": ("steps", "warmup_steps"),
            "trained_tokens": ("trained_tokens",)}
@@ -40,17 +43,26 @@ def reused_seconds(stage: dict) -> float:
     return stage["cost"]["influence_seconds"] if stage["cost"].get("reused_estimate") else 0.0
 
 
+def coach_work(run: Run, stage: dict) -> dict:
+    """A selection's coach calls and tokens (`--selector mappa`), which its selection's facts record."""
+    if stage["name"] != "select":
+        return {}
+    spent = run.selection_facts(int(stage["stage"].split("/")[0][2:])).get("coach_spent")
+    return {f"coach_{k}": v for k, v in spent.items()} if spent else {}
+
+
 def ledger(runs: list[Run]) -> pd.DataFrame:
     """One row per run and stage, then a total row per run."""
     rows = []
     for run in runs:
         mine = []
         for stage in run.stages:
+            work = stage["cost"] | coach_work(run, stage)
             row = {"task": run.task, "policy": run.label, "seed": run.seed, "budget": run.budget or "",
                    "stage": stage["stage"], "category": category(run, stage["name"]),
                    "shared": stage["shared"], "device": stage["device"]}
             for column, keys in COLUMNS.items():
-                row[column] = sum(stage["cost"].get(k, 0) for k in keys)
+                row[column] = sum(work.get(k, 0) for k in keys)
             row |= {"wall_seconds": stage["wall_seconds"],
                     "device_seconds": stage["wall_seconds"] + reused_seconds(stage),
                     "training": stage["name"] not in EVALUATIONS}

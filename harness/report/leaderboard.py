@@ -42,6 +42,8 @@ def document(report: Report) -> dict:
         "cost_per_gain": _records(report.cost_per_gain),
         "cost_to_target": _records(report.cost_to_target),
         "influence": _records(report.influence),
+        "credit": _records(report.credit),
+        "search_models": _records(report.search_models),
         "plots": report.plots,
         "reported": REPORTED,
     }
@@ -92,13 +94,28 @@ def markdown(report: Report, doc: dict) -> str:
              "", f"## Cost to reach {report.target}'s score", "", _rounded(report.cost_to_target).to_markdown(index=False),
              "", INFLUENCE_HEADING, "", _rounded(report.influence).to_markdown(index=False)
              if len(report.influence) else "(no influence selector in the suite)",
+             *coach_sections(report),
              "", "## Cost per run", "", _rounded(totals[["task", "policy", "seed", "budget", "generated_tokens",
-                                                        "prompt_tokens", "training_steps", "wall_seconds"]]).to_markdown(index=False),
+                                                        "prompt_tokens", "coach_calls", "coach_tokens",
+                                                        "offpolicy_actions", "training_steps",
+                                                        "wall_seconds"]]).to_markdown(index=False),
              "", "## Plots", "", *[f"![{p}]({p})" for p in report.plots], "",
              f"## Reported by the paper ({REPORTED['status']})", "",
              f"{REPORTED['source']}; {REPORTED['model']}. Percent. Not produced by this harness.", "",
              reported_frame().to_markdown(index=False), ""]
     return "\n".join(parts)
+
+
+def coach_sections(report: Report) -> list[str]:
+    """The coach's figures and TOA's models, where the suite has them (nothing otherwise)."""
+    out = []
+    if len(report.credit):
+        out += ["", "## Coach credit (per coach use: parse rate, Spearman against the task's reward and final "
+                    "correctness, credit by agent, bias by action type)", "",
+                _rounded(report.credit).to_markdown(index=False)]
+    if len(report.search_models):
+        out += ["", "## Acting models of the tree search (TOA)", "", _rounded(report.search_models).to_markdown(index=False)]
+    return out
 
 
 def _table_html(frame, table_id: str, sortable: bool) -> str:
@@ -168,6 +185,9 @@ def page(report: Report, doc: dict) -> str:
         _table_html(_rounded(report.cost_to_target), "cost-to-target", True),
         f"<h2>{html.escape(INFLUENCE_HEADING[3:])}</h2>", _table_html(_rounded(report.influence), "influence", True)
         if len(report.influence) else "<p>No influence selector in the suite.</p>",
+        *(["<h2>Coach credit</h2>", _table_html(_rounded(report.credit), "credit", True)] if len(report.credit) else []),
+        *(["<h2>Acting models of the tree search (TOA)</h2>",
+           _table_html(_rounded(report.search_models), "search-models", True)] if len(report.search_models) else []),
         "<h2>Plots</h2>", *[f'<img src="{html.escape(p)}" alt="{html.escape(p)}">' for p in report.plots],
         f"<h2 class=\"reported\">Reported by the paper ({html.escape(REPORTED['status'])})</h2>",
         (f"<p class=\"reported\">{html.escape(REPORTED['source'])}; {html.escape(REPORTED['model'])}. "

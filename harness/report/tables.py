@@ -194,8 +194,18 @@ def display(table: pd.DataFrame, baselines=BASELINES) -> pd.DataFrame:
     out["interval"] = table["interval"]
     out["tokens/dialogue"] = ["-" if _missing(t) else f"{t:.1f}" for t in table["tokens_per_dialogue"]]
     out["pairs trained"] = ["-" if pd.isna(p) else f"{p:.0f}" for p in table["pairs_trained"]]
-    out["notes"] = ["-" if _missing(f) else f"influence degenerate: {f}" for f in table["influence_degenerate"]]
+    # how each policy was made, where the report's builder says (`harness.report.credit.method_notes`)
+    methods = table["method"] if "method" in table else [None] * len(table)
+    out["notes"] = [notes(f, m) for f, m in zip(table["influence_degenerate"], methods)]
     return out
+
+
+def notes(fallback, method) -> str:
+    """A row's notes: how its policy was made where that is not Optima's search and a selector alone
+    (`harness.report.credit.method_note`), and a degenerate influence."""
+    said = [] if _missing(method) else [method]
+    said += [] if _missing(fallback) else [f"influence degenerate: {fallback}"]
+    return "; ".join(said) or "-"
 
 
 def _missing(value) -> bool:

@@ -12,6 +12,11 @@ before, then sample one of the `select_top_k` best by softmax over Q. With `infl
 (DITS's influence-oriented expansion, README "Synthesis") a candidate's value is Q + w * minmax(I)
 instead, I its influence estimate min-max normalised over the candidates. The pure parts live here;
 the batched rollouts and the estimates' refresh (`harness.synth.guidance`) live beside it.
+
+Several models (TOA, `harness.synth.actions`): a node then records the model that wrote its
+utterance and the action that made it, `generate` (the next turn) or `refine` (a rewrite of its
+parent's utterance, the same turn: the dialogue at a refine node has it in its parent's place).
+Optima's trees record neither, so their records are as before.
 """
 
 from __future__ import annotations
@@ -46,6 +51,8 @@ class Node:
     children: list[int] = field(default_factory=list)
     q: float = 0.0
     visits: int = 0
+    model: str | None = None  # the model that wrote the utterance, where several act (TOA); None: Optima's tree
+    action: str = "generate"  # "generate": the next turn; "refine": its parent's turn rewritten
 
     @property
     def text(self) -> str:
@@ -73,14 +80,30 @@ class Tree:
     selected: list[int] = field(default_factory=list)
     rollouts: list[dict] = field(default_factory=list)
     estimates: dict[int, Estimate] = field(default_factory=dict)  # node id -> its pair's influence estimate
+    # (node id, model, action) -> [visits, mean value] of the actions taken there (TOA; empty in Optima's)
+    edges: dict[tuple[int, str, str], list] = field(default_factory=dict)
+    # node id -> the coach's score of its utterance {"score", "parsed"} (synth.credit; empty without one)
+    credit: dict[int, dict] = field(default_factory=dict)
 
     def path(self, node_id: int) -> list[Node]:
-        """The nodes from the root's first child down to `node_id`."""
+        """The dialogue's nodes from the root's first child down to `node_id`: a refine node stands in
+        the place of the utterance it rewrote (its parent)."""
         out = []
         while node_id:
-            out.append(self.nodes[node_id])
-            node_id = self.nodes[node_id].parent
+            node = self.nodes[node_id]
+            out.append(node)
+            node_id = node.parent
+            while node.action == "refine":  # skip the draft it replaces (and the drafts that one replaced)
+                node = self.nodes[node_id]
+                node_id = node.parent
         return out[::-1]
+
+    def turn_parent(self, node_id: int) -> int:
+        """The node a turn follows: its parent, or for a refine node its draft's turn parent."""
+        node = self.nodes[node_id]
+        while node.action == "refine":
+            node = self.nodes[node.parent]
+        return node.parent
 
     def next_agent(self, node: Node) -> int:
         """The agent who says the node's children."""
@@ -124,13 +147,17 @@ class Tree:
             node = self.nodes[node.parent]
         return self.estimates[node.id].value
 
-    def add(self, parent_id: int, utterance: Utterance, distance: float) -> Node:
-        """The child of `parent_id` for this utterance: an existing sibling within `distance`, or a new node."""
+    def add(self, parent_id: int, utterance: Utterance, distance: float, model: str | None = None,
+            action: str = "generate") -> Node:
+        """The child of `parent_id` for this utterance: an existing sibling made by the same action within
+        `distance`, or a new node (a refine child says the parent's turn again, at the parent's depth)."""
         parent = self.nodes[parent_id]
         for child_id in parent.children:
-            if merge_distance(utterance.text, self.nodes[child_id].text) < distance:
-                return self.nodes[child_id]
-        node = Node(len(self.nodes), parent_id, parent.depth + 1, utterance)
+            child = self.nodes[child_id]
+            if child.action == action and merge_distance(utterance.text, child.text) < distance:
+                return child
+        depth = parent.depth if action == "refine" else parent.depth + 1
+        node = Node(len(self.nodes), parent_id, depth, utterance, model=model, action=action)
         self.nodes.append(node)
         parent.children.append(node.id)
         return node
@@ -142,27 +169,48 @@ class Tree:
             node.q += (reward - node.q) / node.visits
             node_id = node.parent
 
+    def backup_values(self, values: dict[int, float]) -> None:
+        """One rollout's value for each node it passed (by node id), each node's own: per-utterance
+        credit (`synth.credit`), where `backup` gives every node the rollout's one reward."""
+        for node_id, value in values.items():
+            node = self.nodes[node_id]
+            node.visits += 1
+            node.q += (value - node.q) / node.visits
+
+    def record_edge(self, node_id: int, model: str, action: str, value: float) -> None:
+        """One more value of the action `(model, action)` taken at a node (TOA's edge statistics)."""
+        visits, q = self.edges.get((node_id, model, action), (0, 0.0))
+        self.edges[(node_id, model, action)] = [visits + 1, q + (value - q) / (visits + 1)]
+
     # -- records -----------------------------------------------------------------------------
     def to_record(self) -> dict:
         # Estimates only where there are some, so a search without influence writes Optima's records as before.
         estimates = [{"node": i, "chosen": e.chosen, "rejected": e.rejected, "value": e.value}
                      for i, e in sorted(self.estimates.items())]
+        edges = [{"node": n, "model": m, "action": a, "visits": v, "q": q}
+                 for (n, m, a), (v, q) in sorted(self.edges.items())]
+        credit = [{"node": n, **c} for n, c in sorted(self.credit.items())]
         return {
             "tree_id": self.tree_id, "question_id": self.question.id, "selected": self.selected,
             "nodes": [{"id": n.id, "parent": n.parent, "depth": n.depth, "q": n.q, "visits": n.visits,
                        "children": n.children, "utterance": n.utterance.record() if n.utterance else None}
+                      | ({"model": n.model, "action": n.action} if n.model is not None else {})
                       for n in self.nodes],
             "rollouts": self.rollouts,
-        } | ({"estimates": estimates} if estimates else {})
+        } | ({"estimates": estimates} if estimates else {}) | ({"edges": edges} if edges else {}) | (
+            {"credit": credit} if credit else {})
 
     @classmethod
     def from_record(cls, record: dict, question: Question, roster: Roster, systems: tuple[str, ...]) -> "Tree":
         nodes = [Node(n["id"], n["parent"], n["depth"], Utterance(**n["utterance"]) if n["utterance"] else None,
-                      list(n["children"]), n["q"], n["visits"]) for n in record["nodes"]]
-        # A search without influence records no estimates.
+                      list(n["children"]), n["q"], n["visits"], n.get("model"), n.get("action", "generate"))
+                 for n in record["nodes"]]
+        # A search without influence records no estimates; one model (Optima's) no models and no edges.
         estimates = {e["node"]: Estimate(e["chosen"], e["rejected"], e["value"]) for e in record.get("estimates", [])}
+        edges = {(e["node"], e["model"], e["action"]): [e["visits"], e["q"]] for e in record.get("edges", [])}
+        credit = {c["node"]: {k: v for k, v in c.items() if k != "node"} for c in record.get("credit", [])}
         return cls(record["tree_id"], question, roster, systems, random.Random(), nodes, list(record["selected"]),
-                   list(record["rollouts"]), estimates)
+                   list(record["rollouts"]), estimates, edges, credit)
 
 
 def softmax(values: list[float]) -> list[float]:

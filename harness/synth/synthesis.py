@@ -7,6 +7,10 @@ batch finishes, so a killed run resumes (`resume=True`) from the trees already g
 extracted at the end from the written trees, the same way for grown and resumed ones. With
 `influence_weight` > 0 the influence screen (`harness.screen`, on the policy against validation
 questions) scores the nodes' pairs before each selection (`harness.synth.guidance`).
+
+`method` names the search (`METHODS`): `optima` (this module's `Search`, the default) or `toa`
+(several models act in each tree, `harness.synth.toa`). `credit=mappa` makes each node's value its
+utterance's coach credit instead of the rollout's reward (`harness.synth.credit`).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from harness.mas.roster import Roster, task_and_roster
 from harness.mas.scoring import dialogue_score
 from harness.mas.speakers import Speakers
 from harness.records import spec
+from harness.registry import Registry
 from harness.seeding import derive_seed, seed_everything
 from harness.synth.guidance import NodeInfluence, refresh_estimates
 from harness.synth.mcts import Tree
@@ -46,6 +51,11 @@ from harness.tasks.base import Question, Task
 from harness.tasks.metrics import METRICS
 
 log = logging.getLogger(__name__)
+
+# The tree searches `synth.method` names: a `Search` subclass each.
+METHODS: Registry = Registry("search method")
+METHODS.register("optima", "harness.synth.synthesis:Search")
+METHODS.register("toa", "harness.synth.toa:ToaSearch")
 
 
 @dataclass
@@ -61,6 +71,13 @@ def usage_delta(before: dict, after: dict) -> dict:
     return {k: after[k] - before[k] for k in after}
 
 
+def summed(costs: list[dict]) -> dict:
+    """Costs added key by key (nested ones too); a key some lack counts 0 there."""
+    keys = dict.fromkeys(k for c in costs for k in c)
+    return {k: summed([c[k] for c in costs if isinstance(c.get(k), dict)])
+            if any(isinstance(c.get(k), dict) for c in costs) else sum(c.get(k) or 0 for c in costs) for k in keys}
+
+
 def synthesize(config: SynthConfig | None = None, resume: bool = False, **overrides) -> SynthResult:
     """Python API of `harness synth`: returns what it writes. Overrides are config keys."""
     cfg = cfgmod.build(SynthConfig, overrides={**cfgmod.as_dict(config or SynthConfig()), **overrides})
@@ -68,8 +85,9 @@ def synthesize(config: SynthConfig | None = None, resume: bool = False, **overri
     cfg = dataclasses.replace(cfg, answer_mode=task.answer_mode(cfg.answer_mode))
     metric = cfg.metric or task.metric
     METRICS.get(metric)
-    for model in (cfg.model, *roster.frozen_models):
+    for model in (cfg.model, *roster.frozen_models, *acting_models(cfg)[1:]):
         models.check(model)
+    METHODS.get(cfg.method)
     recipe = TASKS.get(cfg.task).recipe
     rule = PairRule(cfg.dpo_epsilon if cfg.dpo_epsilon is not None else recipe.dpo_epsilon,
                     cfg.dpo_min_gap, cfg.keep_fraction)
@@ -77,6 +95,7 @@ def synthesize(config: SynthConfig | None = None, resume: bool = False, **overri
         raise HarnessError(f"keep_fraction must be in (0, 1], got {cfg.keep_fraction}")
     if cfg.influence_weight < 0:
         raise HarnessError(f"influence_weight must be at least 0, got {cfg.influence_weight}")
+    check_method(cfg, roster)
 
     rows = task.load(cfg.split, cfg.data_dir, None, cfg.online)
     end = cfg.question_offset + cfg.questions
@@ -101,7 +120,8 @@ def synthesize(config: SynthConfig | None = None, resume: bool = False, **overri
 
     rid = runs.run_id("synth", task=cfg.task, model=cfg.model, split=cfg.split, seed=cfg.seed,
                       questions=f"{cfg.question_offset}-{end}", explore=cfg.explore_time, expand=cfg.expand_time,
-                      influence=cfg.influence_weight or None)  # Optima's search keeps its ids
+                      influence=cfg.influence_weight or None,  # Optima's search keeps its ids
+                      method=None if cfg.method == "optima" else cfg.method, credit=cfg.credit)
     out = Path(cfg.out) if cfg.out else Path("runs") / "synth" / runs.dir_name(rid)
     seed_everything(cfg.seed)
     started = time.time()
@@ -109,11 +129,17 @@ def synthesize(config: SynthConfig | None = None, resume: bool = False, **overri
     scorer = backend if cfg.reward_model in (None, cfg.model) else make_backend(cfg, model=cfg.reward_model)
     tokenizer = backend.tokenizer
     speakers = Speakers.for_roster(roster, backend, lambda model: make_backend(cfg, model=model), cfg.model)
+    extra = {}
+    if cfg.method == "toa":  # each acting model's backend: the policy's, a frozen speaker's, or its own
+        extra["actors"] = {m: backend if m == cfg.model else speakers.frozen.get(m) or make_backend(cfg, model=m)
+                           for m in acting_models(cfg)}
+    credit = node_credit(cfg, roster) if cfg.credit else None
 
     with runs.resumable_directory(out, resume) as tmp:
         probed = probe(tmp / "probe.json", probe_pool, roster, speakers, cfg)
         reward_cfg = reward_config(cfg, probed["t_norm"])
-        search = Search(cfg, speakers, scorer, reward_cfg, metric, tokenizer, roster, node_influence)
+        search = METHODS.get(cfg.method)(cfg, speakers, scorer, reward_cfg, metric, tokenizer, roster, node_influence,
+                                         credit=credit, **extra)
         records = search.run(pool, tmp / "trees.jsonl")
         trees = [Tree.from_record(r, q, roster, roster.system_prompts(q)) for r, q in zip(records, pool)]
         policy = {"name": cfg.model, "sha256": backend.model_info.get("sha256")}
@@ -130,15 +156,19 @@ def synthesize(config: SynthConfig | None = None, resume: bool = False, **overri
         batch_costs = {r["batch"]: r["batch_cost"] for r in records}
         # Every key any batch recorded: a run resumed with the response cache on or off has batches with
         # and without its counts.
-        keys = dict.fromkeys(k for c in batch_costs.values() for k in c)
-        search_cost = {k: sum(c.get(k, 0) for c in batch_costs.values()) for k in keys}
+        search_cost = summed(list(batch_costs.values()))
         cost = {"probe": probed["cost"], "search": search_cost,
                 "rollouts": search_cost["rollouts"], "wall_seconds_this_process": wall,
                 "resumed_trees": search.resumed}
         summary = _summary(cfg, trees, pairs, skipped, probed, search_cost)
+        if cfg.method == "toa":
+            summary["models"] = model_summary(trees, pairs)
+        credit_record = credit.record(trees) if credit is not None else None
         run_spec = spec.run_spec(
             "synth", rid, cfgmod.as_dict(cfg), cfg.seed, device=machine.device_info(cfg.device),
             policy=backend.model_info, frozen_speakers=speakers.frozen_info(), reward_model=scorer.model_info,
+            **({"acting_models": {m: b.model_info for m, b in extra["actors"].items()}} if extra else {}),
+            **({"coach": credit.info()} if credit is not None else {}),
             reward=vars(reward_cfg), pair_rule=vars(rule), metric=metric, setting=task.setting,
             closed_book=closed_book,
             data={"source": task.source, "tree_question_ids": [q.id for q in pool],
@@ -146,8 +176,63 @@ def synthesize(config: SynthConfig | None = None, resume: bool = False, **overri
         runs.write_jsonl(tmp / "pairs.jsonl", pairs)
         runs.write_json(tmp / "cost.json", cost)
         runs.write_json(tmp / "summary.json", summary)
+        if credit_record is not None:
+            runs.write_json(tmp / "credit.json", credit_record)
         runs.write_json(tmp / "run_spec.json", run_spec)
     return SynthResult(out, run_spec, summary, cost, pairs)
+
+
+def acting_models(cfg: SynthConfig) -> list[str]:
+    """TOA's acting models: the policy (`model`) first, then each other model of `models`."""
+    named = [m.strip() for m in (cfg.models or "").split(",") if m.strip()]
+    return list(dict.fromkeys([cfg.model, *named]))
+
+
+def check_method(cfg: SynthConfig, roster: Roster) -> None:
+    """One line for search settings that cannot work together (the method's, the credit's)."""
+    if cfg.credit:
+        from harness.credit.coach import CREDITS
+
+        CREDITS.get(cfg.credit)
+        if not cfg.coach:
+            raise HarnessError(f"credit={cfg.credit} needs a coach model: set coach=MODEL (--coach)")
+    if cfg.method != "toa":
+        if cfg.models:
+            raise HarnessError(f"synth.models={cfg.models!r} names models for TOA's search; set method=toa "
+                               f"(method is {cfg.method!r})")
+        return
+    if len(acting_models(cfg)) < 2:
+        raise HarnessError(f"method=toa needs two or more models: synth.models names the others beside the "
+                           f"policy {cfg.model!r} (got {cfg.models!r})")
+    if cfg.influence_weight:
+        raise HarnessError("method=toa selects by its actions' UCB: influence_weight applies to Optima's search only")
+    if roster.web is not None:
+        raise HarnessError(f"method=toa does not run web rosters ({roster.name}): their episodes act between turns")
+
+
+def node_credit(cfg: SynthConfig, roster: Roster):
+    """The coach's credit as node values (`synth.credit`); the coach's engine loads only when asked for."""
+    from harness.synth.credit import NodeCredit
+
+    return NodeCredit.build(cfg, roster)
+
+
+def model_summary(trees: list[Tree], pairs: list[dict]) -> dict:
+    """Per acting model: the actions it took (by kind), the utterances it wrote, the pairs' sides it wrote."""
+    out: dict[str, dict] = {}
+
+    def row(model: str) -> dict:
+        return out.setdefault(model, {"generate": 0, "refine": 0, "utterances": 0, "chosen": 0, "rejected": 0})
+
+    for tree in trees:
+        for r in tree.rollouts:
+            row(r["action"]["model"])[r["action"]["kind"]] += 1
+            for m in r["models"]:
+                row(m)["utterances"] += 1
+    for p in pairs:
+        row(p["chosen_model"])["chosen"] += 1
+        row(p["rejected_model"])["rejected"] += 1
+    return out
 
 
 def influence_screen(cfg: SynthConfig, task: Task, pool: list[Question]) -> NodeInfluence:
@@ -205,10 +290,11 @@ class Search:
     trees to a JSONL file; trees already there (from a killed run) are kept, not regrown."""
 
     def __init__(self, cfg: SynthConfig, speakers: Speakers, scorer: Backend, reward_cfg: RewardConfig,
-                 metric: str, tokenizer, roster: Roster, node_influence: NodeInfluence | None = None):
+                 metric: str, tokenizer, roster: Roster, node_influence: NodeInfluence | None = None, credit=None):
         self.cfg, self.speakers, self.backend, self.scorer = cfg, speakers, speakers.policy, scorer
         self.reward_cfg, self.metric, self.tokenizer, self.roster = reward_cfg, metric, tokenizer, roster
         self.node_influence = node_influence  # None: Optima's search, no estimates
+        self.credit = credit  # None: nodes take the rollouts' rewards; else `harness.synth.credit.NodeCredit`
         self.dialogue_cfg = DialogueConfig(cfg.max_turns, cfg.max_new_tokens, cfg.rollout_temperature, cfg.top_p,
                                            answer_mode=cfg.answer_mode, closing_turn=cfg.closing_turn)
         self.nll: dict[str, float] = {}
@@ -266,21 +352,31 @@ class Search:
             run_dialogues(dialogues, self.speakers, self.dialogue_cfg,
                           derive_seed(cfg.seed, "search", batch, iteration), bar, release=False)
             self.score_utterances(dialogues)
+            leaves = []
             for tree, node, d in rollouts:
                 leaf = node
                 for u in d.utterances[node.depth:]:
                     leaf = tree.add(leaf.id, u, cfg.merge_distance)
                 r = reward(dialogue_score(d, self.metric, self.tokenizer), d.utterances,
                            [self.nll[u.text] for u in d.utterances], self.reward_cfg, self.roster.names)
-                tree.backup(leaf.id, r.total)
+                if self.credit is None:
+                    tree.backup(leaf.id, r.total)
+                else:  # the coach scores the batch's new utterances first, then each node takes its own
+                    leaves.append((tree, leaf))
                 tree.rollouts.append({"iteration": iteration, "from": node.id, "leaf": leaf.id,
                                       "answer": d.final_answer, "stop": d.stop, **r.as_dict()})
+            if leaves:
+                self.credit.score(trees)
+                for tree, leaf in leaves:
+                    tree.backup_values(self.credit.values(tree, [tree.nodes[0], *tree.path(leaf.id)]))
         for t in range(len(trees)):
             self.speakers.release(f"b{batch}t{t}r")
         cost = usage_delta(before, backend.usage.as_dict()) | {
             "wall_seconds": time.time() - started, "rollouts": len(trees) * cfg.explore_time * cfg.expand_time}
         if self.node_influence:
             cost["node_estimates"] = estimated
+        if self.credit is not None:
+            cost |= self.credit.cost()
         if scorer_before is not None:
             cost["scored_tokens"] = self.scorer.usage.scored_tokens - scorer_before["scored_tokens"]
         return [tree.to_record() | {"batch": batch, "batch_cost": cost} for tree in trees]

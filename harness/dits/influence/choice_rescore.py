@@ -160,7 +160,7 @@ class TreeScorer:
                 reads += [(b, offset + node) for nodes in tree.reads for node in nodes]
                 offset += size
             self.account["rescored_tokens"] += offset
-        cache = padded_cache([Slot(seq, kv) for seq, kv in held], lengths, past, width, self.model.config)
+        cache = padded_cache([Slot(seq, kv) for seq, kv in held], lengths, past, width)
         hidden = self.model.get_decoder()(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                                           position_ids=positions.to(self.device), cache=cache,
                                           use_cache=True).last_hidden_state
