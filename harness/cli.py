@@ -63,7 +63,7 @@ def cmd_eval(args) -> int:
                        split=args.split, limit=args.limit, seed=args.seed, out=args.out,
                        data_dir=args.data_dir, online=args.online or None, cache=_cache(args))
     _offline(cfg.online)
-    result = evaluate(cfg)
+    result = evaluate(cfg, resume=args.resume)
     print(results_table(result))
     print(f"run record: {result.run_dir}")
     return 0
@@ -621,6 +621,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="run directory")
     e.add_argument("--data-dir", dest="data_dir", help=DATA_DIR_HELP)
     e.add_argument("--online", action="store_true", help="allow the Hugging Face hub")
+    e.add_argument("--resume", action="store_true", help="continue a killed evaluation from the batches it finished")
     cache_flags(e)
     common(e)
     e.set_defaults(fn=cmd_eval)

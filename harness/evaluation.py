@@ -14,6 +14,7 @@ from tabulate import tabulate
 from harness import config as cfgmod
 from harness import machine, models, runs
 from harness.backends import make_backend
+from harness.backends.response_cache import model_identity
 from harness.config import EvalConfig
 from harness.errors import HarnessError
 from harness.mas import web
@@ -22,7 +23,7 @@ from harness.mas.progress import UtteranceBar
 from harness.mas.roster import task_and_roster
 from harness.mas.scoring import dialogue_score
 from harness.mas.speakers import Speakers
-from harness.records import spec
+from harness.records import journal, spec
 from harness.references import applies, reference_rows
 from harness.seeding import seed_everything
 from harness.tasks.metrics import METRICS, score
@@ -69,8 +70,11 @@ def instance_record(d: Dialogue, metric: str, tokenizer) -> dict:
     return record
 
 
-def evaluate(config: EvalConfig | None = None, **overrides) -> EvalResult:
-    """Python API of `harness eval`: returns what it writes. Overrides are config keys."""
+def evaluate(config: EvalConfig | None = None, resume: bool = False, **overrides) -> EvalResult:
+    """Python API of `harness eval`: returns what it writes. Overrides are config keys. The dialogues
+    run `batch_size` at a time, each batch (and the reference rows after them) journaled as it ends
+    (`harness.records.journal`) in the output's partial directory; `resume=True` continues from what
+    a killed evaluation finished (without it, a stale partial directory is cleared)."""
     cfg = cfgmod.build(EvalConfig, overrides={**cfgmod.as_dict(config or EvalConfig()), **overrides})
     task, roster = task_and_roster(cfg)
     metric = cfg.metric or task.metric
@@ -94,46 +98,82 @@ def evaluate(config: EvalConfig | None = None, **overrides) -> EvalResult:
     dialogue_cfg = DialogueConfig(max_turns=cfg.max_turns, max_new_tokens=cfg.max_new_tokens,
                                   temperature=cfg.temperature, answer_mode=answer_mode,
                                   closing_turn=cfg.closing_turn)
-    with UtteranceBar(len(questions), dialogue_cfg.max_utterances, f"eval {cfg.task}") as bar:
-        # A forward pass holds batch_size rows anyway; running the dialogues a batch at a time keeps
-        # only that many dialogues' key/value caches in memory (a 1,000-token agent prompt of SmolLM2
-        # holds about 46 MB of them).
-        dialogues = [d for i in range(0, len(questions), cfg.batch_size) for d in run_dialogues(
-            start(questions[i:i + cfg.batch_size], roster), speakers, dialogue_cfg, cfg.seed, bar)]
+    # A forward pass holds batch_size rows anyway; running the dialogues a batch at a time keeps
+    # only that many dialogues' key/value caches in memory (a 1,000-token agent prompt of SmolLM2
+    # holds about 46 MB of them), and makes each batch a checkpoint.
+    batches = [questions[i:i + cfg.batch_size] for i in range(0, len(questions), cfg.batch_size)]
     wanted = cfg.references and answer_mode == "choice" and applies(task) and roster.slots > 0
-    references = reference_rows(questions, backend) if wanted else {}
-    wall = time.time() - started
+    # What a batch's records depend on. The reference rows are one more unit, after the dialogues.
+    settings = {k: v for k, v in cfgmod.as_dict(cfg).items() if not spec.execution_key(k)}
+    identity = [settings, served_identity(backend), speakers.frozen_info()]
+    keys = [journal.key("eval", *identity, i, [q.id for q in b]) for i, b in enumerate(batches)]
+    keys += [journal.key("references", *identity, [q.id for q in questions])] if wanted else []
+    with runs.resumable_directory(out, resume) as tmp:
+        journaled = journal.Journal(tmp / journal.FILE, keys)
+        with UtteranceBar(len(questions), dialogue_cfg.max_utterances, f"eval {cfg.task}",
+                          done=sum(len(batches[i]) for i in journaled.finished if i < len(batches))) as bar:
+            def unit(i: int) -> dict:
+                before = backend.usage.as_dict()
+                if i == len(batches):
+                    return {"references": reference_rows(questions, backend),
+                            "usage": spent(before, backend.usage.as_dict())}
+                dialogues = run_dialogues(start(batches[i], roster), speakers, dialogue_cfg, cfg.seed, bar)
+                return {"records": [instance_record(d, metric, backend.tokenizer) for d in dialogues],
+                        "usage": spent(before, backend.usage.as_dict())}
 
-    per_instance = [instance_record(d, metric, backend.tokenizer) for d in dialogues]
-    scores = [r["score"] for r in per_instance]
-    mean, stderr = mean_stderr(scores)
-    tokens = [r["tokens"] for r in per_instance]
-    stats = {
-        "task": cfg.task, "split": cfg.split, "metric": metric, "mean": mean, "stderr": stderr,
-        "n": len(scores), "mean_tokens_per_dialogue": sum(tokens) / len(tokens),
-        "mean_turns": sum(r["turns"] for r in per_instance) / len(per_instance),
-        "answered_rate": sum(r["answered"] for r in per_instance) / len(per_instance),
-        "agreement_rate": sum(r["stop"] == "agreement" for r in per_instance) / len(per_instance),
-        "answer_mode": answer_mode,
-    }
-    if answer_mode == "choice":  # lm-eval's acc_norm beside acc: the same dialogues, answers per byte
-        stats["mean_norm"] = sum(r["score_norm"] for r in per_instance) / len(per_instance)
-    if references:
-        stats["references"] = {name: row["mean"] for name, row in references.items()}
-    cost = {**backend.usage.as_dict(), "wall_seconds": wall, "model_load_seconds": load_seconds,
-            "dialogues": len(dialogues)}
-    run_spec = spec.run_spec("eval", rid, cfgmod.as_dict(cfg), cfg.seed, device=machine.device_info(cfg.device),
-                             dialogue=vars(dialogue_cfg), setting=task.setting, answer_mode=answer_mode,
-                             model=backend.model_info, frozen_speakers=speakers.frozen_info(),
-                             data={"source": task.source, "question_ids": [q.id for q in questions]})
-    with runs.run_directory(out) as tmp:
+            done = journaled.run(unit)
+        references = done[-1]["references"] if wanted else {}
+        usage = [u["usage"] for u in done]
+        wall = time.time() - started
+
+        per_instance = [r for b in done[:len(batches)] for r in b["records"]]
+        scores = [r["score"] for r in per_instance]
+        mean, stderr = mean_stderr(scores)
+        tokens = [r["tokens"] for r in per_instance]
+        stats = {
+            "task": cfg.task, "split": cfg.split, "metric": metric, "mean": mean, "stderr": stderr,
+            "n": len(scores), "mean_tokens_per_dialogue": sum(tokens) / len(tokens),
+            "mean_turns": sum(r["turns"] for r in per_instance) / len(per_instance),
+            "answered_rate": sum(r["answered"] for r in per_instance) / len(per_instance),
+            "agreement_rate": sum(r["stop"] == "agreement" for r in per_instance) / len(per_instance),
+            "answer_mode": answer_mode,
+        }
+        if answer_mode == "choice":  # lm-eval's acc_norm beside acc: the same dialogues, answers per byte
+            stats["mean_norm"] = sum(r["score_norm"] for r in per_instance) / len(per_instance)
+        if references:
+            stats["references"] = {name: row["mean"] for name, row in references.items()}
+        cost = {**summed(usage), "wall_seconds": wall, "model_load_seconds": load_seconds,
+                "dialogues": len(per_instance)}
+        run_spec = spec.run_spec("eval", rid, cfgmod.as_dict(cfg), cfg.seed, device=machine.device_info(cfg.device),
+                                 dialogue=vars(dialogue_cfg), setting=task.setting, answer_mode=answer_mode,
+                                 model=backend.model_info, frozen_speakers=speakers.frozen_info(),
+                                 data={"source": task.source, "question_ids": [q.id for q in questions]})
         runs.write_json(tmp / "run_spec.json", run_spec)
         runs.write_jsonl(tmp / "per_instance.jsonl", per_instance)
         runs.write_json(tmp / "stats.json", stats)
         runs.write_json(tmp / "cost.json", cost)
         if references:
             runs.write_json(tmp / "references.json", references)
+        (tmp / journal.FILE).unlink()  # the records hold its batches now
     return EvalResult(out, run_spec, stats, cost, per_instance)
+
+
+def served_identity(backend) -> dict:
+    """The model a backend answers with, for the keys of journaled batches: a resumed stage may
+    answer on other servers (an execution setting), so a served model is named by its id and
+    declared revision, not its address."""
+    return {k: v for k, v in model_identity(backend.model_info).items() if k != "base_url"}
+
+
+def spent(before: dict, after: dict) -> dict:
+    """What a backend's usage counters (`Usage.as_dict`) grew by."""
+    return {k: v - before.get(k, 0) for k, v in after.items()}
+
+
+def summed(usages: list[dict]) -> dict:
+    """Usage counters added up, every key any of them has: a resumed stage's batches may have run
+    with the response cache on and off."""
+    return {k: sum(u.get(k, 0) for u in usages) for k in dict.fromkeys(k for u in usages for k in u)}
 
 
 def results_table(result: EvalResult) -> str:

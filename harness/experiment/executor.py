@@ -22,7 +22,7 @@ from harness.errors import HarnessError
 from harness.experiment.plan import Plan
 from harness.experiment.pools import check_pools
 from harness.experiment.work import headline
-from harness.records import cost, lock, manifest, spec, status
+from harness.records import chaos, cost, lock, manifest, spec, status
 
 if TYPE_CHECKING:
     from harness.experiment.stages import Stage
@@ -31,6 +31,10 @@ if TYPE_CHECKING:
 def execute(plan: Plan, resume: bool = False, progress=print) -> dict:
     """Run every unfinished stage of `plan`; returns the results record (also results.json)."""
     pools = check_pools(plan)
+    if chaos.armed():  # a chaos test: trainers' checkpoints are the seam's too
+        from harness.experiment.chaos_trainer import arm
+
+        arm()
     with lock.hold(plan.run_dir):
         _start(plan, pools, resume)
         for stage in plan.stages:
@@ -78,7 +82,9 @@ def _run_stage(plan: Plan, stage: Stage, progress) -> None:
     progress(f"[{stage.label}] {stage.does}")
     started = time.time()
     try:
-        stage.run(stage.path)
+        with chaos.stage(stage.label):
+            stage.run(stage.path)
+            chaos.checkpoint()  # its files are written, its manifest is not: a kill here redoes it
     except BaseException:
         status.write(plan.run_dir, "failed", stage.label)
         raise

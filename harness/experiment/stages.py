@@ -14,17 +14,19 @@ from typing import TYPE_CHECKING
 from harness import runs
 from harness.backends import make_backend
 from harness.errors import HarnessError
-from harness.evaluation import evaluate
+from harness.evaluation import evaluate, served_identity, spent, summed
 from harness.experiment.pools import pool_ranges
+from harness.experiment.sampling import sample_groups
 from harness.mas.dialogue import DialogueConfig
 from harness.mas.roster import task_and_roster
 from harness.mas.speakers import Speakers
+from harness.records import journal
 from harness.selection import SELECTORS, run_select
 from harness.synth.reward import reward_config
 from harness.runs import read_jsonl
 from harness.seeding import derive_seed
 from harness.synth.synthesis import probe, synthesize
-from harness.train.sft_data import build_sft_data, sample_dialogues
+from harness.train.sft_data import build_sft_data
 from harness.train.launch import train_stage
 
 if TYPE_CHECKING:
@@ -109,8 +111,9 @@ class Pipeline:
     # -- stages ------------------------------------------------------------------------------
     def evaluate(self, model: str, references: bool = False):
         # The reference rows are the initial policy's: the tables show no other policy's.
+        # resume: a killed evaluation continues from the batches it finished
         return lambda out: evaluate(dataclasses.replace(self.plan.eval, model=model, out=str(out),
-                                                        references=references))
+                                                        references=references), resume=True)
 
     def backend(self, model: str):
         return make_backend(self.plan.run, model=model)
@@ -127,29 +130,37 @@ class Pipeline:
             speakers = Speakers.for_roster(roster, backend, self.backend, policy)
             dialogue_cfg = DialogueConfig(run.max_turns, run.max_new_tokens, run.sft.temperature, synth.top_p,
                                           answer_mode=run.answer_mode, closing_turn=run.closing_turn)
-            groups = sample_dialogues(questions, roster, speakers, run.sft.samples, dialogue_cfg,
-                                      derive_seed(run.seed, "sft_data", out.parent.name))
-            texts = list(dict.fromkeys(u.text for g in groups for d in g for u in d.utterances))
-            nll = dict(zip(texts, scorer.turn_nll(texts)))
-            weights = reward_config(synth, 0)  # T_norm is set per question
-            epsilon = run.sft.epsilon if run.sft.epsilon is not None else task.recipe.sft_epsilon
-            metric = run.metric or self.task.metric
-            examples, records = build_sft_data(groups, nll, weights, metric, backend.tokenizer,
-                                               run.sft.keep_fraction, epsilon)
-            if not examples:
-                best = max(r["best_reward"]["total"] for r in records)
-                raise HarnessError(f"SFT data: no question's best dialogue has reward >= sft.epsilon {epsilon} "
-                                   f"(best {best:.3f} over {len(records)} questions); lower sft.epsilon or "
-                                   "sample more (sft.samples)")
-            stats = {"questions": len(records), "dialogues": sum(map(len, groups)),
-                     "kept_questions": sum(r["kept"] for r in records), "examples": len(examples), "epsilon": epsilon,
-                     "reward_weights": {k: v for k, v in vars(weights).items() if k != "t_norm"}, "metric": metric,
-                     "policy": backend.model_info, "frozen_speakers": speakers.frozen_info(),
-                     "cost": backend.usage.as_dict() | {"wall_seconds": time.time() - started}}
-            with runs.run_directory(out) as tmp:
+            # The run's config is fixed for its life (a resume refuses a changed one); the policy's
+            # weights and the frozen speakers name the models.
+            identity = [served_identity(backend), speakers.frozen_info(), dataclasses.asdict(dialogue_cfg)]
+            with runs.resumable_directory(out, resume=True) as tmp:
+                groups, usage = sample_groups(tmp / journal.FILE, identity, questions, roster, speakers,
+                                              run.sft.samples, dialogue_cfg,
+                                              derive_seed(run.seed, "sft_data", out.parent.name))
+                before = backend.usage.as_dict()
+                texts = list(dict.fromkeys(u.text for g in groups for d in g for u in d.utterances))
+                nll = dict(zip(texts, scorer.turn_nll(texts)))
+                usage.append(spent(before, backend.usage.as_dict()))
+                weights = reward_config(synth, 0)  # T_norm is set per question
+                epsilon = run.sft.epsilon if run.sft.epsilon is not None else task.recipe.sft_epsilon
+                metric = run.metric or self.task.metric
+                examples, records = build_sft_data(groups, nll, weights, metric, backend.tokenizer,
+                                                   run.sft.keep_fraction, epsilon)
+                if not examples:
+                    best = max(r["best_reward"]["total"] for r in records)
+                    raise HarnessError(f"SFT data: no question's best dialogue has reward >= sft.epsilon {epsilon} "
+                                       f"(best {best:.3f} over {len(records)} questions); lower sft.epsilon or "
+                                       "sample more (sft.samples)")
+                stats = {"questions": len(records), "dialogues": sum(map(len, groups)),
+                         "kept_questions": sum(r["kept"] for r in records), "examples": len(examples),
+                         "epsilon": epsilon,
+                         "reward_weights": {k: v for k, v in vars(weights).items() if k != "t_norm"}, "metric": metric,
+                         "policy": backend.model_info, "frozen_speakers": speakers.frozen_info(),
+                         "cost": summed(usage) | {"wall_seconds": time.time() - started}}
                 runs.write_jsonl(tmp / "sft_data.jsonl", examples)
                 runs.write_jsonl(tmp / "questions.jsonl", records)
                 runs.write_json(tmp / "stats.json", stats)
+                (tmp / journal.FILE).unlink()  # its dialogues are in the records now
         return stage
 
     def sft(self, base: str, data: Path):

@@ -7,6 +7,8 @@
 - `cost`: the uniform cost record of a finished stage (`stage_cost.json`);
 - `lock`: kernel locks on a run directory and on shared stages, which die with their holder;
 - `status`: a run's state, "running" only while its lock is held;
+- `journal`: a stage's finished batches, append-only, so a kill loses at most the batch under way;
+- `chaos`: the one fault-injection seam (`HARNESS_CHAOS_KILL`), which the chaos test kills at;
 - `validate`: `harness validate --run DIR`.
 
 Writers (the executor, the selection, evaluation and synthesis) and readers (reports) both import

@@ -39,7 +39,7 @@ from harness.mas.progress import UtteranceBar
 from harness.mas.roster import Roster, task_and_roster
 from harness.mas.scoring import dialogue_score
 from harness.mas.speakers import Speakers
-from harness.records import spec
+from harness.records import chaos, spec
 from harness.registry import Registry
 from harness.seeding import derive_seed, seed_everything
 from harness.synth.guidance import NodeInfluence, refresh_estimates
@@ -320,6 +320,7 @@ class Search:
                     continue
                 new = self.grow(batch, index, bar)
                 runs.append_jsonl(path, new)
+                chaos.checkpoint()  # a batch of trees is durable: the chaos test's seam
                 records.update((r["tree_id"], r) for r in new)
         return [records[self.tree_id(q)] for q in pool]
 

@@ -13,15 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 
-
-from harness.backends.base import Backend
-from harness.mas.dialogue import Dialogue, DialogueConfig, run_dialogues, start
-from harness.mas.progress import UtteranceBar
-from harness.mas.roster import Roster
+from harness.mas.dialogue import Dialogue
 from harness.mas.scoring import dialogue_score
-from harness.mas.speakers import Speakers
 from harness.synth.reward import RewardConfig, reward
-from harness.tasks.base import Question
 
 
 def keep_best(best_rewards: list[float], keep_fraction: float, epsilon: float) -> list[int]:
@@ -37,20 +31,6 @@ def agent_view(d: Dialogue, agent: int) -> list[dict] | None:
     messages = d.messages(agent)
     last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
     return None if last is None else messages[:last + 1]
-
-
-def sample_dialogues(questions: list[Question], roster: Roster | str, speakers: Backend | Speakers, samples: int,
-                     cfg: DialogueConfig, seed: int) -> list[list[Dialogue]]:
-    """`samples` sampled dialogues per question (`start`'s roster, `run_dialogues`'s speakers), run
-    the policy backend's `batch_size` dialogues at a time."""
-    speakers = Speakers.of(speakers)
-    size = speakers.policy.batch_size
-    flat = [q for q in questions for _ in range(samples)]
-    dialogues: list[Dialogue] = []
-    with UtteranceBar(len(flat), cfg.max_utterances, "sft data") as bar:
-        for i in range(0, len(flat), size):
-            dialogues += run_dialogues(start(flat[i:i + size], roster), speakers, cfg, seed * 1000 + i, bar)
-    return [dialogues[i:i + samples] for i in range(0, len(dialogues), samples)]
 
 
 def question_t_norm(group: list[Dialogue]) -> int:

@@ -150,7 +150,25 @@ def _train(trainer):
         trainer.add_callback(LossOnBar)
     last = last_checkpoint(Path(trainer.args.output_dir))
     result = trainer.train(resume_from_checkpoint=str(last) if last else None)
-    return result, int(last.name.rpartition("-")[2]) if last else 0
+    resumed = int(last.name.rpartition("-")[2]) if last else 0
+    if resumed:
+        whole_run_log(trainer.state.log_history, resumed)
+        result = result._replace(training_loss=trainer.state.log_history[-1]["train_loss"])
+    return result, resumed
+
+
+def whole_run_log(history: list[dict], resumed: int) -> None:
+    """The log of a stage resumed from step `resumed` made an uninterrupted stage's: trl counts the
+    tokens it trained on (`num_tokens`) from zero in each process, and transformers averages
+    `train_loss` over the steps of this process only. The earlier steps' rows came back with the
+    checkpoint, and every step is logged (logging_steps=1), so the loss over all steps is the mean
+    of the logged ones, added in the order the trainer adds them: an uninterrupted stage's to the bit."""
+    before = max((row["num_tokens"] for row in history if "num_tokens" in row and row["step"] <= resumed), default=0)
+    for row in history:
+        if "num_tokens" in row and row["step"] > resumed:
+            row["num_tokens"] += before
+    losses = [row["loss"] for row in history if "loss" in row]
+    history[-1]["train_loss"] = sum(losses) / len(losses)
 
 
 def last_checkpoint(directory: Path) -> Path | None:

@@ -1,20 +1,23 @@
 """An influence estimate: the path that computes it, checked inputs, and its cache.
 
 Results are cached by (pairs, policy, validation questions, influence knobs, kind): gamma and alpha
-are not in the key, so gamma 0 and gamma 1 of one suite share one estimate. The validation
-dialogues are the roster's (`roster`, `speaker_models`: knobs too); frozen speakers need the
-reference or server path (the fast path's drafts record only the policy's turns).
+are not in the key, so gamma 0 and gamma 1 of one suite share one estimate. While one is computed,
+its finished units are journaled beside the cache (`unit_journal`), so a killed selection resumes
+from them. The validation dialogues are the roster's (`roster`, `speaker_models`: knobs too); frozen
+speakers need the reference or server path (the fast path's drafts record only the policy's turns).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import asdict, replace
 from pathlib import Path
 
 from harness import models, runs
 from harness.config import SelectConfig
+from harness.dits.influence import unit_journal
 from harness.dits.influence.fast_path import FastPath
 from harness.dits.influence.record import Estimate, answer_mode, closing_turn
 from harness.dits.influence.reference_path import STEP_OPTIMIZERS, ReferencePath
@@ -22,6 +25,9 @@ from harness.dits.influence.screen_path import ScreenPath
 from harness.dits.influence.server_path import ServerPath
 from harness.errors import HarnessError
 from harness.mas.roster import task_and_roster
+from harness.records import lock
+
+log = logging.getLogger(__name__)
 
 # The knobs an estimate depends on (the runtime's, influence's and the whole lora section); the cache
 # key hashes them with the pairs and the validation set.
@@ -53,14 +59,19 @@ def estimate(pairs: list[dict], cfg: SelectConfig, cache_dir: Path | None, kind:
                 "kind": kind, "answer_mode": answer_mode(pairs),
                 "closing_turn": closing_turn(pairs)}
     key = hashlib.sha256(json.dumps(key_data, sort_keys=True).encode()).hexdigest()[:16]
-    cached = cache_dir / f"{key}.json" if cache_dir else None
-    if cached and cached.exists():
-        return replace(Estimate(**json.loads(cached.read_text())), reused=True)
-
-    result = PATHS[path_for(cfg, pairs)](pairs, cfg, task, policy, validation, key=key).run(kind)
-    if cached:
-        with runs.atomic_file(cached) as tmp:
-            runs.write_json(tmp, asdict(result))
+    if cache_dir is None:
+        return PATHS[path_for(cfg, pairs)](pairs, cfg, task, policy, validation, key=key).run(kind)
+    cached = cache_dir / f"{key}.json"
+    # One process computes an estimate at a time (another selection waits, then reads it), so two
+    # never append to one journal of its units.
+    with lock.hold(cache_dir, wait=True, progress=log.warning):
+        if cached.exists():
+            return replace(Estimate(**json.loads(cached.read_text())), reused=True)
+        units = cache_dir / f"{key}.units.jsonl"  # the groups of units a killed estimate finished
+        path = PATHS[path_for(cfg, pairs)](pairs, cfg, task, policy, validation, key=key)
+        result = unit_journal.run(path, kind, units, key)
+        runs.write_json(cached, asdict(result))
+        units.unlink(missing_ok=True)
     return result
 
 
