@@ -143,6 +143,7 @@ def dry_run_table(plan) -> str:
     rows = [[s.label, "shared" if s.shared else "run", "to do" if manifest.problem(s.path, hashes=False) else "done",
              s.does] for s in plan.stages]
     return (f"{plan.run_id}\nrun directory: {plan.run_dir}\nshared stages: {plan.shared_dir}\n"
+            f"initial evaluation: {plan.initial_dir}\n"
             + tabulate(rows, ["stage", "owner", "state", "work"], tablefmt="github"))
 
 

@@ -154,10 +154,10 @@ def status_of(run_root: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def chaos_run(out: Path, kills: int, seed: int, truncate: str | None = "eval_initial/per_instance.jsonl",
+def chaos_run(out: Path, kills: int, seed: int, truncate: str | None = "initial/*/eval_initial/per_instance.jsonl",
               log=print) -> dict:
     """An uninterrupted run, then the same run killed `kills` times by the seeded schedule and resumed,
-    `truncate` (a file of a finished shared stage) cut short after the first kill that leaves it
+    `truncate` (a file of a finished shared stage, a glob under the suite's folder) cut short after the first kill that leaves it
     finished; the records compared. Returns the kills (each with the stage status.json names and the
     partial work left), the checkpoints per stage, the comparison and the lines saying what was redone."""
     out.mkdir(parents=True, exist_ok=True)
@@ -183,9 +183,9 @@ def chaos_run(out: Path, kills: int, seed: int, truncate: str | None = "eval_ini
             log(f"kill {i + 1}/{len(plan)}: {stage} at checkpoint {point} (status.json: {state['stage']}); "
                 f"left: {', '.join(done[-1]['partial']) or 'nothing'}")
             if truncate and cut is None:
-                (shared,) = (here / "shared").iterdir()
-                if (shared / truncate).parent.joinpath("manifest.json").exists():
-                    cut = shared / truncate
+                found = sorted(here.glob(truncate))
+                if found and found[0].parent.joinpath("manifest.json").exists():
+                    cut = found[0]
                     cut.write_bytes(cut.read_bytes()[:-7])
         code, said = harness(here)
         assert code == 0, said[-3000:]

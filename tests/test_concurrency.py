@@ -35,10 +35,11 @@ def test_two_selectors_started_at_once_share_the_shared_stages(smoke_suite, tmp_
     # One of them computed each shared stage; the other waited for it at least once, then reused it.
     assert any("waiting for process" in out + err for out, err in said.values())
     (shared,) = (tmp_path / "shared").iterdir()
-    stages = [r["stage"] for r in read_jsonl(shared / "ledger.jsonl")]
+    (initial,) = (tmp_path / "initial").iterdir()
+    stages = [r["stage"] for r in read_jsonl(shared / "ledger.jsonl") + read_jsonl(initial / "ledger.jsonl")]
     assert sorted(stages) == sorted(set(stages)) == sorted(
         ["eval", "it0/sft_data", "it0/sft", "it0/eval_sft", "it0/probe", "it0/mcts"])
-    assert not [p for p in shared.rglob("*") if ".tmp" in p.name]  # no half-written stage left behind
+    assert not [p for p in tmp_path.rglob("*") if ".tmp" in p.name]  # no half-written stage left behind
     # Each run's outputs are those of the same run made alone (the smoke suite's, seed 0).
     for selector in runs:
         here, alone = run_dir(tmp_path, selector), run_dir(smoke_suite, selector)
@@ -50,8 +51,9 @@ def test_two_selectors_started_at_once_share_the_shared_stages(smoke_suite, tmp_
             else:
                 assert (here / f).read_text() == (alone / f).read_text()
         reference = Path(json.loads((alone / "run_spec.json").read_text())["shared_stages"])
-        assert (shared / "eval_initial" / "per_instance.jsonl").read_text() == (
-            reference / "eval_initial" / "per_instance.jsonl").read_text()
+        (first,) = (smoke_suite / "initial").glob("*/eval_initial")  # seeds 0 and 1 share it
+        assert (initial / "eval_initial" / "per_instance.jsonl").read_text() == (
+            first / "per_instance.jsonl").read_text()
         # The policy is named by its path, which differs between the two roots; its weights hash does not.
         assert [p | {"policy": p["policy"]["sha256"]} for p in read_jsonl(shared / "it0" / "mcts" / "pairs.jsonl")] == [
             p | {"policy": p["policy"]["sha256"]} for p in read_jsonl(reference / "it0" / "mcts" / "pairs.jsonl")]

@@ -25,7 +25,8 @@ def test_a_smoke_run_serves_every_policy(shared_data, tmp_path):
                  "backend=llama.cpp"]) == 0
     run = next((tmp_path / "runs").glob("run:*"))
     shared = next((tmp_path / "runs" / "shared").iterdir())
-    evals = [shared / "eval_initial", shared / "it0" / "eval_sft", run / "it0" / "eval"]
+    initial = next((tmp_path / "runs" / "initial").iterdir())
+    evals = [initial / "eval_initial", shared / "it0" / "eval_sft", run / "it0" / "eval"]
     specs = [json.loads((e / "run_spec.json").read_text())["model"] for e in evals]
     assert all(s["backend"] == "llama.cpp" and s["precision"] == "f32" and s["gguf"] for s in specs)
     assert len({s["sha256"] for s in specs}) == 3  # the initial, SFT and DPO policies, each served

@@ -255,7 +255,7 @@ class _Stage:
 
     def __init__(self, name, root, shared):
         self.name, self.iteration, self.shared, self.does = name, 0, shared, f"make {name}"
-        self.path = root / "it0" / name
+        self.path, self.home = root / "it0" / name, None
         self.runs = 0
 
     @property
@@ -278,7 +278,7 @@ def plan(tmp_path, monkeypatch, no_torch_device):
     suite = tmp_path / "suite"
     shared = suite / "shared" / "k"
     return SimpleNamespace(run=SimpleNamespace(seed=0, device="cpu"), run_id="run:x", run_dir=suite / "run:x",
-                           shared_dir=shared, key="k", configs=dict,
+                           shared_dir=shared, key="k", configs=dict, initial_dir=suite / "initial" / "k",
                            stages=[_Stage("sft_data", shared, True), _Stage("sft", suite / "run:x", False)])
 
 

@@ -162,7 +162,9 @@ def test_every_selector_runs_end_to_end_on_shared_stages(suite):
         _shared_dir(suite, seed).name for seed in (0, 1))
     shared = [_shared_dir(suite)]
     plan = make_plan("smoke", [], selector="random", task="arc_c")
-    ledger = read_jsonl(shared[0] / "ledger.jsonl")
+    # The initial evaluation: greedy, on test questions ARC-C deals alike at every seed, so one for both
+    (initial,) = (suite / "initial").iterdir()
+    ledger = read_jsonl(shared[0] / "ledger.jsonl") + read_jsonl(initial / "ledger.jsonl")
     assert sorted(r["stage"] for r in ledger) == sorted(
         ["eval", "it0/sft_data", "it0/sft", "it0/eval_sft", "it0/probe", "it0/mcts"])
     costs = {r["stage"]: r["cost"] for r in ledger}
@@ -273,3 +275,15 @@ def test_keys_added_since_a_run_started_are_no_change_at_their_defaults():
             | configs["select"]["influence"] | {f"lora_{k}": v for k, v in configs["select"]["lora"].items()}}
     flat["select"]["influence_path"] = flat["select"].pop("path")
     assert executor._changed(flat, {"select": configs["select"]}) == []
+
+
+@pytest.mark.parametrize("task, shared", [("arc_c", True), ("cbt", True), ("hotpotqa", False)])
+def test_seeds_share_the_initial_evaluation_where_the_test_contexts_do_not_depend_on_them(task, shared, tmp_path):
+    """Greedy, the initial evaluation depends on the seed only through the test questions' contexts:
+    HotpotQA deals its paragraphs with the seed, CBT's blocks and ARC-C's whole questions do not."""
+    plans = [make_plan("smoke", [], selector="random", task=task, seed=seed, out=str(tmp_path)) for seed in (0, 1)]
+    assert (plans[0].initial_dir == plans[1].initial_dir) is shared
+    assert plans[0].shared_dir != plans[1].shared_dir
+    assert plans[1].initial_eval.seed == (0 if shared else 1) and plans[1].eval.seed == 1
+    initial = plans[1].stages[0]
+    assert initial.label == "eval" and initial.path == plans[1].initial_dir / "eval_initial"

@@ -25,6 +25,8 @@ from harness.experiment.work import headline
 from harness.records import chaos, cost, lock, manifest, spec, status
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from harness.experiment.stages import Stage
 
 
@@ -38,7 +40,7 @@ def execute(plan: Plan, resume: bool = False, progress=print) -> dict:
     with lock.hold(plan.run_dir):
         _start(plan, pools, resume)
         for stage in plan.stages:
-            with lock.hold(plan.shared_dir, wait=True, progress=progress) if stage.shared else nullcontext():
+            with lock.hold(_home(plan, stage), wait=True, progress=progress) if stage.shared else nullcontext():
                 _run_stage(plan, stage, progress)
         results = collect(plan)
         runs.write_json(plan.run_dir / "results.json", results)
@@ -98,8 +100,13 @@ def _run_stage(plan: Plan, stage: Stage, progress) -> None:
     progress(f"[{stage.label}] {headline(stage.name, stage.path)} ({wall:.0f} s)")
 
 
+def _home(plan: Plan, stage: Stage) -> Path:
+    """The folder whose lock and ledger a stage shares: its own, the shared stages' or the run's."""
+    return stage.home or plan.shared_dir if stage.shared else plan.run_dir
+
+
 def _ledger(plan: Plan, stage: Stage):
-    return (plan.shared_dir if stage.shared else plan.run_dir) / "ledger.jsonl"
+    return _home(plan, stage) / "ledger.jsonl"
 
 
 def _older(plan: Plan, stage: Stage) -> bool:
@@ -123,7 +130,7 @@ def collect(plan: Plan) -> dict:
     from harness.report.tables import versus
 
     walls = {}
-    for ledger in (plan.shared_dir / "ledger.jsonl", plan.run_dir / "ledger.jsonl"):
+    for ledger in (plan.initial_dir / "ledger.jsonl", plan.shared_dir / "ledger.jsonl", plan.run_dir / "ledger.jsonl"):
         walls.update({row["stage"]: row["wall_seconds"] for row in runs.read_complete_jsonl(ledger)})
     rows, initial = [], {}
     for stage in plan.stages:

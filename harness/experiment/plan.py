@@ -14,6 +14,7 @@ from harness.backends import BACKENDS
 from harness.config import EvalConfig, RunConfig, SelectConfig, SynthConfig
 from harness.errors import HarnessError
 from harness.experiment.stages import Pipeline, Stage
+from harness.mas.roster import task_and_roster
 from harness.records.spec import EXECUTION_KEYS
 from harness.selection import SELECTORS
 from harness.tasks import get_task
@@ -38,6 +39,10 @@ class Plan:
     run_dir: Path
     shared_dir: Path
     key: str
+    # The initial policy's evaluation and the shared folder holding it: shared by every seed of a suite
+    # whose test questions do not depend on the seed (`initial_evaluation`)
+    initial_eval: EvalConfig
+    initial_dir: Path
     stages: list[Stage] = field(default_factory=list)
 
     def configs(self) -> dict:
@@ -111,8 +116,12 @@ def make_plan(file: str | None, overrides: list[str] | None = None, **flags) -> 
     for name in ("run", "synth", "eval"):
         for k in unread_keys(shared[name], web=get_task(run.task).setting == "web"):
             del shared[name][k]
-    key = hashlib.sha256(json.dumps(shared, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    plan = Plan(run, synth, select, evalc, rid, root / runs.dir_name(rid), root / "shared" / key, key)
+    key = digest(shared)
+    initial = initial_evaluation(evalc)
+    initial_key = digest({"eval": {k: v for k, v in cfgmod.as_dict(initial).items() if k not in EXECUTION_KEYS},
+                          "model": shared["model"]})
+    plan = Plan(run, synth, select, evalc, rid, root / runs.dir_name(rid), root / "shared" / key, key, initial,
+                root / "initial" / initial_key)
     plan.stages = Pipeline(plan).stages()
     return plan
 
@@ -131,6 +140,27 @@ def unread_keys(section: dict, web: bool) -> list[str]:
     if not section.get("credit"):  # the coach's, while no coach values the nodes
         unread += ["credit", "coach", "coach_backend", "coach_sees_gold", "coach_max_new_tokens"]
     return [k for k in unread if k in section]
+
+
+def digest(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def initial_evaluation(evalc: EvalConfig) -> EvalConfig:
+    """The initial policy's evaluation. It is greedy, so the seed reaches it only through the test
+    questions' contexts (HotpotQA's deal of paragraphs draws from it; CBT's blocks and the debate
+    tasks' whole questions do not): where they are the same at seed 0, it runs at seed 0, and every
+    seed of a suite shares one."""
+    if evalc.seed == 0 or evalc.temperature != 0:
+        return evalc
+    base = dataclasses.replace(evalc, seed=0)
+    return base if test_contexts(base) == test_contexts(evalc) else evalc
+
+
+def test_contexts(evalc: EvalConfig) -> list[tuple]:
+    """The evaluated questions with what each agent is dealt."""
+    task, _ = task_and_roster(evalc)
+    return [(q.id, q.contexts) for q in task.load(evalc.split, evalc.data_dir, evalc.limit, evalc.online)]
 
 
 def _model_identity(name: str) -> str:

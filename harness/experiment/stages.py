@@ -41,6 +41,7 @@ class Stage:
     shared: bool
     does: str  # one line for --dry-run
     run: Callable[[Path], None]
+    home: Path | None = None  # a shared stage's folder (its lock and ledger): the plan's shared folder unless set
 
     @property
     def label(self) -> str:
@@ -59,8 +60,8 @@ class Pipeline:
         initial = policy = run.model
         tests = "all" if run.test_questions is None else run.test_questions
         evaluated = f"{tests} greedy dialogues of up to {run.max_turns} x {self.plan.eval.max_new_tokens} tokens"
-        out = [Stage("eval", None, p.shared_dir / "eval_initial", True, f"evaluate the initial policy: {evaluated}",
-                     self.evaluate(initial, references=True))]
+        out = [Stage("eval", None, p.initial_dir / "eval_initial", True, f"evaluate the initial policy: {evaluated}",
+                     self.evaluate(initial, references=True, evalc=p.initial_eval), home=p.initial_dir)]
         sft_examples = len(self.roster.policy_agents) * int(run.sft.questions * run.sft.keep_fraction)
         sft_steps = math.ceil(sft_examples / (run.sft.batch_size * run.sft.grad_accum)) * run.sft.epochs
         rollouts = synth.questions * synth.explore_time * synth.expand_time
@@ -109,10 +110,10 @@ class Pipeline:
         return f"{s.selector}: keep {'every pair' if SELECTORS.get(s.selector).keeps_all else f'alpha={s.alpha}'}"
 
     # -- stages ------------------------------------------------------------------------------
-    def evaluate(self, model: str, references: bool = False):
+    def evaluate(self, model: str, references: bool = False, evalc=None):
         # The reference rows are the initial policy's: the tables show no other policy's.
         # resume: a killed evaluation continues from the batches it finished
-        return lambda out: evaluate(dataclasses.replace(self.plan.eval, model=model, out=str(out),
+        return lambda out: evaluate(dataclasses.replace(evalc or self.plan.eval, model=model, out=str(out),
                                                         references=references), resume=True)
 
     def backend(self, model: str):
