@@ -108,8 +108,12 @@ class Run:
             path = self.relocated(stage["path"])
             record = cost.read(path)
             if record is None:
+                # the ledgers of the shared stages, of the run, and of the folder a stage sits in (the
+                # initial evaluation's own)
+                homes = [self.relocated(self.spec["shared_stages"]), self.path,
+                         *(self.relocated(s["path"]).parent for s in self.spec["stages"])]
                 ledger = ledger if ledger is not None else legacy.ledger_rows(
-                    [self.relocated(self.spec["shared_stages"]) / "ledger.jsonl", self.path / "ledger.jsonl"])
+                    [home / "ledger.jsonl" for home in dict.fromkeys(homes)])
                 record = legacy.stage_cost(stage["stage"], stage["stage"].rpartition("/")[2], path, ledger, self.path)
             out.append({"stage": stage["stage"], "name": record["name"], "shared": stage["shared"],
                         "device": record["device"], "wall_seconds": record["wall_seconds"], "cost": record["work"]})
