@@ -235,3 +235,49 @@ def test_reports_tabulate_the_coach_and_say_how_each_policy_was_made(tmp_path):
     stage = {"name": "select", "stage": "it0/select", "cost": {}}
     assert costs.coach_work(run, stage) == {f"coach_{k}": v for k, v in spent.items()}
     assert costs.coach_work(run, stage | {"name": "dpo"}) == {}
+
+
+COACH_WRITER = """
+import sys
+from harness.backends.base import Backend, Completion
+from harness.backends.response_cache import ResponseCache
+from harness.credit.coach import Action, Coach
+
+class Scorer(Backend):  # a coach that scores each action by the number it said
+    def generate(self, requests, sampling, seed=0):
+        return [Completion(f"PROCESS_SCORE: {r.messages[0]['content'].rsplit('said ', 1)[-1][:1]}", 1, 2, "stop", 0, (7,))
+                for r in requests]
+    def loglikelihood(self, choices): ...
+    def turn_nll(self, texts): ...
+
+coach = Coach(Scorer({"name": "scorer"}, None, 1), ResponseCache(sys.argv[1]), "hf")
+first, last = int(sys.argv[2]), int(sys.argv[3])
+for i in range(first, last):  # one action a call: many short transactions interleave
+    coach.score([Action("Alice", "solver", [{"role": "user", "content": f"q{i}"}], f"said {i % 10}")])
+print(coach.spent["calls"])
+"""
+
+
+def test_two_processes_share_one_coach_cache(tmp_path):
+    """The coach's score cache under two writer processes at once (issue 26's concurrency): every action
+    stored once, each read back as scored, and a third coach finds all of them without a call."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "coach_writer.py"
+    script.write_text(COACH_WRITER)
+    writers = [subprocess.Popen([sys.executable, str(script), str(tmp_path / "cache"), first, last],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for first, last in (("0", "150"), ("75", "225"))]
+    calls = []
+    for w in writers:
+        out, err = w.communicate(timeout=120)
+        assert w.returncode == 0, err
+        calls.append(int(out))
+    assert sum(calls) >= 225  # each asked for what it did not find
+    namespace = {}
+    exec(COACH_WRITER.split("coach = Coach")[0], namespace)
+    reader = Coach(namespace["Scorer"]({"name": "scorer"}, None, 1), ResponseCache(tmp_path / "cache"), "hf")
+    scores = reader.score([Action("Alice", "solver", [{"role": "user", "content": f"q{i}"}], f"said {i % 10}")
+                           for i in range(225)])
+    assert reader.spent["calls"] == 0 and [s.score for s in scores] == [float(i % 10) for i in range(225)]
