@@ -24,6 +24,7 @@ from harness.mas.roster import task_and_roster
 from harness.mas.scoring import dialogue_score
 from harness.mas.speakers import Speakers
 from harness.records import journal, spec
+from harness.records.cost import spent, summed
 from harness.references import applies, reference_rows
 from harness.seeding import seed_everything
 from harness.tasks.metrics import METRICS, score
@@ -163,17 +164,6 @@ def served_identity(backend) -> dict:
     answer on other servers (an execution setting), so a served model is named by its id and
     declared revision, not its address."""
     return {k: v for k, v in model_identity(backend.model_info).items() if k != "base_url"}
-
-
-def spent(before: dict, after: dict) -> dict:
-    """What a backend's usage counters (`Usage.as_dict`) grew by."""
-    return {k: v - before.get(k, 0) for k, v in after.items()}
-
-
-def summed(usages: list[dict]) -> dict:
-    """Usage counters added up, every key any of them has: a resumed stage's batches may have run
-    with the response cache on and off."""
-    return {k: sum(u.get(k, 0) for u in usages) for k in dict.fromkeys(k for u in usages for k in u)}
 
 
 def results_table(result: EvalResult) -> str:

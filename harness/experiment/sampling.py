@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.evaluation import spent
 from harness.mas.dialogue import Dialogue, DialogueConfig, Utterance, run_dialogues, start
 from harness.mas.progress import UtteranceBar
 from harness.mas.roster import Roster
 from harness.mas.speakers import Speakers
+from harness.records.cost import spent
 from harness.records.journal import Journal, key
 from harness.tasks.base import Question
 

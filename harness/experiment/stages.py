@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 from harness import runs
 from harness.backends import make_backend
 from harness.errors import HarnessError
-from harness.evaluation import evaluate, served_identity, spent, summed
+from harness.evaluation import evaluate, served_identity
+from harness.records.cost import spent, summed
 from harness.experiment.pools import pool_ranges
 from harness.experiment.sampling import sample_groups
 from harness.mas.dialogue import DialogueConfig

@@ -61,3 +61,16 @@ def read(path: Path) -> dict | None:
     doc = json.loads(file.read_text())
     schemas.check(doc, "stage_cost", file)
     return doc
+
+
+def spent(before: dict, after: dict) -> dict:
+    """What a backend's usage counters (`Usage.as_dict`) grew by."""
+    return {k: v - before.get(k, 0) for k, v in after.items()}
+
+
+def summed(costs: list[dict]) -> dict:
+    """Cost or usage counters added key by key (nested ones too); a key some lack counts 0 there (a
+    resumed stage's batches may have run with the response cache on and off)."""
+    keys = dict.fromkeys(k for c in costs for k in c)
+    return {k: summed([c[k] for c in costs if isinstance(c.get(k), dict)])
+            if any(isinstance(c.get(k), dict) for c in costs) else sum(c.get(k) or 0 for c in costs) for k in keys}

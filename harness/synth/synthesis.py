@@ -40,6 +40,7 @@ from harness.mas.roster import Roster, task_and_roster
 from harness.mas.scoring import dialogue_score
 from harness.mas.speakers import Speakers
 from harness.records import chaos, spec
+from harness.records.cost import spent, summed
 from harness.registry import Registry
 from harness.seeding import derive_seed, seed_everything
 from harness.synth.guidance import NodeInfluence, refresh_estimates
@@ -65,17 +66,6 @@ class SynthResult:
     summary: dict
     cost: dict
     pairs: list[dict]
-
-
-def usage_delta(before: dict, after: dict) -> dict:
-    return {k: after[k] - before[k] for k in after}
-
-
-def summed(costs: list[dict]) -> dict:
-    """Costs added key by key (nested ones too); a key some lack counts 0 there."""
-    keys = dict.fromkeys(k for c in costs for k in c)
-    return {k: summed([c[k] for c in costs if isinstance(c.get(k), dict)])
-            if any(isinstance(c.get(k), dict) for c in costs) else sum(c.get(k) or 0 for c in costs) for k in keys}
 
 
 def synthesize(config: SynthConfig | None = None, resume: bool = False, **overrides) -> SynthResult:
@@ -274,7 +264,7 @@ def probe(path: Path, questions: list[Question], roster: Roster | str, speakers:
         "t_norm": t_norm_of(tokens, cfg.probe_percentile), "source": "probe",
         "percentile": cfg.probe_percentile, "temperature": cfg.probe_temperature, "tokens": tokens,
         "question_ids": [q.id for q in questions],
-        "cost": usage_delta(before, backend.usage.as_dict()) | {"wall_seconds": time.time() - started},
+        "cost": spent(before, backend.usage.as_dict()) | {"wall_seconds": time.time() - started},
     }
     runs.write_json(path, result)
     return result
@@ -372,7 +362,7 @@ class Search:
                     tree.backup_values(self.credit.values(tree, [tree.nodes[0], *tree.path(leaf.id)]))
         for t in range(len(trees)):
             self.speakers.release(f"b{batch}t{t}r")
-        cost = usage_delta(before, backend.usage.as_dict()) | {
+        cost = spent(before, backend.usage.as_dict()) | {
             "wall_seconds": time.time() - started, "rollouts": len(trees) * cfg.explore_time * cfg.expand_time}
         if self.node_influence:
             cost["node_estimates"] = estimated

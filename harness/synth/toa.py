@@ -25,11 +25,12 @@ from harness.backends.base import Backend, Request, Sampling
 from harness.mas.dialogue import Dialogue, Utterance, choose as choose_answers, run_dialogues
 from harness.mas.scoring import dialogue_score
 from harness.mas.speakers import Speakers
+from harness.records.cost import spent
 from harness.seeding import derive_seed
 from harness.synth.actions import Action, ToaRule, choose
 from harness.synth.mcts import Node, Tree
 from harness.synth.reward import reward
-from harness.synth.synthesis import Search, usage_delta
+from harness.synth.synthesis import Search
 
 REFINE = ("A draft of your next message follows. Rewrite it into a better message for this conversation "
           "(keep your name tag and the answer format); reply with the rewritten message only.\n\nDraft:\n{draft}")
@@ -163,7 +164,7 @@ class ToaSearch(Search):
         tokens are its whole usage above)."""
         cfg = self.cfg
         policy = self.backend
-        cost = usage_delta(before[id(policy)], policy.usage.as_dict()) | {
+        cost = spent(before[id(policy)], policy.usage.as_dict()) | {
             "wall_seconds": time.time() - started, "rollouts": len(trees) * cfg.explore_time * cfg.expand_time}
         by_model = {m: {"actions": 0, "utterances": 0} for m in self.actors}
         for tree in trees:
@@ -175,12 +176,12 @@ class ToaSearch(Search):
         for model, speakers in self.actors.items():
             b = speakers.policy
             if b is not policy:
-                spent = usage_delta(before[id(b)], b.usage.as_dict())
-                by_model[model] |= {"prompt_tokens": spent["prompt_tokens"],
-                                    "completion_tokens": spent["completion_tokens"]}
+                used = spent(before[id(b)], b.usage.as_dict())
+                by_model[model] |= {"prompt_tokens": used["prompt_tokens"],
+                                    "completion_tokens": used["completion_tokens"]}
                 others["offpolicy_actions"] += by_model[model]["actions"]
-                others["offpolicy_prompt_tokens"] += spent["prompt_tokens"]
-                others["offpolicy_completion_tokens"] += spent["completion_tokens"]
+                others["offpolicy_prompt_tokens"] += used["prompt_tokens"]
+                others["offpolicy_completion_tokens"] += used["completion_tokens"]
         # Flat totals of the other models beside the per-model detail: the stage's cost record keeps numbers only.
         cost |= others | {"by_model": by_model}
         if self.credit is not None:

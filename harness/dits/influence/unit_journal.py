@@ -22,7 +22,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from harness.dits.influence.record import Estimate
-from harness.evaluation import spent, summed
+from harness.records.cost import spent, summed
 from harness.dits.influence.reference_path import ReferencePath, Start
 from harness.records import journal
 
