@@ -89,7 +89,7 @@ def cmd_select(args) -> int:
     eta = {"eta_auto": True} if args.eta == "auto" else {"eta": args.eta}
     cfg = cfgmod.build(SelectConfig, args.config, args.overrides, selector=args.selector, pairs=args.pairs,
                        alpha=args.alpha, gamma=args.gamma, seed=args.seed, out=args.out, cache=_cache(args),
-                       coach=args.coach, **eta)
+                       credit=args.credit, coach=args.coach, **eta)
     out, selected, rows = run_select(cfg)
     top = sorted((r for r in rows if r["selected"]), key=lambda r: r["rank"])[:10]
     print(tabulate([[r["rank"], r["pair_id"], f"{r['Q']:.3f}", "-" if r["I"] is None else f"{r['I']:.4f}",
@@ -499,7 +499,7 @@ def cmd_cost(args) -> int:
     speed = dataclasses.replace(cost_model.THROUGHPUTS[args.throughput], **{
         k: v for k, v in (("decode", args.decode_tps), ("prefill", args.prefill_tps), ("train", args.train_tps)) if v})
     costs = cost_model.predict(run, synth, select, evaluation, shape, test_size, selector.influence,
-                               selector.keeps_all, args.diverged_share)
+                               selector.keeps_all, args.diverged_share, args.certified_share)
     print(f"{args.config} preset, task {run.task}, selector {run.selector}, {run.iterations} iteration(s), "
           f"{test_size} test questions; shape {args.shape}; tokens/s: decode {speed.decode:g}, prefill "
           f"{speed.prefill:g}, train {speed.train:g}")
@@ -651,7 +651,9 @@ def parser() -> argparse.ArgumentParser:
                                    "eta_target_share of the validation answers")
     sel.add_argument("--seed", type=int, help=SEED_HELP)
     sel.add_argument("--out", help="run directory")
-    sel.add_argument("--coach", help="the coach model of --selector mappa")
+    sel.add_argument("--credit", help="mappa: the coach also scores the pool of any selector, recorded with the "
+                                      "selection (its gap over the pairs kept and over the pool)")
+    sel.add_argument("--coach", help="the coach model of --selector mappa and --credit mappa")
     cache_flags(sel)
     common(sel)
     sel.set_defaults(fn=cmd_select)
@@ -800,6 +802,9 @@ def parser() -> argparse.ArgumentParser:
     co.add_argument("--train-tps", dest="train_tps", type=float, help="trained tokens a second (forward and backward)")
     co.add_argument("--diverged-share", dest="diverged_share", type=float, default=0.05,
                     help="fast influence path: share of validation dialogues a unit's step changes (default 0.05)")
+    co.add_argument("--certified-share", dest="certified_share", type=float, default=0.0,
+                    help="fast influence path: share of a unit's validation dialogues certified instead of checked "
+                         "(default 0: the cost without certification, an upper bound)")
     co.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, as harness run takes them")
     co.set_defaults(fn=cmd_cost)
 

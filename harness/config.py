@@ -120,6 +120,11 @@ class EvalConfig(RuntimeConfig):
     limit: int | None = None  # first N questions of the split
     temperature: float = 0.0  # evaluation is greedy
     references: bool = True  # CBT in choice mode: also the reference rows (harness.references)
+    # An optional judge grading each answer with LangChain's cot_qa prompt, WebWalkerQA's metric
+    # (harness.judge), in its own column named after the judge
+    judge: str | None = None  # catalogue name, directory, or a served name (judge_backend=openai)
+    judge_backend: str | None = None  # default: the section's backend
+    judge_max_new_tokens: int = 256  # the judge reasons step by step before its grade
 
 
 @dataclass
@@ -294,7 +299,11 @@ class SelectConfig(RuntimeConfig):
     pairs: str | None = None  # pairs.jsonl written by `harness synth`
     alpha: float = 0.5  # the fraction of the pool kept (DITS: 0.5)
     gamma: float = 1.0  # DITS: H = minmax(I) + gamma * Q
-    # The coach of `--selector mappa` (harness.credit), which ranks pairs by its score gap; as synth's keys
+    # "mappa": the coach also scores the pool of any other selector, recorded beside its selection (the
+    # coach's gap of the pairs kept and of the pool) for the reports' credit table
+    credit: str | None = None
+    # The coach of `--selector mappa` and of `credit` (harness.credit), which ranks pairs by its score
+    # gap; as synth's keys
     coach: str | None = None
     coach_backend: str | None = None
     coach_sees_gold: bool = False
@@ -490,7 +499,7 @@ RANGES = {
                                             "max_seq_length")),
                      *(f"dpo.{k}" for k in ("epochs", "batch_size", "grad_accum", "max_prompt_length"))), "[1, inf)"),
     "probe_percentile": "[0, 100]",
-    **dict.fromkeys(("coach_max_new_tokens", "toa_width", "toa_topk"), "[1, inf)"),
+    **dict.fromkeys(("coach_max_new_tokens", "judge_max_new_tokens", "toa_width", "toa_topk"), "[1, inf)"),
     "toa_tau": "(0, inf)",
     "toa_alpha": "[0, inf)",
     "influence.certify_margins": "[1, inf)",

@@ -17,6 +17,7 @@ from harness.backends import make_backend
 from harness.backends.response_cache import model_identity
 from harness.config import EvalConfig
 from harness.errors import HarnessError
+from harness.judge import Judge
 from harness.mas import web
 from harness.mas.dialogue import Dialogue, DialogueConfig, run_dialogues, start
 from harness.mas.progress import UtteranceBar
@@ -95,6 +96,7 @@ def evaluate(config: EvalConfig | None = None, resume: bool = False, **overrides
     started = time.time()
     backend = make_backend(cfg)
     speakers = Speakers.for_roster(roster, backend, lambda model: make_backend(cfg, model=model), cfg.model)
+    judge = Judge.build(cfg) if cfg.judge else None
     load_seconds = time.time() - started
     dialogue_cfg = DialogueConfig(max_turns=cfg.max_turns, max_new_tokens=cfg.max_new_tokens,
                                   temperature=cfg.temperature, answer_mode=answer_mode,
@@ -125,7 +127,6 @@ def evaluate(config: EvalConfig | None = None, resume: bool = False, **overrides
             done = journaled.run(unit)
         references = done[-1]["references"] if wanted else {}
         usage = [u["usage"] for u in done]
-        wall = time.time() - started
 
         per_instance = [r for b in done[:len(batches)] for r in b["records"]]
         scores = [r["score"] for r in per_instance]
@@ -143,8 +144,10 @@ def evaluate(config: EvalConfig | None = None, resume: bool = False, **overrides
             stats["mean_norm"] = sum(r["score_norm"] for r in per_instance) / len(per_instance)
         if references:
             stats["references"] = {name: row["mean"] for name, row in references.items()}
-        cost = {**summed(usage), "wall_seconds": wall, "model_load_seconds": load_seconds,
-                "dialogues": len(per_instance)}
+        if judge is not None:
+            stats["judge"] = judged(judge, per_instance)
+        cost = {**summed(usage), "wall_seconds": time.time() - started, "model_load_seconds": load_seconds,
+                "dialogues": len(per_instance)} | ({"judge": dict(judge.grader.spent)} if judge else {})
         run_spec = spec.run_spec("eval", rid, cfgmod.as_dict(cfg), cfg.seed, device=machine.device_info(cfg.device),
                                  dialogue=vars(dialogue_cfg), setting=task.setting, answer_mode=answer_mode,
                                  model=backend.model_info, frozen_speakers=speakers.frozen_info(),
@@ -157,6 +160,19 @@ def evaluate(config: EvalConfig | None = None, resume: bool = False, **overrides
             runs.write_json(tmp / "references.json", references)
         (tmp / journal.FILE).unlink()  # the records hold its batches now
     return EvalResult(out, run_spec, stats, cost, per_instance)
+
+
+def judged(judge: Judge, per_instance: list[dict]) -> dict:
+    """The judge's verdict on each record (added to it) and its accuracy over them, with its name."""
+    verdicts = judge.grade([(r["question"], r["gold"], r["prediction"] or "") for r in per_instance])
+    for record, v in zip(per_instance, verdicts):
+        record["judge"] = {"correct": v.correct, "parsed": v.parsed, "reply": v.reply}
+    mean, stderr = mean_stderr([float(v.correct) for v in verdicts])
+    asked = [v for v, r in zip(verdicts, per_instance) if r["prediction"]]
+    info = judge.info()
+    return {"name": info["model"]["name"], "accuracy": mean, "stderr": stderr,
+            "parse_rate": sum(v.parsed for v in asked) / len(asked) if asked else None,
+            "prompt_version": info["prompt_version"], "model": info["model"], "backend": info["backend"]}
 
 
 def served_identity(backend) -> dict:
@@ -173,6 +189,9 @@ def results_table(result: EvalResult) -> str:
            f"{s['answered_rate']:.2f}", f"{c['wall_seconds']:.1f}"]
     headers = ["task", "split", "model", "metric", "value", "± stderr", "n", "tokens/dialogue", "turns",
                "answered", "wall s"]
+    if "judge" in s:  # the judge's accuracy in its own column, named after the judge
+        headers.append(f"judge acc ({s['judge']['name']})")
+        row.append(f"{s['judge']['accuracy']:.4f}")
     rows = [row] + [[s["task"], s["split"], f"reference: {name}", s["metric"], f"{mean:.4f}", "", s["n"]]
-                    + [""] * 4 for name, mean in s.get("references", {}).items()]
+                    + [""] * (len(headers) - 7) for name, mean in s.get("references", {}).items()]
     return tabulate(rows, headers=headers, tablefmt="github")

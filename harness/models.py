@@ -8,6 +8,8 @@
 - ``tiny-random``: a 2-layer Llama with a tokenizer trained in-process, for plumbing tests.
 - ``tiny-fitted``: tiny-random trained for a few seconds on fixture dialogues, so that it really
   answers in ``<A>...</A>`` and end-to-end assertions can fail.
+- ``tiny-web``: tiny-fitted fitted further on scripted WebWalker episodes, so that a web episode
+  can click its way to an answer.
 - any local directory holding ``config.json`` (a Hugging Face model);
 - a hub id such as ``meta-llama/Meta-Llama-3-8B-Instruct``: downloaded with ``--online``, else read
   from the local Hugging Face cache.
@@ -226,6 +228,10 @@ MODELS.register("tiny-fitted", CatalogueEntry(
     "tiny-fitted", "tiny-random fitted on scripted fixture dialogues: answers in <A>..</A> (tests, CI)",
     "harness.tiny:build_fitted", sources="harness.tiny:sources_hash",
     notice="fitting a 2-layer model on scripted dialogues, about 2 minutes on 2 cores"))
+MODELS.register("tiny-web", CatalogueEntry(
+    "tiny-web", "tiny-fitted fitted further on scripted WebWalker episodes of the written sites' train split "
+                "(tests)", "harness.tiny:build_web", sources="harness.tiny:web_sources_hash",
+    notice="fitting tiny-fitted on scripted web episodes"))
 
 
 def load(name: str, device: str = "cpu", dtype: str = "float32"):

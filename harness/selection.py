@@ -8,6 +8,7 @@ the order synthesis wrote (deterministic per seed).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from abc import ABC, abstractmethod
@@ -58,6 +59,11 @@ for _name, _target in {
 }.items():
     SELECTORS.register(_name, _target)
 
+# `credit=NAME` beside any selector: a function (pairs, kept flags, cfg) -> facts recorded with the
+# selection, what the credit signal says of the pairs the selector kept
+CREDIT_VIEWS: Registry = Registry("credit")
+CREDIT_VIEWS.register("mappa", "harness.baselines.mappa:credit_of_kept")
+
 
 def budget(n: int, alpha: float) -> int:
     """How many of n pairs an alpha fraction keeps: alpha * n rounded half up, at least one."""
@@ -86,6 +92,9 @@ def select(pairs: list[dict], cfg: SelectConfig) -> tuple[list[dict], list[dict]
     rows = [{"pair_id": p["pair_id"], "I": i, "Q": p["q_chosen"], "H": h, "rank": r, "selected": r <= keep}
             for p, i, h, r in zip(pairs, scores.influence, scores.h, ranks)]
     selected = [pairs[i] for i in sorted(range(len(pairs)), key=lambda i: ranks[i])[:keep]]
+    if cfg.credit and "coach_spent" not in (scores.extra or {}):  # mappa's own facts are the coach's already
+        view = CREDIT_VIEWS.get(cfg.credit)(pairs, [r["selected"] for r in rows], cfg)
+        scores = dataclasses.replace(scores, extra=(scores.extra or {}) | view)
     return selected, rows, scores
 
 

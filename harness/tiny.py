@@ -7,16 +7,20 @@ from a fixed seed, and fitting runs a fixed number of steps in a fixed order.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import hashlib
 import json
 import math
 import re
+import shutil
 from pathlib import Path
 
 import torch
 
 from harness import mas
+from harness.config import WebConfig
 from harness.mas.dialogue import NAMES, Dialogue, Utterance, start
 from harness.tasks.base import FIXTURES, read_jsonl
 
@@ -161,23 +165,70 @@ def epoch_batches(lengths: list[int], batch_size: int, generator: torch.Generato
     return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
 
 
+# tiny-web's episodes show this much of a page (its tests evaluate with `web.page_chars` set so):
+# pages are most of an episode's tokens, and so of its fit's time
+WEB_LIMITS = WebConfig(page_chars=400)
+
+
+@functools.cache
+def web_sources_hash() -> str:
+    """tiny-web's recipe: tiny-fitted's, and the web environment and written sites its episodes show."""
+    h = hashlib.sha1(sources_hash().encode())
+    web = Path(__file__).parent / "web"
+    for f in sorted(p for p in web.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        h.update(f.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def web_dialogues() -> list[Dialogue]:
+    """Scripted WebWalker episodes (`harness.mas.web.scripted`: the golden paths clicked, the gold
+    answered) on the written sites' train questions, read from the shipped packs, never a data directory."""
+    from harness.mas import web
+    from harness.mas.roster import roster_for
+    from harness.tasks.webwalker import WebWalker
+    from harness.web import splits
+
+    rows = [(path, i, {**row, "pack_dir": str(folder)}) for folder in map(splits.pack_dir, splits.WRITTEN)
+            if (path := folder / "qa" / "train.jsonl").is_file() for i, row in read_jsonl(path)]
+    roster = dataclasses.replace(roster_for("web"), web=WEB_LIMITS)
+    return [web.scripted(q, roster) for q in WebWalker().parse(rows, "train")]
+
+
 def build_fitted(out: Path, steps: int = 800, batch_size: int = 8, lr: float = 1e-2) -> None:
+    with fit_threads():
+        _fit(out, fixture_dialogues(), steps, batch_size, lr)
+
+
+def build_web(out: Path, steps: int = 80, batch_size: int = 4, lr: float = 5e-3) -> None:
+    """tiny-fitted fitted further on scripted web episodes, so that a web episode can end in an answer."""
+    from harness import models
+
+    with fit_threads():
+        _fit(out, web_dialogues(), steps, batch_size, lr, start=models.resolve("tiny-fitted"))
+
+
+@contextlib.contextmanager
+def fit_threads():
     threads = torch.get_num_threads()
     torch.set_num_threads(FIT_THREADS)
     try:
-        _fit(out, steps, batch_size, lr)
+        yield
     finally:
         torch.set_num_threads(threads)
 
 
-def _fit(out: Path, steps: int, batch_size: int, lr: float) -> None:
+def _fit(out: Path, dialogues: list[Dialogue], steps: int, batch_size: int, lr: float,
+         start: Path | None = None) -> None:
     import torch.nn.functional as F
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    build_random(out)
+    if start is None:
+        build_random(out)
+    else:
+        shutil.copytree(start, out, dirs_exist_ok=True)
     tokenizer = AutoTokenizer.from_pretrained(out)
     model = LlamaForCausalLM.from_pretrained(out)
-    examples = training_examples(tokenizer, fixture_dialogues())
+    examples = training_examples(tokenizer, dialogues)
     order = torch.Generator().manual_seed(SEED)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     # Short warm-up, then cosine decay to zero: the last steps settle the memorised answers.

@@ -73,6 +73,30 @@ def test_stages_repeat_per_iteration_and_the_fast_path_decodes_only_what_diverge
     assert fast.steps == reference.steps == select.influence.warmup_steps + units
 
 
+def test_certification_spares_the_checks_but_their_audit_and_costs_its_margins_gradients():
+    _, _, select, _ = cm.configs("cpu", [])
+    inf, units = select.influence, 10
+    memory = FLAT.opening_tokens + FLAT.turns * cm.capped(FLAT.greedy_tokens, select.max_new_tokens)
+    checks = inf.validation_size * FLAT.agents * memory  # a unit's checks: every agent's memory, once
+    plain = cm.selection("s", FLAT, select, units, 100.0, 0.05)
+    certified = cm.selection("s", FLAT, select, units, 100.0, 0.05, certified_share=0.5)
+    spared = units * checks * 0.5 * (1 - inf.certify_audit)
+    assert plain.prefill - certified.prefill == pytest.approx(spared - checks)  # less the forward pass at theta*
+    assert certified.trained - plain.trained == pytest.approx(inf.validation_size * inf.certify_margins * memory)
+    _, _, off, _ = cm.configs("cpu", ["influence.certify=false"])
+    assert cm.selection("s", FLAT, off, units, 100.0, 0.05, certified_share=0.5) == plain
+
+
+def test_choice_mode_prefills_the_options_scored_at_each_utterance():
+    choice = cm.Shape(**{**asdict(FLAT), "scored_tokens": 30.0})
+    assert cm.dialogues(choice, 2, 10).prefill - cm.dialogues(FLAT, 2, 10).prefill == 2 * FLAT.turns * 30.0
+    _, _, select, _ = cm.configs("cpu", [])
+    rescored = cm.selection("s", choice, select, 1, 100.0, 0.0).prefill - cm.selection("s", FLAT, select, 1, 100.0,
+                                                                                       0.0).prefill
+    theta_star = select.influence.validation_size * FLAT.turns * 30.0
+    assert rescored == pytest.approx(2 * theta_star)  # theta*'s dialogues, then the unit's checks rescore them
+
+
 def ledger_run():
     run, synth, select, evaluation = cm.configs(SHIPPED["preset"], SHIPPED["overrides"])
     rows = json.loads((ROOT / SHIPPED["ledger"]).read_text())

@@ -108,7 +108,7 @@ def pairs_with_scores():
 def test_selector_mappa_keeps_alpha_of_the_pool_by_the_coachs_gap(coach, tmp_path):
     pairs, scores = pairs_with_scores()
     # The coach's replies are put in its cache first, so the selection is exact and calls no model.
-    coach.cache.put({coach.key(coach.messages(Action("Alice", "informant", MEMORY, p[side]))): {
+    coach.grader.cache.put({coach.grader.key(coach.messages(Action("Alice", "informant", MEMORY, p[side]))): {
         "reply": f"PROCESS_SCORE: {s[k]}"} for p, s in zip(pairs, scores) for k, side in enumerate(("chosen", "rejected"))})
     write_jsonl(tmp_path / "pairs.jsonl", pairs)
     out = tmp_path / "select"
@@ -126,6 +126,22 @@ def test_selector_mappa_keeps_alpha_of_the_pool_by_the_coachs_gap(coach, tmp_pat
     assert facts["spearman_q"] == pytest.approx(spearman([v for s in scores for v in s],
                                                          [q for p in pairs for q in (p["q_chosen"], 0.0)]))
     assert facts["coach"]["sees_gold"] is False and facts["coach"]["prompt_sha256"] == prompt.prompt_hash()
+
+
+@pytest.mark.parametrize("selector, kept_gap", [("qvalue", (10 + 2 - 5) / 3), ("mappa", (10 + 8 + 5) / 3)])
+def test_credit_beside_any_selector_records_the_coachs_gap_over_what_it_kept(selector, kept_gap, coach, tmp_path):
+    pairs, scores = pairs_with_scores()
+    coach.grader.cache.put({coach.grader.key(coach.messages(Action("Alice", "informant", MEMORY, p[side]))): {
+        "reply": f"PROCESS_SCORE: {s[k]}"} for p, s in zip(pairs, scores) for k, side in enumerate(("chosen", "rejected"))})
+    write_jsonl(tmp_path / "pairs.jsonl", pairs)
+    out = tmp_path / "select"
+    assert main(["select", "--selector", selector, "--credit", "mappa", "--pairs", str(tmp_path / "pairs.jsonl"),
+                 "--alpha", "0.5", "--coach", "tiny-random", "--out", str(out), "coach_max_new_tokens=4",
+                 f"cache={tmp_path / 'coach'}"]) == 0
+    facts = json.loads((out / "run_spec.json").read_text())["selector_facts"]
+    assert facts["kept_gap"] == pytest.approx(kept_gap)
+    assert facts["mean_gap"] == pytest.approx((8 + 0 + 5 - 5 + 2 + 10) / 6)
+    assert facts["coach_spent"]["calls"] == 0 and facts["coach_spent"]["cache_hits"] == 12
 
 
 def test_selector_mappa_without_a_coach_is_one_line(tmp_path, capsys):

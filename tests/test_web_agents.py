@@ -15,6 +15,7 @@ from harness.mas import web
 from harness.mas.dialogue import Dialogue, Utterance, start
 from harness.mas.roster import ROSTERS
 from harness.tasks import get_task
+from harness.tiny import WEB_LIMITS
 from harness.web import generate, snapshot, splits
 from harness.web.browser import Browser, LiveBrowser
 from harness.web.pack import Pack
@@ -139,6 +140,20 @@ def test_an_episode_with_tiny_random_is_recorded(tmp_path):
         assert explorer_turns and all("observation" in u for u in explorer_turns)
         assert all("observation" not in u for u in r["transcript"] if u["speaker"] == "Critic")
         assert "127.0.0.1" not in json.dumps(r)  # agents and records see canonical URLs, never the transport
+
+
+def test_tiny_web_fitted_on_scripted_episodes_clicks_its_way_to_an_answer(tmp_path):
+    # tiny-web is tiny-fitted fitted on the written sites' scripted train episodes: on those questions
+    # its clicks must open the golden pages through the served site and its critic give the gold.
+    out = tmp_path / "eval"
+    assert main(["eval", "--task", "webwalker", "--model", "tiny-web", "--split", "train", "--out", str(out),
+                 "max_turns=12", "max_new_tokens=48", f"web.page_chars={WEB_LIMITS.page_chars}"]) == 0
+    records = [json.loads(line) for line in (out / "per_instance.jsonl").read_text().splitlines()]
+    right = [r for r in records if r["score"] == 1.0]
+    assert right, [r["prediction"] for r in records]
+    for r in right:
+        assert r["stop"] == "answer" and r["prediction"] == r["gold"][0]
+        assert any(step["action"].startswith("click") for step in r["trajectory"]["steps"])
 
 
 # -- snapshots of live sites ---------------------------------------------------------------------

@@ -36,6 +36,7 @@ class Shape:
     rollout_share: float  # the share of a dialogue's utterances a rollout says (it starts at a node below the root)
     pairs_per_tree: float
     agents: int = 2
+    scored_tokens: float = 0.0  # option tokens scored an utterance (answer_mode=choice), prefilled on the utterance
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,7 @@ def dialogues(shape: Shape, count: float, utterance: float, start: float = 0.0) 
     generated = said * utterance
     prompt = said * shape.opening_tokens + utterance * earlier
     prefill = min(prompt, shape.agents * shape.opening_tokens + (shape.agents - 1) * generated)
+    prefill += said * shape.scored_tokens
     return StageCost("", count, count * generated, count * prompt, count * prefill)
 
 
@@ -118,10 +120,12 @@ def training(stage: str, examples: float, tokens: float, epochs: int, per_step: 
 
 
 def predict(run: RunConfig, synth: SynthConfig, select: SelectConfig, evaluation: EvalConfig, shape: Shape,
-            test_size: int, influence: bool, keeps_all: bool, diverged_share: float = 1.0) -> list[StageCost]:
+            test_size: int, influence: bool, keeps_all: bool, diverged_share: float = 1.0,
+            certified_share: float = 0.0) -> list[StageCost]:
     """Per stage of `harness run`, its predicted cost. `test_size`: the test questions evaluated;
     `influence`, `keeps_all`: the selector's traits; `diverged_share`: on the fast influence path, the
-    share of validation dialogues a unit's step changes (decoded again; the rest are only checked)."""
+    share of validation dialogues a unit's step changes (decoded again; the rest are only checked);
+    `certified_share`: the share certified instead of checked (0, the default, bounds the cost above)."""
     n, agents = shape.turns, shape.agents
     greedy = capped(shape.greedy_tokens, evaluation.max_new_tokens)
     sampled_run = capped(shape.sampled_tokens, run.max_new_tokens)
@@ -145,7 +149,8 @@ def predict(run: RunConfig, synth: SynthConfig, select: SelectConfig, evaluation
         out += [replace(dialogues(shape, synth.probe_size, sampled_synth), stage=f"it{it}/probe"),
                 replace(dialogues(shape, synth.questions * synth.explore_time * synth.expand_time, sampled_synth,
                                   start), stage=f"it{it}/mcts"),
-                selection(f"it{it}/select", shape, select, units, pair_tokens, diverged_share) if influence
+                selection(f"it{it}/select", shape, select, units, pair_tokens, diverged_share, certified_share)
+                if influence
                 else StageCost(f"it{it}/select"),
                 training(f"it{it}/dpo", kept, pair_tokens, run.dpo.epochs, run.dpo.batch_size * run.dpo.grad_accum),
                 replace(evaluate, stage=f"it{it}/eval")]
@@ -153,25 +158,34 @@ def predict(run: RunConfig, synth: SynthConfig, select: SelectConfig, evaluation
 
 
 def selection(stage: str, shape: Shape, select: SelectConfig, units: int, pair_tokens: float,
-              diverged_share: float) -> StageCost:
+              diverged_share: float, certified_share: float = 0.0) -> StageCost:
     """Influence estimation: the warm-up steps, one step a unit, and V greedy validation dialogues at
     theta* and after each unit's step. On the fast path a unit's dialogues are checked (each agent's
-    whole memory encoded once) and only the diverged share decoded again."""
+    whole memory encoded once, and in choice mode its options scored again) and only the diverged
+    share decoded again. Certification (`influence.certify`) spares the checks of the certified share
+    but its audited part; where it certifies anything it first takes, per validation dialogue, a
+    forward pass of each agent's memory and a backward pass per computed margin (counted as trained
+    tokens, a memory each: an upper bound)."""
     inf = select.influence
     greedy = capped(shape.greedy_tokens, select.max_new_tokens)
     at_theta_star = dialogues(shape, inf.validation_size, greedy)
+    memory = shape.opening_tokens + shape.turns * greedy  # an agent's memory at a dialogue's end
+    certifies = inf.path != "reference" and inf.certify and certified_share > 0
+    precompute = inf.validation_size * (shape.agents * memory if certifies else 0.0)
+    margins = inf.validation_size * inf.certify_margins * memory if certifies else 0.0
     if inf.path == "reference":
         per_unit = dialogues(shape, inf.validation_size, greedy)
         checked = 0.0
     else:
         per_unit = dialogues(shape, inf.validation_size * diverged_share, greedy)
-        checked = inf.validation_size * shape.agents * (shape.opening_tokens + shape.turns * greedy)
+        checked_share = 1 - certified_share * (1 - inf.certify_audit) if certifies else 1.0
+        checked = inf.validation_size * checked_share * (shape.agents * memory + shape.turns * shape.scored_tokens)
     warmup = inf.warmup_steps * inf.warmup_batch
     return StageCost(stage, at_theta_star.dialogues + units * inf.validation_size,
                      at_theta_star.generated + units * per_unit.generated,
                      at_theta_star.prompt + units * per_unit.prompt,
-                     at_theta_star.prefill + units * (per_unit.prefill + checked),
-                     (warmup + units * inf.unit_size) * pair_tokens, inf.warmup_steps + units, units)
+                     at_theta_star.prefill + precompute + units * (per_unit.prefill + checked),
+                     (warmup + units * inf.unit_size) * pair_tokens + margins, inf.warmup_steps + units, units)
 
 
 def fit(ledger: list[dict], policy: str, run: RunConfig, synth: SynthConfig, evaluation: EvalConfig,
@@ -202,7 +216,10 @@ def fit(ledger: list[dict], policy: str, run: RunConfig, synth: SynthConfig, eva
     rollout_share = stage["it0/mcts"]["generated_tokens"] / (rollouts * turns * capped(sampled, synth.max_new_tokens))
     dpo = max((r for r in ledger if r["stage"] == "it0/dpo"), key=lambda r: r["training_steps"])
     pairs = dpo["training_steps"] / run.dpo.epochs * run.dpo.batch_size * run.dpo.grad_accum
-    return Shape(turns, opening, greedy, sampled, rollout_share, pairs / synth.questions)
+    # choice mode: the options scored an utterance, from the initial evaluation (older ledgers lack the column)
+    scored = stage["eval"].get("scored_tokens") or 0.0
+    return Shape(turns, opening, greedy, sampled, rollout_share, pairs / synth.questions,
+                 scored_tokens=scored / (test_size * turns))
 
 
 def _line(points: list[tuple[float, float]]) -> tuple[float, float]:

@@ -22,6 +22,7 @@ EVALUATIONS = ("eval", "eval_sft")
 # Ledger column -> the keys stages record it under.
 COLUMNS = {"generated_tokens": ("completion_tokens", "offpolicy_completion_tokens", "coach_completion_tokens"),
            "prompt_tokens": ("prompt_tokens", "offpolicy_prompt_tokens", "coach_prompt_tokens"),
+           "scored_tokens": ("scored_tokens",),  # options scored in choice mode
            "rollouts": ("rollouts",), "offpolicy_actions": ("offpolicy_actions",), "coach_calls": ("coach_calls",),
            "coach_tokens": ("coach_prompt_tokens", "coach_completion_tokens"), "influence_units": ("influence_units",),
            "validation_dialogues": ("validation_dialogues",), "influence_seconds": ("influence_seconds",),

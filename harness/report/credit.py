@@ -2,9 +2,10 @@
 
 `credit` (one row per coach use): where the tree search valued its nodes by a coach's credit
 (`synth.credit=mappa`, the search's `credit.json`) and where the selection ranked by it
-(`--selector mappa`, the selection's facts): the actions scored, the parse rate, the credit each
-agent earned, the bias by agent and by action type, the Spearman of the scores against the task's
-reward and against final correctness, and the coach's calls and tokens. A coach whose scores do not
+(`--selector mappa`, or `credit=mappa` beside another selector: the selection's facts): the actions
+scored, the coach's mean chosen-minus-rejected gap over the pairs kept and over the pool, the parse
+rate, the credit each agent earned, the bias by agent and by action type, the Spearman of the scores
+against the task's reward and against final correctness, and the coach's calls and tokens. A coach whose scores do not
 follow final correctness (`harness.credit.stats.NO_SIGNAL`) is marked "no signal"; a stronger coach
 through the `openai` backend is the way to one (README).
 
@@ -26,7 +27,8 @@ from harness.credit.stats import NO_SIGNAL
 from harness.report.records import Run
 
 CREDIT_COLUMNS = ["task", "policy", "seed", "iteration", "where", "coach", "sees_gold", "actions", "parse_rate",
-                  "spearman_reward", "spearman_correct", "signal", "credit_by_agent", "bias_by_action",
+                  "spearman_reward", "spearman_correct", "signal", "credit_by_agent", "bias_by_action", "gap_kept",
+                  "gap_pool",
                   "coach_calls", "coach_prompt_tokens", "coach_completion_tokens"]
 MODEL_COLUMNS = ["task", "policy", "seed", "iteration", "model", "generate", "refine", "utterances", "chosen",
                  "rejected", "prompt_tokens", "completion_tokens"]
@@ -66,7 +68,8 @@ def credit_rows(run: Run) -> list[dict]:
                 "where": "selection", "coach": facts["coach"]["model"]["name"], "sees_gold": facts["coach"]["sees_gold"],
                 "actions": spent["actions"], "parse_rate": facts["parse_rate"], "spearman_reward": facts["spearman_q"],
                 "spearman_correct": None, "signal": signal(facts["spearman_q"]), "credit_by_agent": "-",
-                "bias_by_action": "-", "coach_calls": spent["calls"], "coach_prompt_tokens": spent["prompt_tokens"],
+                "bias_by_action": "-", "gap_kept": facts.get("kept_gap"), "gap_pool": facts.get("mean_gap"),
+                "coach_calls": spent["calls"], "coach_prompt_tokens": spent["prompt_tokens"],
                 "coach_completion_tokens": spent["completion_tokens"]})
     return rows
 
@@ -110,6 +113,7 @@ def method_note(runs: list[Run], credit: pd.DataFrame) -> str | None:
     if run.selector == "mappa":
         notes.append("MAPPA-style coach credit (DPO)")
     mine = credit[(credit["task"] == run.task) & (credit["policy"] == run.label)]
-    if len(mine) and (mine["signal"] == "no signal").all():
+    made_by_coach = bool(synth.get("credit")) or run.selector == "mappa"  # not a coach that only looked on
+    if made_by_coach and len(mine) and (mine["signal"] == "no signal").all():
         notes.append("coach: no signal")
     return "; ".join(notes) or None
