@@ -29,6 +29,7 @@ from harness.records.cost import spent, summed
 from harness.references import applies, reference_rows
 from harness.seeding import seed_everything
 from harness.tasks.metrics import METRICS, score
+from harness.web.env import SETTING
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +152,8 @@ def evaluate(config: EvalConfig | None = None, resume: bool = False, **overrides
         run_spec = spec.run_spec("eval", rid, cfgmod.as_dict(cfg), cfg.seed, device=machine.device_info(cfg.device),
                                  dialogue=vars(dialogue_cfg), setting=task.setting, answer_mode=answer_mode,
                                  model=backend.model_info, frozen_speakers=speakers.frozen_info(),
-                                 data={"source": task.source, "question_ids": [q.id for q in questions]})
+                                 data={"source": task.source, "question_ids": [q.id for q in questions]},
+                                 **({"web_setting": SETTING} if roster.web is not None else {}))
         runs.write_json(tmp / "run_spec.json", run_spec)
         runs.write_jsonl(tmp / "per_instance.jsonl", per_instance)
         runs.write_json(tmp / "stats.json", stats)

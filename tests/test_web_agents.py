@@ -149,6 +149,7 @@ def test_tiny_web_fitted_on_scripted_episodes_clicks_its_way_to_an_answer(tmp_pa
     assert main(["eval", "--task", "webwalker", "--model", "tiny-web", "--split", "train", "--out", str(out),
                  "max_turns=12", "max_new_tokens=48", f"web.page_chars={WEB_LIMITS.page_chars}"]) == 0
     records = [json.loads(line) for line in (out / "per_instance.jsonl").read_text().splitlines()]
+    assert json.loads((out / "run_spec.json").read_text())["web_setting"] == "given URL, click only"
     right = [r for r in records if r["score"] == 1.0]
     assert right, [r["prediction"] for r in records]
     for r in right:

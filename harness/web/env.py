@@ -25,6 +25,10 @@ from harness.web.browser import Browser, Fetch
 from harness.web.pack import Root
 from harness.web.page import Page
 
+# WebWalkerQA's name for this setting, in every web evaluation's record (its leaderboard mixes it with
+# a setting that adds search)
+SETTING = "given URL, click only"
+
 # What an agent is told about a link that gave no page.
 REASONS = {
     "broken": "the page does not exist (a broken link)",
