@@ -59,8 +59,7 @@ class Coach:
     def __init__(self, backend: Backend, cache: ResponseCache, engine: str, sees_gold: bool = False,
                  max_new_tokens: int = 64):
         self.grader = Grader("coach", backend, cache, engine, prompt.prompt_hash(), max_new_tokens)
-        self.backend, self.sees_gold, self.max_new_tokens = backend, sees_gold, max_new_tokens
-        self.parsed = 0
+        self.sees_gold, self.parsed = sees_gold, 0
 
     @classmethod
     def build(cls, cfg) -> "Coach":
@@ -79,9 +78,7 @@ class Coach:
 
     def info(self) -> dict:
         """What a run record says of the coach."""
-        return {"model": self.backend.model_info, "backend": self.grader.identity["backend"],
-                "prompt_version": prompt.VERSION, "prompt_sha256": prompt.prompt_hash(),
-                "sees_gold": self.sees_gold, "max_new_tokens": self.max_new_tokens}
+        return self.grader.info() | {"prompt_version": prompt.VERSION, "sees_gold": self.sees_gold}
 
     def messages(self, action: Action) -> list[dict]:
         """The coach's request for an action: one user message, the gold in it only if the coach may see it."""
