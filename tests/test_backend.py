@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from harness.backends import Request, Sampling
+from harness.backends.decoding import pick
 from harness.mas.dialogue import CLOSING, DialogueConfig, run_dialogues, start
 from harness.tasks import get_task
 
@@ -56,6 +57,17 @@ def test_sampled_generation_is_seeded(tiny_random):
     b = [c.text for c in tiny_random.generate(req, s, seed=1)]
     c = [c.text for c in tiny_random.generate(req, s, seed=2)]
     assert a == b and a != c
+
+
+@pytest.mark.parametrize("top_p, expected", [(1.0, [0.5, 0.0, 0.3, 0.2]), (0.75, [0.625, 0.0, 0.375, 0.0])])
+def test_a_draw_follows_the_nucleus_distribution_and_never_picks_an_impossible_token(top_p, expected):
+    rows = 8000
+    logits = torch.tensor([0.5, 0.0, 0.3, 0.2]).log().expand(rows, 4)
+    generators = [torch.Generator().manual_seed(i) for i in range(rows)]
+    picked = pick(logits, Sampling(8, temperature=1.0, top_p=top_p), generators)
+    share = torch.bincount(picked, minlength=4) / rows
+    assert share.tolist() == pytest.approx(expected, abs=0.02)  # 4 standard errors at 8000 draws
+    assert share[1] == 0
 
 
 def test_a_sampled_requests_text_depends_on_its_seed_not_on_its_batch(tiny_random):

@@ -37,9 +37,14 @@ def pick(logits: torch.Tensor, sampling: Sampling, generators: list[torch.Genera
     if sampling.temperature <= 0:
         return logits.argmax(-1)
     probs = torch.softmax(logits / sampling.temperature, -1)
+    order = None
     if sampling.top_p < 1.0:
-        sorted_probs, order = probs.sort(-1, descending=True)
-        outside = sorted_probs.cumsum(-1) - sorted_probs > sampling.top_p
-        sorted_probs[outside] = 0.0
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-    return torch.cat([torch.multinomial(row, 1, generator=g) for row, g in zip(probs, generators)])
+        probs, order = probs.sort(-1, descending=True)
+        probs = probs.masked_fill(probs.cumsum(-1) - probs > sampling.top_p, 0.0)
+    # One uniform per row from its generator, then one batched inverse CDF: a multinomial per row
+    # cost more than the tiny models' forward pass. right=True never lands on a zero-probability token.
+    uniform = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in generators])
+    cdf = probs.double().cumsum(-1)
+    index = torch.searchsorted(cdf, (uniform * cdf[:, -1]).unsqueeze(-1), right=True)
+    index = index.clamp_max(cdf.shape[-1] - 1)
+    return (index if order is None else order.gather(-1, index)).squeeze(-1)
