@@ -230,8 +230,8 @@ MODELS.register("tiny-fitted", CatalogueEntry(
     notice="fitting a 2-layer model on scripted dialogues, about 2 minutes on 2 cores"))
 MODELS.register("tiny-web", CatalogueEntry(
     "tiny-web", "tiny-fitted fitted further on scripted WebWalker episodes of the written sites' train split "
-                "(tests)", "harness.tiny:build_web", sources="harness.tiny:web_sources_hash",
-    notice="fitting tiny-fitted on scripted web episodes"))
+                "and a small generated wiki (tests)", "harness.tiny:build_web", sources="harness.tiny:web_sources_hash",
+    notice="fitting tiny-fitted on scripted web episodes, about 90 seconds on 2 cores"))
 
 
 def load(name: str, device: str = "cpu", dtype: str = "float32"):

@@ -181,18 +181,42 @@ def web_sources_hash() -> str:
     return h.hexdigest()[:12]
 
 
+# tiny-web's generated wiki: the train pack of the first HotpotQA fixture train rows, small enough
+# that the fit learns its two-source paths (its tests build the same pack with `web_wiki`)
+WEB_WIKI_ROWS = 4
+
+
+def web_wiki(data_dir: Path) -> Path:
+    """Build tiny-web's generated wiki into `data_dir` as `harness data build-web` would; its folder."""
+    from harness.web import generate, splits
+
+    rows = [row for _, row in read_jsonl(FIXTURES / "hotpotqa" / "train.jsonl")][:WEB_WIKI_ROWS]
+    folder = splits.packs_dir(data_dir) / splits.pack_name("hotpotqa", "train")
+    generate.generate_pack(rows, "hotpotqa", "train", folder)
+    return folder
+
+
 def web_dialogues() -> list[Dialogue]:
     """Scripted WebWalker episodes (`harness.mas.web.scripted`: the golden paths clicked, the gold
-    answered) on the written sites' train questions, read from the shipped packs, never a data directory."""
+    answered) on the train questions of the written sites (the shipped packs) and of tiny-web's
+    generated wiki (built in a temporary folder), never a data directory's."""
+    import tempfile
+
     from harness.mas import web
     from harness.mas.roster import roster_for
     from harness.tasks.webwalker import WebWalker
     from harness.web import splits
+    from harness.web.world import WORLD
 
-    rows = [(path, i, {**row, "pack_dir": str(folder)}) for folder in map(splits.pack_dir, splits.WRITTEN)
-            if (path := folder / "qa" / "train.jsonl").is_file() for i, row in read_jsonl(path)]
     roster = dataclasses.replace(roster_for("web"), web=WEB_LIMITS)
-    return [web.scripted(q, roster) for q in WebWalker().parse(rows, "train")]
+    with tempfile.TemporaryDirectory() as tmp:
+        wiki = web_wiki(Path(tmp))
+        rows = [(path, i, {**row, "pack_dir": str(folder)}) for folder in [*map(splits.pack_dir, splits.WRITTEN), wiki]
+                if (path := folder / "qa" / "train.jsonl").is_file() for i, row in read_jsonl(path)]
+        try:
+            return [web.scripted(q, roster) for q in WebWalker().parse(rows, "train")]
+        finally:
+            WORLD.stop(wiki)
 
 
 def build_fitted(out: Path, steps: int = 800, batch_size: int = 8, lr: float = 1e-2) -> None:
@@ -200,7 +224,7 @@ def build_fitted(out: Path, steps: int = 800, batch_size: int = 8, lr: float = 1
         _fit(out, fixture_dialogues(), steps, batch_size, lr)
 
 
-def build_web(out: Path, steps: int = 80, batch_size: int = 4, lr: float = 5e-3) -> None:
+def build_web(out: Path, steps: int = 320, batch_size: int = 4, lr: float = 5e-3) -> None:
     """tiny-fitted fitted further on scripted web episodes, so that a web episode can end in an answer."""
     from harness import models
 

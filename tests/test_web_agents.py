@@ -15,6 +15,7 @@ from harness.mas import web
 from harness.mas.dialogue import Dialogue, Utterance, start
 from harness.mas.roster import ROSTERS
 from harness.tasks import get_task
+from harness import tiny
 from harness.tiny import WEB_LIMITS
 from harness.web import generate, snapshot, splits
 from harness.web.browser import Browser, LiveBrowser
@@ -155,6 +156,24 @@ def test_tiny_web_fitted_on_scripted_episodes_clicks_its_way_to_an_answer(tmp_pa
     for r in right:
         assert r["stop"] == "answer" and r["prediction"] == r["gold"][0]
         assert any(step["action"].startswith("click") for step in r["trajectory"]["steps"])
+
+
+def test_tiny_web_follows_both_paths_of_a_generated_question_to_its_answer(tmp_path):
+    # tiny-web is also fitted on its generated wiki's scripted train episodes (`tiny.web_wiki`, built
+    # here as `harness data build-web` would): a right answer must have opened both source pages.
+    data = tmp_path / "data"
+    qa = [json.loads(line) for line in (tiny.web_wiki(data) / "qa" / "train.jsonl").read_text().splitlines()]
+    sources = {q["id"]: set(q["info"]["source_website"]) for q in qa}
+    out = tmp_path / "eval"
+    assert main(["eval", "--task", "webwalker", "--model", "tiny-web", "--split", "train", "--data-dir", str(data),
+                 "--out", str(out), "max_turns=16", "max_new_tokens=48", f"web.page_chars={WEB_LIMITS.page_chars}"]) == 0
+    records = [json.loads(line) for line in (out / "per_instance.jsonl").read_text().splitlines()]
+    assert len(records) == tiny.WEB_WIKI_ROWS
+    right = [r for r in records if r["score"] == 1.0]
+    assert right, [r["prediction"] for r in records]
+    for r in right:
+        visited = {step["url"] for step in r["trajectory"]["steps"]}
+        assert r["stop"] == "answer" and len(sources[r["id"]]) == 2 and sources[r["id"]] <= visited, r["trajectory"]
 
 
 # -- snapshots of live sites ---------------------------------------------------------------------

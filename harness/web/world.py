@@ -32,6 +32,13 @@ class World:
         """A new episode on the pack's site (not yet reset)."""
         return WebEnvironment(self.serve(pack_dir), limits)
 
+    def stop(self, pack_dir: str | Path) -> None:
+        """Stop serving one pack (a temporary one, before its folder goes)."""
+        with self._lock:
+            server = self._servers.pop(Path(pack_dir).resolve(), None)
+        if server is not None:
+            server.__exit__()
+
     def close(self) -> None:
         with self._lock:
             for server in self._servers.values():
