@@ -1,6 +1,6 @@
 """The tiny test models: a 2-layer Llama with a tokenizer trained in-process (no hub); the same
-model fitted for a few seconds on fixture dialogues so that it answers in ``<A>...</A>``; and that
-one fitted further on scripted web episodes, so that it clicks through served sites to an answer.
+model fitted on fixture dialogues so that it answers in ``<A>...</A>``; and that one fitted further
+on scripted web episodes, so that it clicks through served sites to an answer.
 
 All three are deterministic: the tokenizer is trained on the fixture text in file order, weights
 come from a fixed seed, and fitting runs a fixed number of steps in a fixed order.

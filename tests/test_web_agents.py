@@ -166,7 +166,8 @@ def test_tiny_web_follows_both_paths_of_a_generated_question_to_its_answer(tmp_p
     sources = {q["id"]: set(q["info"]["source_website"]) for q in qa}
     out = tmp_path / "eval"
     assert main(["eval", "--task", "webwalker", "--model", "tiny-web", "--split", "train", "--data-dir", str(data),
-                 "--out", str(out), "max_turns=16", "max_new_tokens=48", f"web.page_chars={WEB_LIMITS.page_chars}"]) == 0
+                 "--out", str(out), "max_turns=16", "max_new_tokens=48",
+                 f"web.page_chars={WEB_LIMITS.page_chars}"]) == 0
     records = [json.loads(line) for line in (out / "per_instance.jsonl").read_text().splitlines()]
     assert len(records) == tiny.WEB_WIKI_ROWS
     right = [r for r in records if r["score"] == 1.0]
