@@ -234,10 +234,11 @@ def test_fast_path_gives_the_reference_paths_influence(pairs, roster, request, t
     facts = {}
     for path in ("reference", "fast"):
         out = tmp_path / path
-        # 12 questions and one pair a unit, so the units' F values differ (with 4 questions and units of
-        # 2 pairs the three units tied on an AMD AVX2 CPU)
+        # 12 questions, one pair a unit and Optima's 10 turns, so the units' F values differ (with 4
+        # questions and units of 2 pairs the three units tied on an AMD AVX2 CPU; at the smoke preset's
+        # 6 turns, on an AVX-512 one)
         assert main(["select", "--selector", "dits", "--pairs", str(pairs_file), "--out", str(out), *KNOBS,
-                     "validation_size=12", "unit_size=1", f"influence.path={path}", *roster]) == 0
+                     "validation_size=12", "unit_size=1", "max_turns=10", f"influence.path={path}", *roster]) == 0
         facts[path] = json.loads((out / "run_spec.json").read_text())["selector_facts"]
     ref, fast = facts["reference"], facts["fast"]
     assert len(set(ref["f_after"])) > 1  # the units differ, so agreement means something
