@@ -52,7 +52,8 @@ def mean_stderr(values: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(var / n)
 
 
-def instance_record(d: Dialogue, metric: str, tokenizer) -> dict:
+def instance_record(d: Dialogue, metric: str, tokenizer, labels: tuple[str, ...] = ()) -> dict:
+    """A dialogue's per-instance line; `labels`: the question meta its task's breakdown reads."""
     q = d.question
     record = {
         "id": q.id, "question": q.question, "gold": list(q.golds), "prediction": d.final_answer,
@@ -65,6 +66,8 @@ def instance_record(d: Dialogue, metric: str, tokenizer) -> dict:
                        | ({"choice_logprobs": u.choice_logprobs, "answer_norm": u.answer_norm}
                           if u.choice_logprobs is not None else {}) for u in d.utterances],
     }
+    if labels:
+        record["labels"] = {name: q.meta.get(name) for name in labels}
     if d.roster.web is not None:  # the pages the episode went through, the text shown being in the transcript
         record["trajectory"] = web.trajectory(d)
     if any(u.choice_logprobs is not None for u in d.utterances):
@@ -122,7 +125,7 @@ def evaluate(config: EvalConfig | None = None, resume: bool = False, **overrides
                     return {"references": reference_rows(questions, backend),
                             "usage": spent(before, backend.usage.as_dict())}
                 dialogues = run_dialogues(start(batches[i], roster), speakers, dialogue_cfg, cfg.seed, bar)
-                return {"records": [instance_record(d, metric, backend.tokenizer) for d in dialogues],
+                return {"records": [instance_record(d, metric, backend.tokenizer, task.breakdown) for d in dialogues],
                         "usage": spent(before, backend.usage.as_dict())}
 
             done = journaled.run(unit)
@@ -130,23 +133,14 @@ def evaluate(config: EvalConfig | None = None, resume: bool = False, **overrides
         usage = [u["usage"] for u in done]
 
         per_instance = [r for b in done[:len(batches)] for r in b["records"]]
-        scores = [r["score"] for r in per_instance]
-        mean, stderr = mean_stderr(scores)
-        tokens = [r["tokens"] for r in per_instance]
-        stats = {
-            "task": cfg.task, "split": cfg.split, "metric": metric, "mean": mean, "stderr": stderr,
-            "n": len(scores), "mean_tokens_per_dialogue": sum(tokens) / len(tokens),
-            "mean_turns": sum(r["turns"] for r in per_instance) / len(per_instance),
-            "answered_rate": sum(r["answered"] for r in per_instance) / len(per_instance),
-            "agreement_rate": sum(r["stop"] == "agreement" for r in per_instance) / len(per_instance),
-            "answer_mode": answer_mode,
-        }
-        if answer_mode == "choice":  # lm-eval's acc_norm beside acc: the same dialogues, answers per byte
-            stats["mean_norm"] = sum(r["score_norm"] for r in per_instance) / len(per_instance)
+        stats = {"task": cfg.task, "split": cfg.split, "metric": metric, **summary(per_instance),
+                 "answer_mode": answer_mode}
         if references:
             stats["references"] = {name: row["mean"] for name, row in references.items()}
         if judge is not None:
             stats["judge"] = judged(judge, per_instance)
+        if task.breakdown:
+            stats["breakdown"] = breakdown(per_instance, task.breakdown)
         cost = {**summed(usage), "wall_seconds": time.time() - started, "model_load_seconds": load_seconds,
                 "dialogues": len(per_instance)} | ({"judge": dict(judge.grader.spent)} if judge else {})
         run_spec = spec.run_spec("eval", rid, cfgmod.as_dict(cfg), cfg.seed, device=machine.device_info(cfg.device),
@@ -162,6 +156,42 @@ def evaluate(config: EvalConfig | None = None, resume: bool = False, **overrides
             runs.write_json(tmp / "references.json", references)
         (tmp / journal.FILE).unlink()  # the records hold its batches now
     return EvalResult(out, run_spec, stats, cost, per_instance)
+
+
+def summary(records: list[dict]) -> dict:
+    """The figures of some per-instance records (an evaluation's, or one cell of its breakdown): the
+    score, the answers, the cost and, where the records have them, acc_norm, the episodes' pages and
+    the judge's accuracy."""
+    n = len(records)
+    mean, stderr = mean_stderr([r["score"] for r in records])
+    figures = {"mean": mean, "stderr": stderr, "n": n,
+               "mean_tokens_per_dialogue": sum(r["tokens"] for r in records) / n,
+               "mean_turns": sum(r["turns"] for r in records) / n,
+               "answered_rate": sum(r["answered"] for r in records) / n,
+               "agreement_rate": sum(r["stop"] == "agreement" for r in records) / n}
+    if all("score_norm" in r for r in records):  # lm-eval's acc_norm beside acc: answers per byte
+        figures["mean_norm"] = sum(r["score_norm"] for r in records) / n
+    if all("trajectory" in r for r in records):
+        figures["mean_pages"] = sum(r["trajectory"]["pages"] for r in records) / n
+        with_sources = [r["trajectory"] for r in records if r["trajectory"]["sources"]]
+        figures["sources_opened_rate"] = (sum(t["sources_opened"] == t["sources"] for t in with_sources)
+                                          / len(with_sources) if with_sources else None)
+    if all("judge" in r for r in records):
+        figures["judge_accuracy"] = sum(r["judge"]["correct"] for r in records) / n
+    return figures
+
+
+def breakdown(per_instance: list[dict], labels: tuple[str, ...]) -> list[dict]:
+    """The summary of each cell: the records sharing one value of one label (unlabelled records
+    form the cell None), label by label."""
+    rows = []
+    for label in labels:
+        cells: dict = {}
+        for r in per_instance:
+            cells.setdefault(r["labels"].get(label), []).append(r)
+        rows += [{"label": label, "value": value, **summary(records)}
+                 for value, records in sorted(cells.items(), key=lambda kv: str(kv[0]))]
+    return rows
 
 
 def judged(judge: Judge, per_instance: list[dict]) -> dict:
@@ -196,4 +226,23 @@ def results_table(result: EvalResult) -> str:
         row.append(f"{s['judge']['accuracy']:.4f}")
     rows = [row] + [[s["task"], s["split"], f"reference: {name}", s["metric"], f"{mean:.4f}", "", s["n"]]
                     + [""] * (len(headers) - 7) for name, mean in s.get("references", {}).items()]
-    return tabulate(rows, headers=headers, tablefmt="github")
+    table = tabulate(rows, headers=headers, tablefmt="github")
+    return table + (f"\n\n{breakdown_table(s['breakdown'], s['metric'])}" if s.get("breakdown") else "")
+
+
+# The breakdown's columns: (header, figure of a cell's summary, format); a figure a cell lacks is left out.
+BREAKDOWN_COLUMNS = (("n", "n", "d"), ("{metric}", "mean", ".4f"), ("± stderr", "stderr", ".4f"),
+                     ("answered", "answered_rate", ".2f"), ("tokens/dialogue", "mean_tokens_per_dialogue", ".1f"),
+                     ("turns", "mean_turns", ".1f"), ("pages", "mean_pages", ".1f"),
+                     ("all sources opened", "sources_opened_rate", ".2f"), ("judge acc", "judge_accuracy", ".4f"))
+
+
+def breakdown_table(rows: list[dict], metric: str) -> str:
+    columns = [c for c in BREAKDOWN_COLUMNS if any(c[1] in r for r in rows)]
+
+    def shown(value, fmt: str = "") -> str:  # a figure a cell cannot have (stderr of one item): "-"
+        return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt)
+
+    body = [[r["label"], shown(r["value"])] + [shown(r.get(key), fmt) for _, key, fmt in columns] for r in rows]
+    return tabulate(body, headers=["label", "value"] + [h.format(metric=metric) for h, _, _ in columns],
+                    tablefmt="github", disable_numparse=True)

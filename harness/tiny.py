@@ -211,8 +211,7 @@ def web_dialogues() -> list[Dialogue]:
     roster = dataclasses.replace(roster_for("web"), web=WEB_LIMITS)
     with tempfile.TemporaryDirectory() as tmp:
         wiki = web_wiki(Path(tmp))
-        rows = [(path, i, {**row, "pack_dir": str(folder)}) for folder in [*map(splits.pack_dir, splits.WRITTEN), wiki]
-                if (path := folder / "qa" / "train.jsonl").is_file() for i, row in read_jsonl(path)]
+        rows = WebWalker.pack_rows([*map(splits.pack_dir, splits.WRITTEN), wiki], "train")
         try:
             return [web.scripted(q, roster) for q in WebWalker().parse(rows, "train")]
         finally:

@@ -175,6 +175,15 @@ def test_tiny_web_follows_both_paths_of_a_generated_question_to_its_answer(tmp_p
     for r in right:
         visited = {step["url"] for step in r["trajectory"]["steps"]}
         assert r["stop"] == "answer" and len(sources[r["id"]]) == 2 and sources[r["id"]] <= visited, r["trajectory"]
+        assert r["trajectory"]["sources"] == r["trajectory"]["sources_opened"] == 2
+    # the breakdown by the questions' labels covers every record under each label
+    stats = json.loads((out / "stats.json").read_text())
+    by_label = {}
+    for row in stats["breakdown"]:
+        by_label.setdefault(row["label"], []).append(row)
+    assert set(by_label) == set(get_task("webwalker").breakdown)
+    assert all(sum(row["n"] for row in rows) == len(records) for rows in by_label.values())
+    assert stats["sources_opened_rate"] == sum(r["trajectory"]["sources_opened"] == 2 for r in records) / len(records)
 
 
 # -- snapshots of live sites ---------------------------------------------------------------------

@@ -20,7 +20,9 @@ from dataclasses import asdict
 from harness.errors import HarnessError
 from harness.mas.prompts import NO_ACTION
 from harness.tasks.base import Question
+from harness.web.browser import SHOWN
 from harness.web.env import Observation, WebEnvironment
+from harness.web.pack import canonical_url
 from harness.web.world import WORLD
 
 ACTION = re.compile(r"<click>\s*(\d+)\s*</click|<back\s*/?>")
@@ -76,9 +78,14 @@ def episode_of(d) -> WebEnvironment:
 
 
 def trajectory(d) -> dict:
-    """The episode's record for a dialogue's per-instance line: each step and the outcomes' counts."""
+    """The episode's record for a dialogue's per-instance line: each step, the outcomes' counts, the
+    pages it opened and how many of the question's source pages were among them (how far the
+    explorer got, where the answer says nothing)."""
     episode = episode_of(d)
-    return {"steps": [asdict(s) for s in episode.trajectory], "counts": episode.counts}
+    opened = {s.url for s in episode.trajectory if s.action != "back" and s.status in SHOWN}
+    sources = {canonical_url(url, url) for url in d.question.meta.get("source_website", [])}
+    return {"steps": [asdict(s) for s in episode.trajectory], "counts": episode.counts, "pages": len(opened),
+            "sources": len(sources), "sources_opened": len(sources & opened)}
 
 
 def scripted(question: Question, roster) -> "Dialogue":

@@ -125,6 +125,7 @@ class Task:
     sizes: ClassVar[str]  # public split sizes, for `harness ls tasks`
     choices: ClassVar[bool] = False  # its questions have options: answer_mode=choice applies
     recipe: ClassVar[Recipe] = QA_RECIPE  # how the harness trains on it
+    breakdown: ClassVar[tuple[str, ...]] = ()  # question labels (meta) its evaluation is broken down by
 
     def __init__(self, context_mode: str = "paragraph", seed: int = 0, slots: int = 2):
         """`slots`: how many agents the context is dealt to (`Roster.slots`; 2, the informants of the

@@ -44,6 +44,7 @@ class WebWalker(Task):
     setting = "web"
     metric = "f1"
     recipe = QA_RECIPE  # no reference recipe: QA's
+    breakdown = ("difficulty_level", "hop", "lang", "domain")  # labels of its rows' `info`
     licence = "Apache-2.0"
     sizes = "- / silver 14k / 680"
 
@@ -69,9 +70,7 @@ class WebWalker(Task):
             warn_once(f"{splits.packs_dir(data_dir)}: site packs {', '.join(n for n in names if n not in built)} not "
                       f"built: their {split} questions are left out (run `harness data build-web --data-dir {data_dir}`)")
         folders = [splits.pack_dir(name, data_dir) for name in built]
-        rows = [(path, i, {**row, "pack_dir": str(folder)})
-                for folder in folders if (path := folder / "qa" / f"{split}.jsonl").is_file()
-                for i, row in read_jsonl(path)]
+        rows = self.pack_rows(folders, split)
         real = Path(data_dir) / self.name / f"{split}.jsonl" if data_dir else None
         if real is not None and real.is_file():
             rows += self.served_rows(real, [*folders, *splits.snapshots(data_dir)])
@@ -80,6 +79,13 @@ class WebWalker(Task):
                                f"{f' or {real}' if real else ''}; build them with `harness data build-web`")
         self.source = str(rows[0][0])
         return self.parse(rows[:limit], split)
+
+    @staticmethod
+    def pack_rows(folders: list[Path], split: str) -> list[tuple]:
+        """The split's rows of the site packs in `folders`, each with the pack that serves it."""
+        return [(path, i, {**row, "pack_dir": str(folder)})
+                for folder in folders if (path := folder / "qa" / f"{split}.jsonl").is_file()
+                for i, row in read_jsonl(path)]
 
     @staticmethod
     def served_rows(real: Path, folders: list[Path]) -> list[tuple]:

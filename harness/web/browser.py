@@ -29,6 +29,7 @@ from harness.web.pack import Root, canonical_url
 from harness.web.server import LOOPBACK
 
 STATUSES = ("ok", "broken", "not_html", "too_big", "redirect_loop", "timeout", "refused", "error")
+SHOWN = ("ok", "too_big")  # the statuses of a fetch that has a page to show
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 REDIRECT_CODES = (301, 302, 303, 307, 308)
 BROKEN_CODES = (404, 410)
