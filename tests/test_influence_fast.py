@@ -122,28 +122,33 @@ def test_bad_certify_knobs_are_one_line(knob, value, message):
 
 def test_choice_mode_fast_path_gives_the_reference_paths_influence(arc_pairs):
     """Per unit and per dialogue, utterance by utterance, the fast path's answers are the reference
-    path's. At this eta (measured on the smoke preset's tiny-fitted) F moves from unit to unit, and
-    answers of turns that held moved, so that some dialogues ended sooner or ran on."""
-    facts = {}
-    for cls in (ReferencePath, FastPath):
-        cfg = build(SelectConfig, "smoke", {"selector": "dits", "validation_size": 12, "unit_size": 1, "eta": 0.06,
-                                            "influence": {"path": cls.name}})
-        path = cls(arc_pairs, cfg, *prepare(arc_pairs, cfg))
-        answers = with_answers(path)
-        facts[cls.name] = (path.run(), answers)
-    (ref, ref_answers), (fast, fast_answers) = facts["reference"], facts["fast"]
-    drafts = fast.drafts
-    assert fast.path == "fast" and fast.f_before == ref.f_before and fast_answers[0] == ref_answers[0]
-    assert drafts["verified_dialogues"] + drafts["decoded_dialogues"] == 12 * len(ref.units)
-    assert drafts["wrong_certifications"] == 0
-    assert len(set(ref.f_after)) > 1  # so agreement means something
-    assert drafts["changed_choices"] > 0 and drafts["ended_sooner"] + drafts["ran_longer"] > 0
-    # Every unit's dialogues answer alike, utterance by utterance, but within a counted near-tie
-    differing = sum(a != b for a, b in zip(ref_answers[1:], fast_answers[1:]))
-    assert differing <= drafts["near_ties"]
-    same = [a == b for a, b in zip(ref_answers[1:], fast_answers[1:])]
-    assert all(f == g for f, g, s in zip(ref.f_after, fast.f_after, same) if s)
-    assert all(x == y for x, y, s in zip(ref.items_after, fast.items_after, same) if s)
+    path's, at each of three etas. Over them F moves from unit to unit, and answers of turns that held
+    move, so that some dialogues end sooner or run on; at which eta depends on the tiny model's fit,
+    which differs from one CPU to another."""
+    seen = {"F moved": False, "choices changed": False, "ended sooner or ran on": False}
+    for eta in (0.06, 0.12, 0.24):
+        facts = {}
+        for cls in (ReferencePath, FastPath):
+            cfg = build(SelectConfig, "smoke", {"selector": "dits", "validation_size": 12, "unit_size": 1, "eta": eta,
+                                                "influence": {"path": cls.name}})
+            path = cls(arc_pairs, cfg, *prepare(arc_pairs, cfg))
+            answers = with_answers(path)
+            facts[cls.name] = (path.run(), answers)
+        (ref, ref_answers), (fast, fast_answers) = facts["reference"], facts["fast"]
+        drafts = fast.drafts
+        assert fast.path == "fast" and fast.f_before == ref.f_before and fast_answers[0] == ref_answers[0]
+        assert drafts["verified_dialogues"] + drafts["decoded_dialogues"] == 12 * len(ref.units)
+        assert drafts["wrong_certifications"] == 0
+        # Every unit's dialogues answer alike, utterance by utterance, but within a counted near-tie
+        differing = sum(a != b for a, b in zip(ref_answers[1:], fast_answers[1:]))
+        assert differing <= drafts["near_ties"]
+        same = [a == b for a, b in zip(ref_answers[1:], fast_answers[1:])]
+        assert all(f == g for f, g, s in zip(ref.f_after, fast.f_after, same) if s)
+        assert all(x == y for x, y, s in zip(ref.items_after, fast.items_after, same) if s)
+        seen["F moved"] |= len(set(ref.f_after)) > 1
+        seen["choices changed"] |= drafts["changed_choices"] > 0
+        seen["ended sooner or ran on"] |= drafts["ended_sooner"] + drafts["ran_longer"] > 0
+    assert all(seen.values()), seen  # so that the agreement means something
 
 
 def test_rescored_options_equal_the_backends_scores(cbt_pairs):

@@ -88,9 +88,10 @@ def test_a_batch_with_some_hits_is_the_uncached_batch(tiny_random, tmp_path):
 
 
 # -- the tree search -----------------------------------------------------------------------------
-# ARC-C: its agents also score the options (loglikelihood); two batches of trees
+# ARC-C: its agents also score the options (loglikelihood); two batches of trees; pairs from any gap
+# in Q, so that the pairs are compared too whatever the tiny model's fit on this CPU
 SYNTH = ["synth", "--config", "smoke", "--task", "arc_c", "--questions", "2", "probe_size=2", "max_turns=4",
-         "max_new_tokens=24", "trees_per_batch=1"]
+         "max_new_tokens=24", "trees_per_batch=1", "dpo_min_gap=0.01"]
 
 
 def read_jsonl(path):
