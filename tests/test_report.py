@@ -14,6 +14,8 @@ import jsonschema
 import pandas as pd
 import pytest
 
+import harness
+from harness.cache import cache_root
 from harness.cli import main
 from harness.errors import HarnessError
 from harness.report import costs, power, tables
@@ -438,9 +440,6 @@ def test_leaderboard_page_sorts_in_headless_chromium(smoke_suite, tmp_path, caps
     validate(doc)
     assert doc["reported"]["status"] == "reported, not reproduced" and len(doc["plots"]) == 3
     assert "Reported by the paper (reported, not reproduced)" in (out / "leaderboard.md").read_text()
-    # the run records came along, without weights, and a report can be built from the copy
-    assert not list((out / "runs").rglob("*.safetensors")) and build(str(out / "runs")).comparison.equals(
-        build(str(copy)).comparison)
     page = out / "leaderboard.html"
     rows = {}
     for direction in ("asc", "desc"):
@@ -454,6 +453,18 @@ def test_leaderboard_page_sorts_in_headless_chromium(smoke_suite, tmp_path, caps
     parser.feed(_dump_dom(page, ""))
     assert ["CBT" in " ".join(r) or "cbt" in r for r in parser.rows[1:]].count(True) >= 7
     assert all((out / p).is_file() for p in doc["plots"])
+
+
+def test_published_records_rebuild_the_report_and_name_no_folder_of_this_machine(smoke_suite, tmp_path, capsys):
+    copy = _copy(smoke_suite, tmp_path)
+    published = tmp_path / "results"
+    assert main(["leaderboard", "--suite", str(copy), "--publish", str(published)]) == 0
+    records = published / copy.name / "runs"
+    assert not list(records.rglob("*.safetensors")) and build(str(records)).comparison.equals(build(str(copy)).comparison)
+    text = "".join(p.read_text() for p in records.rglob("*.json*"))
+    assert "$HARNESS_CACHE/models/tiny-fitted" in text and f'"{copy.name}/shared/' in text
+    for folder in (cache_root(), smoke_suite, tmp_path, Path(harness.__file__).parent):
+        assert str(folder) not in text
 
 
 def test_check_passes_against_the_recorded_reference_and_fails_below_it(smoke_suite, tmp_path, capsys):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from dataclasses import dataclass, field
@@ -9,6 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
+import harness
+from harness.cache import cache_root
 from harness.errors import HarnessError
 from harness.report import costs, plots, tables
 from harness.report.credit import credit_table, method_notes, model_table
@@ -110,8 +113,26 @@ def _rounded(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def copy_records(report: Report, dest: Path) -> None:
-    """The suite's run records without weights or trainer checkpoints (what reports read) into `dest`."""
+    """The suite's run records without weights or trainer checkpoints (what reports read) into `dest`,
+    this machine's folders written so that they name none of it (`_portable_prefixes`)."""
     def skip(folder, names):
         return [n for n in names if n in ("model", "trainer") or n.startswith(".") or n.endswith(".safetensors")]
 
     shutil.copytree(report.suite, dest, ignore=skip)
+    prefixes = _portable_prefixes(report)
+    for path in dest.rglob("*.json*"):
+        text = original = path.read_text(encoding="utf-8")
+        for prefix, written in prefixes:
+            text = text.replace(json.dumps(prefix, ensure_ascii=False)[1:-1], written)  # as records write it
+        if text != original:
+            path.write_text(text, encoding="utf-8")
+
+
+def _portable_prefixes(report: Report) -> list[tuple[str, str]]:
+    """(this machine's folder, what a published record says instead), longest first: the folder
+    that held the suite when it ran, dropped (a report finds a run's stages under wherever its suite
+    is now), the harness's cache as `$HARNESS_CACHE/`, and the checkout the harness runs from, dropped."""
+    suites = {str(Path(run.spec["shared_stages"]).parent.parent.parent) for run in report.runs}
+    folders = {**{f"{s}/": "" for s in suites if Path(s).is_absolute()},
+               f"{cache_root()}/": "$HARNESS_CACHE/", f"{Path(harness.__file__).parent.parent}/": ""}
+    return sorted(folders.items(), key=lambda item: -len(item[0]))
