@@ -14,12 +14,11 @@ import jsonschema
 import pandas as pd
 import pytest
 
-import harness
 from harness.cache import cache_root
 from harness.cli import main
 from harness.errors import HarnessError
 from harness.report import costs, power, tables
-from harness.report.build import build
+from harness.report.build import CHECKOUT, build
 from harness.report.check import check, cpu_capability
 from harness.report.leaderboard import SCHEMA, document, validate
 from harness.experiment.suite import budget_points
@@ -463,7 +462,7 @@ def test_published_records_rebuild_the_report_and_name_no_folder_of_this_machine
     assert not list(records.rglob("*.safetensors")) and build(str(records)).comparison.equals(build(str(copy)).comparison)
     text = "".join(p.read_text() for p in records.rglob("*.json*"))
     assert "$HARNESS_CACHE/models/tiny-fitted" in text and f'"{copy.name}/shared/' in text
-    for folder in (cache_root(), smoke_suite, tmp_path, Path(harness.__file__).parent):
+    for folder in (cache_root(), smoke_suite, tmp_path, CHECKOUT / "harness"):
         assert str(folder) not in text
 
 

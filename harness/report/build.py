@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pandas as pd
 
-import harness
 from harness.cache import cache_root
 from harness.errors import HarnessError
 from harness.report import costs, plots, tables
@@ -18,6 +17,7 @@ from harness.report.credit import credit_table, method_notes, model_table
 from harness.report.records import Run, check_comparable, load_suite
 
 log = logging.getLogger(__name__)
+CHECKOUT = Path(__file__).parents[2]  # the folder holding the harness package
 
 
 @dataclass
@@ -134,5 +134,5 @@ def _portable_prefixes(report: Report) -> list[tuple[str, str]]:
     is now), the harness's cache as `$HARNESS_CACHE/`, and the checkout the harness runs from, dropped."""
     suites = {str(Path(run.spec["shared_stages"]).parent.parent.parent) for run in report.runs}
     folders = {**{f"{s}/": "" for s in suites if Path(s).is_absolute()},
-               f"{cache_root()}/": "$HARNESS_CACHE/", f"{Path(harness.__file__).parent.parent}/": ""}
+               f"{cache_root()}/": "$HARNESS_CACHE/", f"{CHECKOUT}/": ""}
     return sorted(folders.items(), key=lambda item: -len(item[0]))
