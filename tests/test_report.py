@@ -143,6 +143,20 @@ def test_display_never_prints_an_interval_of_width_zero():
     assert shown.loc["random", "Δ vs random [95% CI]"] == "-"
 
 
+def test_seeds_sharing_one_evaluation_spread_over_items_not_over_seeds():
+    shared = _items(1, 0, 1, 1, 0, 0)
+    suite = [_Run("random", s, _items(*POLICIES["random"][s]), shared) for s in range(2)]
+    table = tables.comparison(suite, ("random",)).set_index("policy")
+    # one evaluation read twice has an SD over seeds of 0, which would read as a precise score
+    assert table.loc["initial", "spread_kind"] == tables.ONE_EVALUATION and table.loc["initial", "seeds"] == 2
+    assert table.loc["initial", "spread"] == pytest.approx(statistics.stdev(shared.values()) / math.sqrt(6))
+    assert table.loc["random", "spread_kind"] == tables.SEEDS
+    assert table.loc["random", "spread"] == pytest.approx(statistics.stdev([4 / 6, 3 / 6]))
+    assert tables.comparison(suite[:1], ("random",)).set_index("policy").loc["initial", "spread_kind"] == tables.ITEMS
+    shown = tables.display(table.reset_index(), ("random",)).set_index("policy")
+    assert shown.loc["initial", "score"] == f"0.5000 ± {table.loc['initial', 'spread']:.4f}"
+
+
 def test_degenerate_influence_marks_the_row():
     shown = tables.display(tables.comparison(_suite(2, ["fell back to Q"]))).set_index("policy")
     assert shown.loc["dits:gamma=1", "notes"] == "influence degenerate: fell back to Q"
@@ -165,12 +179,22 @@ def _book(rows):
 
 
 def test_cost_per_gain_divides_the_extra_cost_by_the_extra_points():
-    table = pd.DataFrame([{"task": "t", "policy": p, "mean": m} for p, m in
-                          (("initial", 0.1), ("optima_full", 0.40), ("dits", 0.45), ("random", 0.38))])
+    table = pd.DataFrame([{"task": "t", "policy": p, "mean": m, "vs_optima_full_low": low} for p, m, low in
+                          (("initial", 0.1, -0.4), ("optima_full", 0.40, None), ("dits", 0.45, 0.01),
+                           ("random", 0.38, -0.05), ("qvalue", 0.42, -0.01))])
     # two seeds of dits: the mean cost is used
     book = _book([("optima_full", "", 1000, 100.0), ("dits", "", 1500, 160.0), ("dits", "", 1700, 180.0),
-                  ("random", "", 800, 90.0)])
+                  ("random", "", 800, 90.0), ("qvalue", "", 900, 120.0)])
     got = costs.cost_per_gain(table, book, ("optima_full",)).set_index("policy")
+    assert got.loc["dits", "gain_resolved"] and not got.loc["qvalue", "gain_resolved"]
+    assert not got.loc["random", "gain_resolved"]
+    # qvalue gained 2 points for fewer tokens: no (negative) price in tokens; more seconds: a price
+    assert pd.isna(got.loc["qvalue", "tokens_per_point"])
+    assert got.loc["qvalue", "device_seconds_per_point"] == pytest.approx(10.0)
+    # where the table pairs the two on their shared seeds, the points are that paired difference
+    paired = costs.cost_per_gain(table.assign(vs_optima_full=[-0.3, None, 0.04, -0.02, 0.02]), book,
+                                 ("optima_full",)).set_index("policy")
+    assert paired.loc["dits", "extra_points"] == pytest.approx(4.0)
     assert got.loc["dits", "extra_points"] == pytest.approx(5.0)
     assert got.loc["dits", "extra_tokens"] == pytest.approx(600)
     assert got.loc["dits", "tokens_per_point"] == pytest.approx(120)
@@ -223,7 +247,15 @@ def report(smoke_suite):
 def test_comparison_pairs_the_same_test_items_across_seeds(report):
     table = report.comparison.set_index("policy")
     assert list(table.index) == ["initial", "sft", "optima_full", "random", "qvalue", "dits:gamma=0", "dits:gamma=1"]
-    assert set(table["seeds"]) == {2} and set(table["spread_kind"]) == {"sd over seeds"}
+    assert set(table["seeds"]) == {2}
+    # the seeds share the initial evaluation where the seed deals the test items alike (not HotpotQA's)
+    initial = {r.seed: r.item_scores("initial") for r in report.runs if r.label == "random" and r.budget is None}
+    shared = initial[0] == initial[1]
+    assert table.loc["initial", "spread_kind"] == (tables.ONE_EVALUATION if shared else tables.SEEDS)
+    for policy in table.index.drop("initial"):
+        alike = [r.item_scores("sft" if policy == "sft" else "dpo") for r in report.runs
+                 if r.label == (policy if policy != "sft" else "random") and r.budget is None]
+        assert table.loc[policy, "spread_kind"] == (tables.ONE_EVALUATION if alike[0] == alike[1] else tables.SEEDS)
     runs = {(r.label, r.seed): r for r in report.runs if r.budget is None}
     for policy in ("qvalue", "dits:gamma=0", "initial"):
         # the mean of paired differences is the difference of the means on the same items

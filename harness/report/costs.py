@@ -86,7 +86,9 @@ def training_costs(book: pd.DataFrame) -> pd.DataFrame:
 
 def cost_per_gain(table: pd.DataFrame, book: pd.DataFrame, baselines) -> pd.DataFrame:
     """Extra training cost over a named baseline per extra metric point (x100), in tokens and
-    device-seconds; None where the selector gained nothing over it."""
+    device-seconds. No price where the selector gained nothing over it, or gained and cost less (a
+    negative price would read as cheap). `gain_resolved` says whether the comparison's interval
+    puts the gain above zero: a price per unresolved point divides by noise."""
     costs = training_costs(book)
     costs = costs[costs["budget"] == ""].set_index(["task", "policy"])
     rows = []
@@ -96,14 +98,19 @@ def cost_per_gain(table: pd.DataFrame, book: pd.DataFrame, baselines) -> pd.Data
         for base in baselines:
             if base == row["policy"] or (row["task"], base) not in costs.index:
                 continue
-            base_row = table[(table["task"] == row["task"]) & (table["policy"] == base)].iloc[0]
-            points = 100 * (row["mean"] - base_row["mean"])
-            out = {"task": row["task"], "policy": row["policy"], "baseline": base, "extra_points": points}
+            # the paired difference (on the seeds both ran), where the table has it
+            paired = row.get(f"vs_{base}")
+            if paired is None or pd.isna(paired):
+                paired = row["mean"] - table[(table["task"] == row["task"]) & (table["policy"] == base)].iloc[0]["mean"]
+            points = 100 * paired
+            low = row.get(f"vs_{base}_low")
+            out = {"task": row["task"], "policy": row["policy"], "baseline": base, "extra_points": points,
+                   "gain_resolved": bool(points > 0 and low is not None and not pd.isna(low) and low > 0)}
             for k in COSTS:
                 extra = costs.loc[(row["task"], row["policy"]), f"cost_{k}"] - costs.loc[
                     (row["task"], base), f"cost_{k}"]
                 out[f"extra_{k}"] = extra
-                out[f"{k}_per_point"] = extra / points if points > 0 else None
+                out[f"{k}_per_point"] = extra / points if points > 0 and extra > 0 else None
             rows.append(out)
     return pd.DataFrame(rows)
 

@@ -9,7 +9,8 @@ so); from three seeds on, a two-level bootstrap over seeds and items. Each diffe
 minimum detectable difference (MDD, `power`), and the readable table says where the interval covers
 zero, where nothing differs or nothing varies, and where DITS influence was too coarse to rank by.
 The spread of a row is the standard deviation over seeds when there are several, else the standard
-error over test items (the column says which).
+error over test items (the column says which); seeds whose evaluations are one and the same (the
+initial policy's, shared by the seeds of a suite) count as one.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ ORDER = (*FIXED_POLICIES, *BASELINES)
 INFLUENCE_COLUMNS = ["task", "policy", "budget", "seed", "iteration", "units", "validation_size", "distinct_values",
                      "tied_units", "changed_answers_median", "split_half_spearman", "eta", "path", "reused",
                      "degenerate"]
+# What a row's spread is (`spread_kind`).
+SEEDS, ITEMS, ONE_EVALUATION = "sd over seeds", "stderr over items", "stderr over items: one evaluation for its seeds"
 VERSUS_COLUMNS = {"diff": "", "low": "_low", "high": "_high", "n": "_n", "seeds": "_seeds", "sd": "_sd", "mdd": "_mdd"}
 
 
@@ -136,10 +139,10 @@ def comparison(runs: list[Run], baselines=BASELINES) -> pd.DataFrame:
             seeds = policies[name]
             scored = [run.score(which) for run, which in seeds.values()]
             means = [s["mean"] for s in scored]
-            several = len(means) > 1
+            kind = spread_kind(list(items[name].values()))
             row = {"task": task, "policy": name, "metric": scored[0]["metric"], "mean": statistics.fmean(means),
-                   "spread": statistics.stdev(means) if several else scored[0]["stderr"],
-                   "spread_kind": "sd over seeds" if several else "stderr over items", "seeds": len(means),
+                   "spread": statistics.stdev(means) if kind == SEEDS else scored[0]["stderr"],
+                   "spread_kind": kind, "seeds": len(means),
                    "questions": scored[0]["n"],
                    "no_signal": power.constant([v for by_item in items[name].values() for v in by_item.values()]),
                    "tokens_per_dialogue": statistics.fmean(s["tokens_per_dialogue"] for s in scored),
@@ -161,6 +164,17 @@ def comparison(runs: list[Run], baselines=BASELINES) -> pd.DataFrame:
         rows += [row | {k: v for base in baselines for k, v in no_versus(base).items()}
                  for row in reference_rows(task, policies)]
     return pd.DataFrame(rows)
+
+
+def spread_kind(evaluations: list[dict[str, float]]) -> str:
+    """What a row's spread measures, given its seeds' item scores. Seeds that share one evaluation
+    (the initial policy's, greedy on contexts the seed does not change) have an SD of 0 that
+    measures nothing: their spread is over items, and says so."""
+    if len(evaluations) == 1:
+        return ITEMS
+    if all(e == evaluations[0] for e in evaluations[1:]):
+        return ONE_EVALUATION
+    return SEEDS
 
 
 def no_versus(base: str) -> dict:
