@@ -206,7 +206,7 @@ def _report(args):
     from harness.report.build import build
     from harness.report.tables import BASELINES
 
-    baselines = BASELINES if args.baselines is None else tuple(b for b in args.baselines.split(",") if b)
+    baselines = BASELINES if args.baselines is None else tuple(dict.fromkeys(b for b in args.baselines.split(",") if b))
     return build(args.suite, baselines, args.target, getattr(args, "allow_unfinished", False))
 
 
@@ -222,7 +222,8 @@ def cmd_report(args) -> int:
     shown = report.tables()
     print(shown["comparison"][1].to_markdown(index=False))
     print("\ncost per gain (extra training cost over the baseline, per metric point x100)")
-    print(shown["cost_per_gain"][1].to_markdown(index=False) if len(report.cost_per_gain) else "(no baseline)")
+    print(shown["cost_per_gain"][1].to_markdown(index=False) if len(report.cost_per_gain)
+          else "(no trained baseline paired with a trained policy)")
     print(f"\n{len(names)} files: {out}")
     return 0
 
@@ -234,7 +235,7 @@ def cmd_leaderboard(args) -> int:
     from harness.report.leaderboard import publish
 
     report = _report(args)
-    out = output_dir(report, Path(args.publish) / report.suite.name if args.publish else report.suite / "leaderboard")
+    out = output_dir(report, Path(args.publish) / report.name if args.publish else report.suite / "leaderboard")
     names = publish(report, out, with_records=bool(args.publish))
     print(report.tables()["comparison"][1].to_markdown(index=False))
     print(f"\nleaderboard: {out / 'leaderboard.html'} ({len(names)} files)")
@@ -249,7 +250,7 @@ def cmd_check(args) -> int:
     report = _report(args)
     against = Path(args.against)
     if args.bless:
-        reference = bless(report.comparison, report.suite.name, against, args.tolerance, args.keep_lowest)
+        reference = bless(report.comparison, report.name, against, args.tolerance, args.keep_lowest)
         print(f"blessed {len(reference['scores'])} scores of {report.suite} into {against}")
         return 0
     result = check(report.comparison, read_reference(against))

@@ -224,6 +224,18 @@ def read_complete_jsonl(path: Path) -> list[dict]:
     return rows
 
 
+def read_json(path: Path):
+    """A JSON file's value; unreadable or invalid is one `file: reason` error."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise HarnessError(f"{path}: cannot read it ({e.strerror})") from None
+    except UnicodeDecodeError:
+        raise HarnessError(f"{path}: not UTF-8 text") from None
+    except json.JSONDecodeError as e:
+        raise HarnessError(f"{path}: not valid JSON ({e.msg}, line {e.lineno} column {e.colno})") from None
+
+
 def read_jsonl(path: Path) -> list[tuple[int, dict]]:
     """Rows with their 1-based line numbers; a bad line is one `file:line: reason` error."""
     out = []

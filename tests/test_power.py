@@ -60,8 +60,8 @@ def test_two_level_bootstrap_is_deterministic_and_covers_the_mean():
     assert power.two_level_bootstrap(DIFFS) == first
     assert power.two_level_bootstrap(DIFFS, seed=1) != first  # the seed is what fixes it
     mean = statistics.fmean(v for row in DIFFS for v in row)
-    low, high = first
-    assert low < mean < high and high - low < 2  # a percentile interval of means of values in [-1, 1]
+    low, high, se = first
+    assert low < mean < high and 0 < se < high - low and high - low < 2  # a percentile interval of means of values in [-1, 1]
     # a wider confidence, a wider interval
     wide = power.two_level_bootstrap(DIFFS, confidence=0.99)
     assert wide[0] <= low and wide[1] >= high
@@ -72,4 +72,4 @@ def test_two_level_bootstrap_resamples_seeds_too():
     # seeds shows it; items alone, each averaged over the seeds, are all -1/3 (an interval of width 0).
     # Three draws of the +1 seed have probability 1/27 > 2.5%, three of the others 8/27.
     seeds = [[1.0] * 6, [-1.0] * 6, [-1.0] * 6]
-    assert power.two_level_bootstrap(seeds) == (pytest.approx(-1.0), pytest.approx(1.0))
+    assert power.two_level_bootstrap(seeds)[:2] == (pytest.approx(-1.0), pytest.approx(1.0))

@@ -9,6 +9,7 @@ import statistics
 import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
+from types import SimpleNamespace
 
 import jsonschema
 import pandas as pd
@@ -18,7 +19,7 @@ from harness.cache import cache_root
 from harness.cli import main
 from harness.errors import HarnessError
 from harness.report import costs, power, tables
-from harness.report.build import CHECKOUT, build
+from harness.report.build import CHECKOUT, Report, build
 from harness.report.check import check, cpu_capability
 from harness.report.leaderboard import SCHEMA, document, validate
 from harness.experiment.suite import budget_points
@@ -100,7 +101,10 @@ def test_comparison_carries_the_mdd_and_says_what_its_interval_covers():
     table = tables.comparison(_suite(3)).set_index("policy")
     per_seed = [[a - b for a, b in zip(s, r)] for s, r in zip(POLICIES["optima_full"], POLICIES["random"])]
     assert (table.loc["optima_full", "vs_random_low"], table.loc["optima_full", "vs_random_high"]) == pytest.approx(
-        power.two_level_bootstrap(per_seed))
+        power.two_level_bootstrap(per_seed)[:2])
+    # and the MDD carries the seeds' variance as the interval does: from the bootstrap's standard error
+    assert table.loc["optima_full", "vs_random_mdd"] == pytest.approx(
+        2.8015852181129683 * power.two_level_bootstrap(per_seed)[2])
     assert table.loc["optima_full", "interval"].startswith("bootstrap over seeds and items")
     assert "seed variance not estimated" not in tables.display(table.reset_index()).to_markdown(index=False)
 
@@ -143,18 +147,33 @@ def test_display_never_prints_an_interval_of_width_zero():
     assert shown.loc["random", "Δ vs random [95% CI]"] == "-"
 
 
-def test_seeds_sharing_one_evaluation_spread_over_items_not_over_seeds():
+def test_the_spread_is_over_items_and_seeds_sharing_one_evaluation_have_no_sd():
     shared = _items(1, 0, 1, 1, 0, 0)
     suite = [_Run("random", s, _items(*POLICIES["random"][s]), shared) for s in range(2)]
     table = tables.comparison(suite, ("random",)).set_index("policy")
-    # one evaluation read twice has an SD over seeds of 0, which would read as a precise score
-    assert table.loc["initial", "spread_kind"] == tables.ONE_EVALUATION and table.loc["initial", "seeds"] == 2
+    # the ± of every row: the standard error over items of the seed-averaged item scores
+    averaged = [statistics.fmean(v) for v in zip(*POLICIES["random"][:2])]
+    assert table.loc["random", "spread"] == pytest.approx(statistics.stdev(averaged) / math.sqrt(6))
     assert table.loc["initial", "spread"] == pytest.approx(statistics.stdev(shared.values()) / math.sqrt(6))
-    assert table.loc["random", "spread_kind"] == tables.SEEDS
-    assert table.loc["random", "spread"] == pytest.approx(statistics.stdev([4 / 6, 3 / 6]))
-    assert tables.comparison(suite[:1], ("random",)).set_index("policy").loc["initial", "spread_kind"] == tables.ITEMS
+    # how far the seeds' means lie apart is its own column; one evaluation read twice has none
+    assert table.loc["random", "seed_sd"] == pytest.approx(statistics.stdev([4 / 6, 3 / 6]))
+    assert (table.loc["random", "evaluations"], table.loc["initial", "evaluations"]) == (2, 1)
+    assert pd.isna(table.loc["initial", "seed_sd"]) and table.loc["initial", "seeds"] == 2
     shown = tables.display(table.reset_index(), ("random",)).set_index("policy")
     assert shown.loc["initial", "score"] == f"0.5000 ± {table.loc['initial', 'spread']:.4f}"
+    assert shown.loc["initial", "sd over seeds"] == "one evaluation"
+    assert shown.loc["random", "sd over seeds"] == f"{table.loc['random', 'seed_sd']:.4f}"
+    one = tables.display(tables.comparison(suite[:1], ("random",)), ("random",)).set_index("policy")
+    assert one.loc["random", "sd over seeds"] == "-"
+
+
+def test_a_difference_over_fewer_seeds_than_its_rows_says_so():
+    suite = [r for r in _suite(2) if not (r.label == "optima_full" and r.seed == 1)]
+    shown = tables.display(tables.comparison(suite)).set_index("policy")
+    # random has two seeds and optima_full one: their difference is seed 0's alone
+    assert shown.loc["random", "Δ vs optima_full [95% CI]"].endswith("(on the 1 seed(s) both ran)")
+    assert shown.loc["optima_full", "Δ vs random [95% CI]"].endswith("(on the 1 seed(s) both ran)")
+    assert "seed(s) both ran" not in shown.loc["qvalue", "Δ vs random [95% CI]"]
 
 
 def test_degenerate_influence_marks_the_row():
@@ -174,39 +193,38 @@ def test_qvalue_is_a_default_baseline_declared_once():
 
 
 def _book(rows):
-    return pd.DataFrame([{"task": "t", "policy": p, "budget": b, "stage": "total", "cost_tokens": tok,
-                          "cost_device_seconds": sec} for p, b, tok, sec in rows])
+    return pd.DataFrame([{"task": "t", "policy": p, "seed": seed, "budget": "", "stage": "total", "cost_tokens": tok,
+                          "cost_device_seconds": sec} for p, seed, tok, sec in rows])
 
 
-def test_cost_per_gain_divides_the_extra_cost_by_the_extra_points():
-    table = pd.DataFrame([{"task": "t", "policy": p, "mean": m, "vs_optima_full_low": low} for p, m, low in
-                          (("initial", 0.1, -0.4), ("optima_full", 0.40, None), ("dits", 0.45, 0.01),
-                           ("random", 0.38, -0.05), ("qvalue", 0.42, -0.01))])
-    # two seeds of dits: the mean cost is used
-    book = _book([("optima_full", "", 1000, 100.0), ("dits", "", 1500, 160.0), ("dits", "", 1700, 180.0),
-                  ("random", "", 800, 90.0), ("qvalue", "", 900, 120.0)])
+def test_cost_per_gain_prices_the_paired_gain_by_the_extra_cost_on_the_same_seeds():
+    # the comparison's differences against optima_full, on the seeds each pair shares
+    table = pd.DataFrame([{"task": "t", "policy": p, "mean": 0.5, "vs_optima_full": d, "vs_optima_full_low": low}
+                          for p, d, low in (("initial", -0.3, -0.4), ("optima_full", None, None), ("dits", 0.05, 0.01),
+                                            ("random", -0.02, -0.05), ("qvalue", 0.02, -0.01), ("lonely", None, None))])
+    book = _book([("optima_full", 0, 1000, 100.0), ("optima_full", 1, 1200, 110.0),
+                  ("dits", 0, 1500, 160.0), ("dits", 1, 1700, 180.0), ("random", 0, 800, 90.0),
+                  ("qvalue", 0, 900, 120.0), ("qvalue", 1, 1100, 115.0), ("lonely", 2, 10, 1.0)])
     got = costs.cost_per_gain(table, book, ("optima_full",)).set_index("policy")
+    # dits: 5 points for 500 tokens and (60 + 70) / 2 seconds more, seed by seed
+    assert (got.loc["dits", "extra_points"], got.loc["dits", "seeds"]) == (pytest.approx(5.0), 2)
+    assert got.loc["dits", "extra_tokens"] == pytest.approx(500)
+    assert got.loc["dits", "tokens_per_point"] == pytest.approx(100)
+    assert got.loc["dits", "device_seconds_per_point"] == pytest.approx(13.0)
     assert got.loc["dits", "gain_resolved"] and not got.loc["qvalue", "gain_resolved"]
-    assert not got.loc["random", "gain_resolved"]
+    # random ran seed 0 only: its extra cost is seed 0's, and with no gain there is no price
+    assert (got.loc["random", "seeds"], got.loc["random", "extra_tokens"]) == (1, pytest.approx(-200))
+    assert pd.isna(got.loc["random", "tokens_per_point"]) and not got.loc["random", "gain_resolved"]
     # qvalue gained 2 points for fewer tokens: no (negative) price in tokens; more seconds: a price
     assert pd.isna(got.loc["qvalue", "tokens_per_point"])
-    assert got.loc["qvalue", "device_seconds_per_point"] == pytest.approx(10.0)
-    # where the table pairs the two on their shared seeds, the points are that paired difference
-    paired = costs.cost_per_gain(table.assign(vs_optima_full=[-0.3, None, 0.04, -0.02, 0.02]), book,
-                                 ("optima_full",)).set_index("policy")
-    assert paired.loc["dits", "extra_points"] == pytest.approx(4.0)
-    assert got.loc["dits", "extra_points"] == pytest.approx(5.0)
-    assert got.loc["dits", "extra_tokens"] == pytest.approx(600)
-    assert got.loc["dits", "tokens_per_point"] == pytest.approx(120)
-    assert got.loc["dits", "device_seconds_per_point"] == pytest.approx(14.0)
-    assert got.loc["random", "extra_points"] == pytest.approx(-2.0)
-    assert pd.isna(got.loc["random", "tokens_per_point"])  # no gain: no price per point
-    assert "initial" not in got.index and "optima_full" not in got.index
+    assert got.loc["qvalue", "device_seconds_per_point"] == pytest.approx(12.5 / 2)
+    # no seed in common, no comparison: no row; nor for the fixed policies and the baseline itself
+    assert not {"lonely", "initial", "optima_full"} & set(got.index)
 
 
 def test_cost_to_target_takes_the_cheapest_point_that_reaches_it():
     def point(policy, budget, mean, tokens, seconds):
-        return {"task": "t", "policy": policy, "budget": budget, "mean": mean, "cost_tokens": tokens,
+        return {"task": "t", "policy": policy, "budget": budget, "mean": mean, "seeds": 1, "cost_tokens": tokens,
                 "cost_device_seconds": seconds}
 
     points = pd.DataFrame([point("optima_full", "", 0.40, 40, 200.0),
@@ -248,14 +266,8 @@ def test_comparison_pairs_the_same_test_items_across_seeds(report):
     table = report.comparison.set_index("policy")
     assert list(table.index) == ["initial", "sft", "optima_full", "random", "qvalue", "dits:gamma=0", "dits:gamma=1"]
     assert set(table["seeds"]) == {2}
-    # the seeds share the initial evaluation where the seed deals the test items alike (not HotpotQA's)
-    initial = {r.seed: r.item_scores("initial") for r in report.runs if r.label == "random" and r.budget is None}
-    shared = initial[0] == initial[1]
-    assert table.loc["initial", "spread_kind"] == (tables.ONE_EVALUATION if shared else tables.SEEDS)
-    for policy in table.index.drop("initial"):
-        alike = [r.item_scores("sft" if policy == "sft" else "dpo") for r in report.runs
-                 if r.label == (policy if policy != "sft" else "random") and r.budget is None]
-        assert table.loc[policy, "spread_kind"] == (tables.ONE_EVALUATION if alike[0] == alike[1] else tables.SEEDS)
+    # the seeds share the initial evaluation: the seed does not change ARC-C's questions
+    assert table.loc["initial", "evaluations"] == 1 and pd.isna(table.loc["initial", "seed_sd"])
     runs = {(r.label, r.seed): r for r in report.runs if r.budget is None}
     for policy in ("qvalue", "dits:gamma=0", "initial"):
         # the mean of paired differences is the difference of the means on the same items
@@ -272,6 +284,19 @@ def test_comparison_pairs_the_same_test_items_across_seeds(report):
     assert pd.isna(table.loc["qvalue", "vs_qvalue"]) and set(table["vs_random_seeds"]) == {0, 2}
     assert all("seed variance not estimated" in kind for kind in table["interval"])
     assert pd.isna(table.loc["initial", "pairs_trained"]) and table.loc["optima_full", "pairs_trained"] > 0
+
+
+def test_work_a_stage_did_but_did_not_record_is_unknown_not_zero():
+    def stage(label, name, work):
+        return {"stage": label, "name": name, "shared": False, "device": "cpu", "wall_seconds": 1.0, "cost": work}
+
+    older = SimpleNamespace(task="t", label="random", seed=0, budget=None, traits={"influence": False}, stages=[
+        stage("it0/sft", "sft", {"trained_tokens": 50, "steps": 4}), stage("it0/dpo", "dpo", {"steps": 2}),
+        stage("it0/eval", "eval", {"completion_tokens": 9})])
+    book = costs.ledger([older]).set_index("stage")
+    # DPO before it counted its tokens: unknown, and so is the run's total; an evaluation trains nothing
+    assert pd.isna(book.loc["it0/dpo", "trained_tokens"]) and pd.isna(book.loc["total", "trained_tokens"])
+    assert book.loc["it0/eval", "trained_tokens"] == 0 and book.loc["total", "training_steps"] == 6
 
 
 def test_cost_ledger_totals_and_shared_stages(report):
@@ -329,7 +354,9 @@ def test_report_writes_every_table_in_four_formats_and_the_plots(smoke_suite, tm
     assert (influence["distinct_values"] <= influence["units"]).all() and "split_half_spearman" in influence
     numbers = pd.read_csv(out / "comparison.csv")
     assert list(numbers["policy"])[:3] == ["initial", "sft", "optima_full"] and numbers["mean"].between(0, 1).all()
-    assert "\\pm" in (out / "comparison.tex").read_text()
+    tex = (out / "comparison.tex").read_text()
+    # LaTeX's specials escaped: an unescaped % would comment out the rest of the header row
+    assert "\\pm" in tex and "95\\%" in tex and "optima\\_full" in tex and "optima_full" not in tex
     shown = (out / "comparison.md").read_text()
     assert "seed variance not estimated" in shown and "MDD" in shown
     # other baselines: their differences instead
@@ -340,6 +367,15 @@ def test_report_writes_every_table_in_four_formats_and_the_plots(smoke_suite, tm
     assert main(["report", "--suite", str(smoke_suite), "--out", str(smoke_suite)]) == 2
     assert main(["leaderboard", "--suite", str(smoke_suite), "--publish", str(smoke_suite.parent)]) == 2
     assert "would replace the suite's own records" in capsys.readouterr().err
+    # nor over a folder that is not an earlier report; an earlier report it replaces whole
+    precious = tmp_path / "precious"
+    (precious / "sub").mkdir(parents=True)
+    (precious / "sub" / "notes.txt").write_text("mine")
+    assert main(["report", "--suite", str(smoke_suite), "--out", str(precious)]) == 2
+    assert "not a report's" in capsys.readouterr().err and (precious / "sub" / "notes.txt").read_text() == "mine"
+    (out / "stale.txt").write_text("from an older report")
+    assert main(["report", "--suite", str(smoke_suite), "--out", str(out)]) == 0
+    assert not (out / "stale.txt").exists() and (out / "comparison.json").is_file()
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert pngs == ["arc_c_dits_influence_by_iteration.png", "arc_c_dits_q_vs_influence.png", "arc_c_metric_vs_cost.png"]
     assert all((out / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
@@ -362,6 +398,8 @@ def test_leaderboard_schema_accepts_ours_and_rejects_broken_documents(report):
 
 @pytest.mark.parametrize("flag, value, message", [
     ("--baselines", "qvalue,randm", "--baselines randm: not a policy of"),
+    # a reference row has no item scores to pair with
+    ("--baselines", "reference: chance", "--baselines reference: chance: not a policy of"),
     # initial and SFT-only are rows of the comparison, not points of the cost curves
     ("--target", "sft", "--target sft: not a trained policy of"),
 ])
@@ -393,6 +431,26 @@ def test_leaderboard_refuses_unfinished_and_mismatched_runs(smoke_suite, tmp_pat
     (run / "run_spec.json").write_text(json.dumps(spec))
     assert main(["leaderboard", "--suite", str(copy)]) == 2
     assert "differ in run.dpo.lr, run.sft.lr" in capsys.readouterr().err and not (copy / "leaderboard").exists()
+
+
+def _cut_lines(path: Path) -> None:
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[:1]))
+
+
+@pytest.mark.parametrize("file, damage, message", [
+    ("results.json", lambda p: p.write_text('{"task": '), "results.json: not valid JSON (Expecting value"),
+    ("results.json", lambda p: p.write_text(json.dumps({k: v for k, v in json.loads(p.read_text()).items()
+                                                        if k != "task"})), "results.json: no 'task' key"),
+    ("status.json", lambda p: p.write_text("{"), "status.json: not valid JSON"),
+    ("it0/eval/per_instance.jsonl", _cut_lines, "per_instance.jsonl: 1 distinct items, but"),
+])
+def test_damaged_records_are_one_line_naming_the_file(smoke_suite, tmp_path, capsys, file, damage, message):
+    copy = _copy(smoke_suite, tmp_path)
+    run = next(p for p in copy.iterdir() if p.name.startswith("run:selector=qvalue") and ",seed=1," in p.name)
+    damage(run / file)
+    assert main(["report", "--suite", str(copy), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and str(run.name) in err and "Traceback" not in err and not (tmp_path / "out").exists()
 
 
 def _as_older_records(suite: Path) -> None:
@@ -496,6 +554,21 @@ def test_published_records_rebuild_the_report_and_name_no_folder_of_this_machine
     assert "$HARNESS_CACHE/models/tiny-fitted" in text and f'"{copy.name}/shared/' in text
     for folder in (cache_root(), smoke_suite, tmp_path, CHECKOUT / "harness"):
         assert str(folder) not in text
+    # the code that ran the runs beside the code that wrote the report
+    doc = json.loads((published / copy.name / "leaderboard.json").read_text())
+    assert {r["git_sha"] for r in doc["runs"]} == {json.loads((r / "run_spec.json").read_text())["git_sha"]
+                                                  for r in copy.glob("run:*")}
+    assert "runs at git " in (published / copy.name / "leaderboard.md").read_text()
+
+
+def test_a_suite_is_named_as_its_runs_recorded_it_not_by_its_folder():
+    def named(folder, *names):
+        runs = [SimpleNamespace(config={"run": {"suite": n}}) for n in names]
+        return Report.name.fget(SimpleNamespace(runs=runs, suite=Path(folder)))
+
+    assert named("results/cbt-cpu/runs", "cbt-cpu", "cbt-cpu") == "cbt-cpu"  # a publication's records
+    assert named("tmp/suite0", "default") == "suite0"  # run with --out: the default name says nothing
+    assert named("tmp/mixed", "a", "b") == "mixed"
 
 
 def test_check_passes_against_the_recorded_reference_and_fails_below_it(smoke_suite, tmp_path, capsys):

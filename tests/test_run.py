@@ -194,6 +194,7 @@ def test_every_selector_runs_end_to_end_on_shared_stages(suite):
         dpo = json.loads((run / "it0" / "dpo" / "stats.json").read_text())
         sft = json.loads((shared[0] / "it0" / "sft" / "stats.json").read_text())
         assert dpo["pairs"] + dpo["dropped_prompt_too_long"] == len(selected)
+        assert dpo["trained_tokens"] >= 2 * dpo["pairs"]  # a chosen and a rejected response a pair
         assert dpo["policy_sha256"] != sft["policy_sha256"]  # DPO moved the weights
         assert dpo["base"] == str(shared[0] / "it0" / "sft" / "model")
         log = read_jsonl(run / "it0" / "dpo" / "train_log.jsonl")

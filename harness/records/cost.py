@@ -11,10 +11,10 @@ name and contents, which is why this one is `stage_cost.json`.)
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from harness import config as cfgmod
+from harness import runs
 from harness.records import schemas
 
 FILE = "stage_cost.json"
@@ -29,7 +29,7 @@ def work(name: str, path: Path) -> dict:
     """The numbers stage `name` recorded in `path` about its work (tokens, requests, rollouts,
     steps, pairs, units), read from its own files."""
     file, key = SOURCES[name]
-    record = json.loads((path / file).read_text())
+    record = runs.read_json(path / file)
     if name == "select":
         facts = record.get("selector_facts", {})
         units = len(facts.get("units", []))
@@ -58,7 +58,7 @@ def read(path: Path) -> dict | None:
     file = path / FILE
     if not file.is_file():
         return None
-    doc = json.loads(file.read_text())
+    doc = runs.read_json(file)
     schemas.check(doc, "stage_cost", file)
     return doc
 

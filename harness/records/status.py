@@ -4,11 +4,11 @@ a chance to record anything (`kill -9`, a crash) reads as "interrupted"."""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 from harness import runs
+from harness.errors import HarnessError
 from harness.records import lock
 
 FILE = "status.json"
@@ -24,7 +24,9 @@ def read(run_dir: Path) -> dict:
     path = Path(run_dir) / FILE
     if not path.is_file():
         return {"state": "not started", "stage": None}
-    status = json.loads(path.read_text())
+    status = runs.read_json(path)
+    if not isinstance(status, dict) or "state" not in status:
+        raise HarnessError(f"{path}: no 'state' key (the executor writes one)")
     # A harness that took no locks (commit a80c8ba and before) left no lock file: its word is all there is.
     locking = (Path(run_dir) / lock.FILE).exists()
     if status["state"] == "running" and locking and not lock.held(run_dir):

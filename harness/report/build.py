@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness.cache import cache_root
+from harness.config import RunConfig
 from harness.errors import HarnessError
 from harness.report import costs, plots, tables
 from harness.report.credit import credit_table, method_notes, model_table
@@ -35,6 +36,13 @@ class Report:
     credit: pd.DataFrame  # the coach's figures, where a coach scored (harness.report.credit)
     search_models: pd.DataFrame  # TOA's acting models, where several acted
     plots: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        """The suite's name as its runs recorded it (`--suite`), else its folder's: a published copy's
+        records sit in `runs/`, and a suite run with `--out` records the default name."""
+        named = {run.config["run"].get("suite") for run in self.runs}
+        return named.pop() if len(named) == 1 and not named & {None, RunConfig.suite} else self.suite.name
 
     def tables(self) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
         """Name -> (numbers, readable form)."""
@@ -68,7 +76,7 @@ def build(suite: str, baselines=tables.BASELINES, target: str | None = None,
     comparison["method"] = method_notes(found, comparison, credit)
     book = costs.ledger(found)
     points = costs.curve_points(found, book)
-    policies = list(dict.fromkeys(comparison["policy"]))
+    policies = list(dict.fromkeys(p for p in comparison["policy"] if not p.startswith(tables.REFERENCE)))
     absent = [b for b in baselines if b not in policies]
     if absent and tuple(baselines) != tables.BASELINES:
         raise HarnessError(f"--baselines {absent[0]}: not a policy of {root} ({', '.join(policies)})")
@@ -83,9 +91,14 @@ def build(suite: str, baselines=tables.BASELINES, target: str | None = None,
                   tables.influence_resolution(found), credit, model_table(found))
 
 
+# Every report writes its comparison here: a folder holding it is an earlier report, fine to replace.
+REPORT_MARK = "comparison.json"
+
+
 def output_dir(report: Report, out: Path) -> Path:
-    """`out`, refused where replacing it would delete the suite's records: the suite itself, a
-    folder above it, or one of its runs or its shared stages."""
+    """`out`, refused where replacing it would delete the suite's records (the suite itself, a folder
+    above it, one of its runs or its shared stages) or anything but an earlier report: a folder that
+    exists must be empty or hold a report's `REPORT_MARK`."""
     suite, target = report.suite.resolve(), Path(out).resolve()
     inside = target.is_relative_to(suite) and target != suite
     first = suite / target.relative_to(suite).parts[0] if inside else None
@@ -93,6 +106,9 @@ def output_dir(report: Report, out: Path) -> Path:
             first.name == "shared" or (first / "run_spec.json").exists()):
         raise HarnessError(f"{out}: writing there would replace the suite's own records ({report.suite}); "
                            "choose another directory")
+    if target.is_dir() and any(target.iterdir()) and not (target / REPORT_MARK).is_file():
+        raise HarnessError(f"{out}: the folder holds files that are not a report's (no {REPORT_MARK}), and "
+                           "writing there replaces it whole; choose an empty or new directory")
     return Path(out)
 
 

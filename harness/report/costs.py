@@ -10,6 +10,7 @@ models (`offpolicy_*`) and a coach (`coach_*`) count beside the policy, with the
 
 from __future__ import annotations
 
+import math
 import statistics
 
 import pandas as pd
@@ -26,8 +27,12 @@ COLUMNS = {"generated_tokens": ("completion_tokens", "offpolicy_completion_token
            "rollouts": ("rollouts",), "offpolicy_actions": ("offpolicy_actions",), "coach_calls": ("coach_calls",),
            "coach_tokens": ("coach_prompt_tokens", "coach_completion_tokens"), "influence_units": ("influence_units",),
            "validation_dialogues": ("validation_dialogues",), "influence_seconds": ("influence_seconds",),
-           "training_steps": ("steps", "warmup_steps"),
+           # each influence unit is one LoRA step from theta* (eta calibration's trial steps are not counted)
+           "training_steps": ("steps", "warmup_steps", "influence_units"),
            "trained_tokens": ("trained_tokens",)}
+# Columns whose work these stages do but older records did not record (DPO's trained tokens before
+# they were counted): unknown there, not 0.
+RECORDED_BY = {"trained_tokens": ("sft", "dpo")}
 # A run's training cost (every stage but the evaluations), as `cost_<unit>` columns.
 COSTS = {"tokens": "generated_tokens", "device_seconds": "device_seconds"}
 
@@ -63,7 +68,8 @@ def ledger(runs: list[Run]) -> pd.DataFrame:
                    "stage": stage["stage"], "category": category(run, stage["name"]),
                    "shared": stage["shared"], "device": stage["device"]}
             for column, keys in COLUMNS.items():
-                row[column] = sum(work.get(k, 0) for k in keys)
+                found = [work[k] for k in keys if k in work]
+                row[column] = math.nan if not found and stage["name"] in RECORDED_BY.get(column, ()) else sum(found)
             row |= {"wall_seconds": stage["wall_seconds"],
                     "device_seconds": stage["wall_seconds"] + reused_seconds(stage),
                     "training": stage["name"] not in EVALUATIONS}
@@ -86,29 +92,33 @@ def training_costs(book: pd.DataFrame) -> pd.DataFrame:
 
 def cost_per_gain(table: pd.DataFrame, book: pd.DataFrame, baselines) -> pd.DataFrame:
     """Extra training cost over a named baseline per extra metric point (x100), in tokens and
-    device-seconds. No price where the selector gained nothing over it, or gained and cost less (a
-    negative price would read as cheap). `gain_resolved` says whether the comparison's interval
-    puts the gain above zero: a price per unresolved point divides by noise."""
-    costs = training_costs(book)
-    costs = costs[costs["budget"] == ""].set_index(["task", "policy"])
+    device-seconds, both on the seeds the two runs share: the gain is the comparison's paired
+    difference, the extra cost the mean over those seeds of the cost differences (stages the two
+    share, on whatever machine a seed ran, cancel). No row where they share no seed; no price where
+    the selector gained nothing, or gained and cost less (a negative price would read as cheap).
+    `gain_resolved` says whether the comparison's interval puts the gain above zero: a price per
+    unresolved point divides by noise."""
+    totals = book[(book["stage"] == "total") & (book["budget"] == "")]
+    per_seed = {key: group.set_index("seed") for key, group in totals.groupby(["task", "policy"], sort=False)}
     rows = []
     for _, row in table.iterrows():
-        if row["policy"] in ("initial", "sft") or (row["task"], row["policy"]) not in costs.index:
+        mine = per_seed.get((row["task"], row["policy"]))
+        if row["policy"] in ("initial", "sft") or mine is None:
             continue  # nothing trained: the fixed policies and the reference rows
         for base in baselines:
-            if base == row["policy"] or (row["task"], base) not in costs.index:
-                continue
-            # the paired difference (on the seeds both ran), where the table has it
+            theirs = per_seed.get((row["task"], base))
             paired = row.get(f"vs_{base}")
-            if paired is None or pd.isna(paired):
-                paired = row["mean"] - table[(table["task"] == row["task"]) & (table["policy"] == base)].iloc[0]["mean"]
-            points = 100 * paired
-            low = row.get(f"vs_{base}_low")
-            out = {"task": row["task"], "policy": row["policy"], "baseline": base, "extra_points": points,
+            if base == row["policy"] or theirs is None or paired is None or pd.isna(paired):
+                continue
+            seeds = sorted(set(mine.index) & set(theirs.index))
+            if not seeds:
+                continue
+            points, low = 100 * paired, row.get(f"vs_{base}_low")
+            out = {"task": row["task"], "policy": row["policy"], "baseline": base, "seeds": len(seeds),
+                   "extra_points": points,
                    "gain_resolved": bool(points > 0 and low is not None and not pd.isna(low) and low > 0)}
             for k in COSTS:
-                extra = costs.loc[(row["task"], row["policy"]), f"cost_{k}"] - costs.loc[
-                    (row["task"], base), f"cost_{k}"]
+                extra = statistics.fmean(mine.loc[s, f"cost_{k}"] - theirs.loc[s, f"cost_{k}"] for s in seeds)
                 out[f"extra_{k}"] = extra
                 out[f"{k}_per_point"] = extra / points if points > 0 and extra > 0 else None
             rows.append(out)
@@ -129,7 +139,8 @@ def curve_points(runs: list[Run], book: pd.DataFrame) -> pd.DataFrame:
 def cost_to_target(points: pd.DataFrame, target: str | None) -> pd.DataFrame:
     """Per task and policy, the cheapest point (by device-seconds) that reaches the target policy's
     score, and its cost as a share of the target's own (the paper's "equal F1 at 54% of the
-    GPU-hours" view)."""
+    GPU-hours" view). "Reached" compares point estimates (means over each point's seeds): whether a
+    difference is resolved is the comparison's to say."""
     rows = []
     mine = points[(points["policy"] == target) & (points["budget"] == "")].set_index("task") if target else points[:0]
     for (task, policy), group in points.groupby(["task", "policy"], sort=False):
@@ -139,7 +150,8 @@ def cost_to_target(points: pd.DataFrame, target: str | None) -> pd.DataFrame:
         reached = group[group["mean"] >= goal["mean"] - 1e-12].sort_values("cost_device_seconds")
         first = reached.iloc[0] if len(reached) else None
         row = {"task": task, "policy": policy, "target": target, "target_score": goal["mean"],
-               "reached": first is not None, "budget": None if first is None else first["budget"]}
+               "reached": first is not None, "budget": None if first is None else first["budget"],
+               "seeds": None if first is None else first["seeds"]}
         for k in COSTS:
             cost = None if first is None else first[f"cost_{k}"]
             row[f"cost_{k}"] = cost

@@ -30,13 +30,13 @@ def document(report: Report) -> dict:
     """The leaderboard as data: what leaderboard.json holds and the other formats show."""
     return {
         "schema_version": 1,
-        "suite": report.suite.name,
+        "suite": report.name,
         "generated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "git_sha": runsmod.git_sha(),
         "versions": runsmod.versions(),
         "runs": [{"run_id": r.spec["run_id"], "task": r.task, "policy": r.label, "seed": r.seed,
                   "budget": r.budget, "device": r.spec["device"].get("gpu") or r.spec["device"]["device"],
-                  "directory": r.path.name} for r in report.runs],
+                  "directory": r.path.name, "git_sha": r.spec.get("git_sha")} for r in report.runs],
         "comparison": _records(report.comparison),
         "cost_totals": _records(report.ledger[report.ledger["stage"] == "total"]),
         "cost_per_gain": _records(report.cost_per_gain),
@@ -87,23 +87,47 @@ def markdown(report: Report, doc: dict) -> str:
     shown = tables.display(report.comparison, report.baselines)
     totals = report.ledger[report.ledger["stage"] == "total"]
     parts = [f"# Leaderboard: {doc['suite']}", "",
-             f"Generated {doc['generated']} from {len(doc['runs'])} finished runs (git {doc['git_sha']}).", "",
+             f"Generated {doc['generated']} from {len(doc['runs'])} finished runs ({provenance(doc)}).", "",
              "## Our runs", "", shown.to_markdown(index=False), "",
              "## Cost per gain (training cost over a baseline, per metric point x100)", "",
              _rounded(report.cost_per_gain).to_markdown(index=False) if len(report.cost_per_gain) else "(no baseline in the suite)",
-             "", f"## Cost to reach {report.target}'s score", "", _rounded(report.cost_to_target).to_markdown(index=False),
+             "", *target_section(report),
              "", INFLUENCE_HEADING, "", _rounded(report.influence).to_markdown(index=False)
              if len(report.influence) else "(no influence selector in the suite)",
              *coach_sections(report),
-             "", "## Cost per run", "", _rounded(totals[["task", "policy", "seed", "budget", "generated_tokens",
-                                                        "prompt_tokens", "coach_calls", "coach_tokens",
-                                                        "offpolicy_actions", "training_steps",
-                                                        "wall_seconds"]]).to_markdown(index=False),
+             "", COST_HEADING, "", _rounded(totals[run_cost_columns(totals)]).to_markdown(index=False),
              "", "## Plots", "", *[f"![{p}]({p})" for p in report.plots], "",
              f"## Reported by the paper ({REPORTED['status']})", "",
              f"{REPORTED['source']}; {REPORTED['model']}. Percent. Not produced by this harness.", "",
              reported_frame().to_markdown(index=False), ""]
     return "\n".join(parts)
+
+
+COST_HEADING = ("## Cost per run (every stage it used, shared ones included; device-seconds charge a reused influence "
+                "estimate; the training cost leaves out the evaluations)")
+# Shown only where some run has them: a coach's and TOA's other models' work.
+OPTIONAL_COSTS = ("coach_calls", "coach_tokens", "offpolicy_actions")
+
+
+def run_cost_columns(totals) -> list[str]:
+    return ["task", "policy", "seed", "budget", "generated_tokens", "prompt_tokens",
+            *(c for c in OPTIONAL_COSTS if totals[c].fillna(0).any()), "training_steps", "wall_seconds",
+            "device_seconds", "cost_tokens", "cost_device_seconds"]
+
+
+def target_section(report: Report) -> list[str]:
+    if not len(report.cost_to_target):
+        return ["## Cost to reach a target's score", "",
+                "(no target: the suite has no optima_full run; `--target` names another policy)"]
+    return [f"## Cost to reach {report.target}'s score (reached: the mean at or above the target's; whether the "
+            "difference is resolved is the comparison's to say)", "",
+            _rounded(report.cost_to_target).to_markdown(index=False)]
+
+
+def provenance(doc: dict) -> str:
+    """Which code ran the runs and which wrote the report: they differ once records are republished."""
+    ran = sorted({r["git_sha"] or "unrecorded" for r in doc["runs"]})
+    return f"runs at git {', '.join(ran)}; report at git {doc['git_sha']}"
 
 
 def coach_sections(report: Report) -> list[str]:
@@ -177,12 +201,13 @@ def page(report: Report, doc: dict) -> str:
         f"<title>Leaderboard: {html.escape(doc['suite'])}</title><style>{STYLE}</style></head><body>",
         f"<h1>Leaderboard: {html.escape(doc['suite'])}</h1>",
         (f"<p>Generated {doc['generated']} from {len(doc['runs'])} finished runs "
-         f"(git {html.escape(str(doc['git_sha']))}). Click a column to sort.</p>"),
+         f"({html.escape(provenance(doc))}). Click a column to sort.</p>"),
         "<h2>Our runs</h2>", _table_html(shown, "comparison", True),
         "<h2>Cost per gain</h2>", _table_html(_rounded(report.cost_per_gain), "cost-per-gain", True)
         if len(report.cost_per_gain) else "<p>No baseline in the suite.</p>",
         f"<h2>Cost to reach {html.escape(report.target)}'s score</h2>",
-        _table_html(_rounded(report.cost_to_target), "cost-to-target", True),
+        _table_html(_rounded(report.cost_to_target), "cost-to-target", True) if len(report.cost_to_target)
+        else "<p>No target: the suite has no optima_full run; <code>--target</code> names another policy.</p>",
         f"<h2>{html.escape(INFLUENCE_HEADING[3:])}</h2>", _table_html(_rounded(report.influence), "influence", True)
         if len(report.influence) else "<p>No influence selector in the suite.</p>",
         *(["<h2>Coach credit</h2>", _table_html(_rounded(report.credit), "credit", True)] if len(report.credit) else []),

@@ -20,7 +20,9 @@ def metric_against_cost(points: pd.DataFrame, metric: dict[str, str], out: Path)
         ax = fig.subplots()
         for policy, rows in group.groupby("policy", sort=False):
             rows = rows.sort_values("cost_device_seconds")
-            ax.plot(rows["cost_device_seconds"], rows["mean"], marker="o", label=policy)
+            seeds = int(rows["seeds"].max())  # a mean over fewer seeds moves more: the legend says how many
+            ax.plot(rows["cost_device_seconds"], rows["mean"], marker="o",
+                    label=f"{policy} ({seeds} seed{'s' if seeds > 1 else ''})")
         ax.set(xlabel="training cost: device-seconds (shared stages included)", ylabel=metric[task],
                title=f"{task}: score against cost")
         ax.legend(fontsize="small")

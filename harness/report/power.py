@@ -6,7 +6,8 @@ power 1 - beta, normal approximation:
     MDD = (z_{1 - alpha/2} + z_{1 - beta}) * sd_d / sqrt(n)
 
 sd_d the standard deviation of the n per-item differences (each item's differences averaged over
-the seeds). With alpha 0.05 and power 0.8 the factor is 1.959964 + 0.841621 = 2.801585. A true
+the seeds). From `MIN_SEEDS_FOR_SEED_VARIANCE` seeds on, the interval carries the seeds' variance too,
+so the MDD does as well: the bootstrap's standard error of the mean difference replaces sd_d / sqrt(n). With alpha 0.05 and power 0.8 the factor is 1.959964 + 0.841621 = 2.801585. A true
 difference smaller than the MDD is more likely missed than found, so a difference that is "not
 resolved" says little unless the MDD is small.
 
@@ -69,9 +70,9 @@ def interval_kind(seeds: int) -> str:
 
 
 def two_level_bootstrap(diffs: list[list[float]], confidence: float = CONFIDENCE, resamples: int = RESAMPLES,
-                        seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
-    """Percentile interval of the mean paired difference, `diffs[s][i]` the difference on item i in
-    seed s (the same items in every seed). Each resample draws the seeds with replacement, then the
+                        seed: int = BOOTSTRAP_SEED) -> tuple[float, float, float]:
+    """Percentile interval of the mean paired difference and the resampled means' standard deviation
+    (its standard error), `diffs[s][i]` the difference on item i in seed s (the same items in every seed). Each resample draws the seeds with replacement, then the
     items with replacement, and averages over both: seeds and items are both draws from larger
     populations, and resampling only items would treat the seeds as fixed."""
     table = np.asarray(diffs, dtype=float)
@@ -83,4 +84,4 @@ def two_level_bootstrap(diffs: list[list[float]], confidence: float = CONFIDENCE
         means[b] = per_item[rng.integers(0, n_items, n_items)].mean()
     tail = (1 - confidence) / 2 * 100
     low, high = np.percentile(means, [tail, 100 - tail])
-    return float(low), float(high)
+    return float(low), float(high), float(means.std(ddof=1))

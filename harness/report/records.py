@@ -9,7 +9,6 @@ point). Records written by commit a80c8ba and before are read too (`legacy`).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -20,7 +19,7 @@ from harness.errors import HarnessError
 from harness.records import cost, status
 from harness.records import spec as specmod
 from harness.report import legacy
-from harness.runs import read_jsonl
+from harness.runs import read_json, read_jsonl
 
 # Keys every run of a task shares except these: a comparison differs only by them.
 # (Training keys such as dpo.lr do not change the shared stages, but they do change what is compared.)
@@ -58,7 +57,7 @@ class Run:
     def traits(self) -> dict:
         """The selector's traits (uses influence, keeps all, kind) as its first selection recorded them."""
         path = self.stage_dir("it0/select") / specmod.FILE
-        recorded = json.loads(path.read_text()).get("selector_traits")
+        recorded = read_json(path).get("selector_traits")
         return recorded or legacy.selector_traits(self.selector, path)
 
     @property
@@ -89,14 +88,26 @@ class Run:
         return {"initial": "eval", "sft": "it0/eval_sft", "dpo": f"it{self.iterations - 1}/eval"}[policy]
 
     def item_scores(self, policy: str) -> dict[str, float]:
-        """Test item id -> score of one evaluated policy (initial, sft or the final dpo)."""
+        """Test item id -> score of one evaluated policy (initial, sft or the final dpo), refused where
+        the file holds fewer items than the evaluation scored (a cut file would pair a subset)."""
         path = self.stage_dir(self.eval_label(policy)) / "per_instance.jsonl"
-        return {row["id"]: row["score"] for _, row in read_jsonl(path)}
+        scores = {}
+        for line, row in read_jsonl(path):
+            if "id" not in row or "score" not in row:
+                raise HarnessError(f"{path}:{line}: no {'id' if 'id' not in row else 'score'} key")
+            scores[row["id"]] = row["score"]
+        if len(scores) != self.score(policy)["n"]:
+            raise HarnessError(f"{path}: {len(scores)} distinct items, but {self.path / 'results.json'} says the "
+                               f"evaluation scored {self.score(policy)['n']}: the file is cut or not this run's")
+        return scores
 
     def score(self, policy: str) -> dict:
         final = self.iterations - 1 if policy == "dpo" else None
-        return next(r for r in self.results["scores"]
-                    if r["policy"] == policy and (final is None or r["iteration"] == final))
+        found = [r for r in self.results["scores"] if r["policy"] == policy and (final is None or r["iteration"] == final)]
+        if not found:
+            raise HarnessError(f"{self.path / 'results.json'}: no score of the {policy} policy"
+                               + (f" at iteration {final}" if final is not None else ""))
+        return found[0]
 
     @cached_property
     def stages(self) -> list[dict]:
@@ -124,7 +135,8 @@ class Run:
 
     def selection_facts(self, iteration: int) -> dict:
         """What the selector recorded about its choice (DITS: the influence estimate and its resolution)."""
-        return json.loads((self.stage_dir(f"it{iteration}/select") / specmod.FILE).read_text())["selector_facts"]
+        path = self.stage_dir(f"it{iteration}/select") / specmod.FILE
+        return _key(read_json(path), "selector_facts", path)
 
     def influence_fallbacks(self) -> list[str | None]:
         """Per iteration of an influence selector, what its degenerate influence fell back to (None
@@ -134,9 +146,24 @@ class Run:
         return [self.selection_facts(it)["resolution"].get("degenerate") for it in range(self.iterations)]
 
 
+# What reports read of a run's records without looking further.
+SPEC_KEYS = ("run_id", "config", "stages", "shared_stages", "device")
+RESULTS_KEYS = ("task", "seed", "selector", "scores", "training")
+
+
 def load_run(path: Path) -> Run:
-    """A finished run's records."""
-    return Run(path, json.loads((path / specmod.FILE).read_text()), json.loads((path / "results.json").read_text()))
+    """A finished run's records, refused in one line where one lacks what reports read."""
+    spec, results = read_json(path / specmod.FILE), read_json(path / "results.json")
+    for record, keys, name in ((spec, SPEC_KEYS, specmod.FILE), (results, RESULTS_KEYS, "results.json")):
+        for key in keys:
+            _key(record, key, path / name)
+    return Run(path, spec, results)
+
+
+def _key(record, key: str, path: Path):
+    if not isinstance(record, dict) or key not in record:
+        raise HarnessError(f"{path}: no {key!r} key (a run record of this harness has one)")
+    return record[key]
 
 
 def load_suite(root: Path, allow_unfinished: bool = False) -> list[Run]:
@@ -147,8 +174,8 @@ def load_suite(root: Path, allow_unfinished: bool = False) -> list[Run]:
         raise HarnessError(f"{root}: no such suite directory")
     out = []
     for spec_path in sorted(root.glob(f"*/{specmod.FILE}")):
-        spec = json.loads(spec_path.read_text())
-        if spec.get("kind") != "run":
+        spec = read_json(spec_path)
+        if not isinstance(spec, dict) or spec.get("kind") != "run":
             continue
         state = status.read(spec_path.parent)
         if state["state"] != "complete":

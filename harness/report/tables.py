@@ -8,9 +8,9 @@ items, given the seeds (how much another seed would move it is not estimated, an
 so); from three seeds on, a two-level bootstrap over seeds and items. Each difference carries its
 minimum detectable difference (MDD, `power`), and the readable table says where the interval covers
 zero, where nothing differs or nothing varies, and where DITS influence was too coarse to rank by.
-The spread of a row is the standard deviation over seeds when there are several, else the standard
-error over test items (the column says which); seeds whose evaluations are one and the same (the
-initial policy's, shared by the seeds of a suite) count as one.
+A row's ± is the standard error over test items of its seed-averaged item scores, on every row alike;
+how far its seeds' means lie apart is a column of its own (an SD from two seeds is rough, and one
+evaluation that every seed shares, the initial policy's, has none).
 """
 
 from __future__ import annotations
@@ -32,12 +32,11 @@ FIXED_POLICIES = ("initial", "sft")  # shared by every run of a seed
 # Rows in the paper's ablation order (the baselines are in it); other policies (DITS variants, new
 # selectors) after, by name.
 ORDER = (*FIXED_POLICIES, *BASELINES)
+REFERENCE = "reference: "  # a reference row's policy: the name after it (no item scores: never a baseline)
 # versus() key -> comparison column suffix (`vs_<baseline><suffix>`).
 INFLUENCE_COLUMNS = ["task", "policy", "budget", "seed", "iteration", "units", "validation_size", "distinct_values",
                      "tied_units", "changed_answers_median", "split_half_spearman", "eta", "path", "reused",
                      "degenerate"]
-# What a row's spread is (`spread_kind`).
-SEEDS, ITEMS, ONE_EVALUATION = "sd over seeds", "stderr over items", "stderr over items: one evaluation for its seeds"
 VERSUS_COLUMNS = {"diff": "", "low": "_low", "high": "_high", "n": "_n", "seeds": "_seeds", "sd": "_sd", "mdd": "_mdd"}
 
 
@@ -70,7 +69,9 @@ def versus(mine: list[dict[str, float]], theirs: list[dict[str, float]], confide
         "seeds": len(mine), "sd": statistics.stdev(diffs) if len(diffs) > 1 else None,
         "mdd": power.paired_mdd(diffs, baseline)}
     if items and len(mine) >= power.MIN_SEEDS_FOR_SEED_VARIANCE:
-        out["low"], out["high"] = power.two_level_bootstrap(per_seed, confidence)
+        out["low"], out["high"], se = power.two_level_bootstrap(per_seed, confidence)
+        if not power.all_zero(diffs):  # else the baseline's noise, as below three seeds
+            out["mdd"] = power.mdd(se, 1)
     return out
 
 
@@ -139,10 +140,11 @@ def comparison(runs: list[Run], baselines=BASELINES) -> pd.DataFrame:
             seeds = policies[name]
             scored = [run.score(which) for run, which in seeds.values()]
             means = [s["mean"] for s in scored]
-            kind = spread_kind(list(items[name].values()))
+            evaluations = distinct_evaluations(list(items[name].values()))
             row = {"task": task, "policy": name, "metric": scored[0]["metric"], "mean": statistics.fmean(means),
-                   "spread": statistics.stdev(means) if kind == SEEDS else scored[0]["stderr"],
-                   "spread_kind": kind, "seeds": len(means),
+                   "spread": item_stderr(list(items[name].values())), "spread_kind": "stderr over items",
+                   "seed_sd": statistics.stdev(means) if evaluations > 1 else None, "evaluations": evaluations,
+                   "seeds": len(means),
                    "questions": scored[0]["n"],
                    "no_signal": power.constant([v for by_item in items[name].values() for v in by_item.values()]),
                    "tokens_per_dialogue": statistics.fmean(s["tokens_per_dialogue"] for s in scored),
@@ -166,15 +168,17 @@ def comparison(runs: list[Run], baselines=BASELINES) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def spread_kind(evaluations: list[dict[str, float]]) -> str:
-    """What a row's spread measures, given its seeds' item scores. Seeds that share one evaluation
-    (the initial policy's, greedy on contexts the seed does not change) have an SD of 0 that
-    measures nothing: their spread is over items, and says so."""
-    if len(evaluations) == 1:
-        return ITEMS
-    if all(e == evaluations[0] for e in evaluations[1:]):
-        return ONE_EVALUATION
-    return SEEDS
+def item_stderr(evaluations: list[dict[str, float]]) -> float | None:
+    """The standard error over items of the seed-averaged item scores (items every seed scored)."""
+    common = set.intersection(*(set(e) for e in evaluations))
+    averaged = [statistics.fmean(e[i] for e in evaluations) for i in sorted(common)]
+    return statistics.stdev(averaged) / math.sqrt(len(averaged)) if len(averaged) > 1 else None
+
+
+def distinct_evaluations(evaluations: list[dict[str, float]]) -> int:
+    """How many of the seeds' evaluations differ. Seeds that share one (the initial policy's, greedy
+    on contexts the seed does not change) count once: their SD over seeds of 0 measures nothing."""
+    return len({tuple(sorted(e.items())) for e in evaluations})
 
 
 def no_versus(base: str) -> dict:
@@ -186,11 +190,14 @@ def no_versus(base: str) -> dict:
 def reference_rows(task: str, policies: dict) -> list[dict]:
     """The initial evaluation's reference rows (`harness.references`: chance, most frequent option,
     one agent alone, the whole story), averaged over the seeds: the floor and the ceiling."""
-    initial = [run.score("initial") for run, _ in policies.get("initial", {}).values()]
+    runs = [run for run, _ in policies.get("initial", {}).values()]
+    initial = [run.score("initial") for run in runs]
+    evaluations = distinct_evaluations([run.item_scores("initial") for run in runs])
     names = dict.fromkeys(name for s in initial for name in s.get("references", {}))
-    return [{"task": task, "policy": f"reference: {name}", "metric": initial[0]["metric"],
+    return [{"task": task, "policy": f"{REFERENCE}{name}", "metric": initial[0]["metric"],
              "mean": statistics.fmean(s["references"][name] for s in initial if name in s.get("references", {})),
-             "spread": None, "spread_kind": "reference", "seeds": len(initial), "questions": initial[0]["n"],
+             "spread": None, "spread_kind": "reference", "seed_sd": None, "evaluations": evaluations,
+             "seeds": len(initial), "questions": initial[0]["n"],
              "no_signal": False, "tokens_per_dialogue": None, "pairs_trained": None, "influence_degenerate": None,
              "interval": "-"} for name in names]
 
@@ -201,10 +208,17 @@ def display(table: pd.DataFrame, baselines=BASELINES) -> pd.DataFrame:
     out = pd.DataFrame({
         "task": table["task"], "policy": table["policy"], "metric": table["metric"],
         "score": [_score(m, s, flat) for m, s, flat in zip(table["mean"], table["spread"], table["no_signal"])],
-        "spread": table["spread_kind"], "seeds": table["seeds"], "questions": table["questions"]})
+        "sd over seeds": [seed_sd_text(*cells) for cells in zip(table["seed_sd"], table["evaluations"], table["seeds"])],
+        "seeds": table["seeds"], "questions": table["questions"]})
+    seeds = dict(zip(zip(table["task"], table["policy"]), table["seeds"]))
     for base in baselines:
+        # a pair compared on fewer seeds than either row shows says which: the scores are not its means
+        fewer = [0 < paired < max(mine, seeds.get((task, base), 0)) for task, paired, mine in
+                 zip(table["task"], table[f"vs_{base}_seeds"], table["seeds"])]
         out[f"Δ vs {base} [{CONFIDENCE:.0%} CI]"] = [
-            difference_text(*cells) for cells in zip(*(table[f"vs_{base}{s}"] for s in ("", "_low", "_high", "_sd", "_mdd")))]
+            difference_text(*cells) + (f" (on the {paired:.0f} seed(s) both ran)" if few else "")
+            for few, paired, *cells in zip(fewer, table[f"vs_{base}_seeds"],
+                                           *(table[f"vs_{base}{s}"] for s in ("", "_low", "_high", "_sd", "_mdd")))]
     out["interval"] = table["interval"]
     out["tokens/dialogue"] = ["-" if _missing(t) else f"{t:.1f}" for t in table["tokens_per_dialogue"]]
     out["pairs trained"] = ["-" if pd.isna(p) else f"{p:.0f}" for p in table["pairs_trained"]]
@@ -224,6 +238,12 @@ def notes(fallback, method) -> str:
 
 def _missing(value) -> bool:
     return value is None or pd.isna(value)
+
+
+def seed_sd_text(sd, evaluations, seeds) -> str:
+    if seeds == 1:
+        return "-"
+    return "one evaluation" if evaluations == 1 else f"{sd:.4f}"
 
 
 def _score(mean, spread, no_signal) -> str:
@@ -263,5 +283,6 @@ def write_formats(table: pd.DataFrame, shown: pd.DataFrame, stem) -> dict[str, s
     table.to_csv(paths["csv"], index=False)
     table.to_json(paths["json"], orient="records", indent=2)
     with open(paths["tex"], "w", encoding="utf-8") as f:
-        f.write(shown.to_latex(index=False).replace("±", r"$\pm$").replace("Δ", r"$\Delta$"))
+        # escaped (`_`, `%` and `&` break LaTeX), then the two symbols as math
+        f.write(shown.to_latex(index=False, escape=True).replace("±", r"$\pm$").replace("Δ", r"$\Delta$"))
     return paths

@@ -223,13 +223,14 @@ def train_dpo(model_name: str, pairs: list[dict], cfg: RunConfig, out: Path, nam
     from trl import DPOTrainer
 
     model, tokenizer, path = _load(model_name, cfg)
-    rows, lengths, too_long = [], [], 0
+    rows, lengths, trained, too_long = [], [], 0, 0
     for p in pairs:
         enc = encode_pair(tokenizer, p)
         if len(enc.prompt) > cfg.dpo.max_prompt_length:
             too_long += 1
             continue
         lengths.append(len(enc.prompt) + max(len(enc.chosen), len(enc.rejected)))
+        trained += len(enc.chosen) + len(enc.rejected)  # the tokens the loss reads, as SFT's count
         rows.append({"prompt": p["prompt"], "chosen": [{"role": "assistant", "content": p["chosen"]}],
                      "rejected": [{"role": "assistant", "content": p["rejected"]}]})
     if not rows:
@@ -247,7 +248,8 @@ def train_dpo(model_name: str, pairs: list[dict], cfg: RunConfig, out: Path, nam
                          peft_config=lora_config(cfg))
     result, resumed = _train(trainer)
     sha = _save_merged(trainer, tokenizer, model_name, cfg, out, name)
-    return {"base": str(path), "pairs": len(rows), "dropped_prompt_too_long": too_long, "beta": dpo_beta(cfg),
+    return {"base": str(path), "pairs": len(rows), "dropped_prompt_too_long": too_long, "trained_tokens": trained,
+            "beta": dpo_beta(cfg),
             "steps": result.global_step, "resumed_from_step": resumed, "train_loss": result.training_loss,
             "wall_seconds": time.time() - started, "policy_sha256": sha, "log": _metrics(trainer)}
 
