@@ -508,8 +508,23 @@ RANGES = {
 }
 
 
+# The names a key may take where the code that reads it sits in a layer this module may not import
+# (their registries there: `tests/test_config.py` holds the two equal), so a typo stops the command
+# before any work, not at the stage that reads it hours later.
+CHOICES = {
+    "dtype": ("float32", "bfloat16", "float16"),
+    "influence.path": ("reference", "fast", "server", "screen"),  # harness.dits.influence.estimator.PATHS
+    "influence.step_optimizer": ("adamw", "sgd"),  # harness.dits.influence.reference_path.STEP_OPTIMIZERS
+    "server.flavour": ("openai", "vllm", "llama.cpp"),  # harness.backends.openai.FLAVOURS
+    "server.precision": ("f32", "f16", "bf16"),  # harness.backends.gguf_export.PRECISIONS
+}
+
+
 def _check_range(name: str, value, source: str) -> None:
-    """One line for a value outside its key's range (`RANGES`); None (a default deferred) passes."""
+    """One line for a value outside its key's range (`RANGES`) or names (`CHOICES`); None (a default
+    deferred) passes."""
+    if name in CHOICES and value is not None and value not in CHOICES[name]:
+        raise HarnessError(f"{source}: {name} must be one of {', '.join(CHOICES[name])}, got {value!r}")
     interval = RANGES.get(name)
     if interval is None or value is None:
         return

@@ -239,6 +239,11 @@ CASES = [
     Case("preset", "unknown names", nothing, ["run", "--preset", "papr", "--dry-run"],
          "unknown preset or config file 'papr'; presets: cpu, paper, smoke"),
     Case("roster", "unknown names", nothing, ["eval", "--out", "{t}/out", "roster=trio"], "unknown roster 'trio'"),
+    # read only by a stage hours into a run: refused before its first
+    Case("influence-path", "unknown names", nothing, [*DRY_RUN, "influence.path=fsat"],
+         "influence.path must be one of reference, fast, server, screen, got 'fsat'"),
+    Case("search-method", "unknown names", nothing, [*DRY_RUN, "synth.method=tao"],
+         "unknown search method 'tao'; did you mean: toa"),
     # the data directory
     Case("eval-no-dir", "data directory missing or a file", nothing, EVAL_CBT, "{t}/data: data directory not found"),
     Case("ls-no-dir", "data directory missing or a file", nothing, DATA_LS, "{t}/data: data directory not found"),

@@ -1,6 +1,6 @@
 import pytest
 
-from harness.config import EvalConfig, build
+from harness.config import CHOICES, EvalConfig, SelectConfig, build
 from harness.errors import HarnessError
 
 
@@ -26,6 +26,28 @@ def test_bad_overrides_are_one_clear_line(overrides, message):
     with pytest.raises(HarnessError, match=message.replace("(", r"\(")) as e:
         build(EvalConfig, None, overrides)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("influence.path=fsat", "influence.path must be one of reference, fast, server, screen, got 'fsat'"),
+    ("server.flavour=vllm2", "server.flavour must be one of openai, vllm, llama.cpp"),
+    ("dtype=fp32", "dtype must be one of float32, bfloat16, float16"),
+])
+def test_a_name_a_later_stage_reads_is_checked_before_any_work(override, message):
+    with pytest.raises(HarnessError, match=message):
+        build(SelectConfig, None, [override])
+
+
+def test_the_config_names_what_each_stage_accepts():
+    # config may not import the stages that read these keys; their registries and its CHOICES agree
+    from harness.backends.gguf_export import PRECISIONS
+    from harness.backends.openai import FLAVOURS
+    from harness.dits.influence.estimator import PATHS
+    from harness.dits.influence.reference_path import STEP_OPTIMIZERS
+
+    for key, registry in (("influence.path", PATHS), ("influence.step_optimizer", STEP_OPTIMIZERS),
+                          ("server.flavour", FLAVOURS), ("server.precision", PRECISIONS)):
+        assert set(CHOICES[key]) == set(registry), key
 
 
 def test_bad_files(tmp_path):

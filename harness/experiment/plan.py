@@ -12,11 +12,13 @@ from harness import config as cfgmod
 from harness import models, runs
 from harness.backends import BACKENDS
 from harness.config import EvalConfig, RunConfig, SelectConfig, SynthConfig
+from harness.credit.coach import CREDITS
 from harness.errors import HarnessError
 from harness.experiment.stages import Pipeline, Stage
 from harness.mas.roster import task_and_roster
 from harness.records.spec import EXECUTION_KEYS
 from harness.selection import SELECTORS
+from harness.synth.synthesis import METHODS
 from harness.tasks import get_task
 from harness.tasks.metrics import METRICS
 from harness.train import launch
@@ -91,6 +93,9 @@ def make_plan(file: str | None, overrides: list[str] | None = None, **flags) -> 
     evalc = section(EvalConfig, model=run.model, split="test", limit=run.test_questions, temperature=0.0)
     models.check(run.model)  # every value's range was checked as the sections were composed (config.RANGES)
     BACKENDS.get(run.backend)
+    METHODS.get(synth.method)  # the tree search and its coach run hours in: a typo stops here
+    if synth.credit:
+        CREDITS.get(synth.credit)
     METRICS.get(run.metric or get_task(run.task, context_mode=run.context_mode).metric)
     launch.check(run)
     # trl's configs check their arguments when built; a GPU profile is checked as the CPU one where
