@@ -96,9 +96,10 @@ class Run:
             if "id" not in row or "score" not in row:
                 raise HarnessError(f"{path}:{line}: no {'id' if 'id' not in row else 'score'} key")
             scores[row["id"]] = row["score"]
-        if len(scores) != self.score(policy)["n"]:
+        scored = self.score(policy)["n"]
+        if len(scores) != scored:
             raise HarnessError(f"{path}: {len(scores)} distinct items, but {self.path / 'results.json'} says the "
-                               f"evaluation scored {self.score(policy)['n']}: the file is cut or not this run's")
+                               f"evaluation scored {scored}: the file is cut or not this run's")
         return scores
 
     def score(self, policy: str) -> dict:

@@ -164,7 +164,7 @@ def comparison(runs: list[Run], baselines=BASELINES) -> pd.DataFrame:
             row["interval"] = interval_note(kinds)
             rows.append(row)
         rows += [row | {k: v for base in baselines for k, v in no_versus(base).items()}
-                 for row in reference_rows(task, policies)]
+                 for row in reference_rows(task, policies, items.get("initial", {}))]
     return pd.DataFrame(rows)
 
 
@@ -187,12 +187,12 @@ def no_versus(base: str) -> dict:
                                                                               f"vs_{base}_seeds": 0}
 
 
-def reference_rows(task: str, policies: dict) -> list[dict]:
+def reference_rows(task: str, policies: dict, initial_items: dict[int, dict[str, float]]) -> list[dict]:
     """The initial evaluation's reference rows (`harness.references`: chance, most frequent option,
-    one agent alone, the whole story), averaged over the seeds: the floor and the ceiling."""
-    runs = [run for run, _ in policies.get("initial", {}).values()]
-    initial = [run.score("initial") for run in runs]
-    evaluations = distinct_evaluations([run.item_scores("initial") for run in runs])
+    one agent alone, the whole story), averaged over the seeds: the floor and the ceiling.
+    `initial_items`: seed -> the initial evaluation's item scores, as the comparison read them."""
+    initial = [run.score("initial") for run, _ in policies.get("initial", {}).values()]
+    evaluations = distinct_evaluations(list(initial_items.values()))
     names = dict.fromkeys(name for s in initial for name in s.get("references", {}))
     return [{"task": task, "policy": f"{REFERENCE}{name}", "metric": initial[0]["metric"],
              "mean": statistics.fmean(s["references"][name] for s in initial if name in s.get("references", {})),
